@@ -1,0 +1,72 @@
+"""Content addressing: RFC 8785 canonical JSON, sha256, Merkle roots."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def canonical(obj: Any) -> bytes:
+    """RFC 8785 (JCS) bytes of a JSON-compatible value."""
+    return rfc8785.dumps(obj)
+
+
+def digest_json(obj: Any) -> str:
+    return sha256_bytes(canonical(obj))
+
+
+def merkle_root(leaves: Iterable[str]) -> str:
+    """Merkle root over hex digests, sorted so that the root does not depend on order.
+
+    Leaves and inner nodes are domain-separated (0x00 / 0x01) so that a leaf can never
+    pose as an inner node. The empty tree has the digest of the empty string.
+    """
+    level = [hashlib.sha256(b"\x00" + bytes.fromhex(x)).digest() for x in sorted(leaves)]
+    if not level:
+        return sha256_bytes(b"")
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), 2):
+            pair = level[i : i + 2]
+            if len(pair) == 1:
+                nxt.append(pair[0])
+            else:
+                nxt.append(hashlib.sha256(b"\x01" + pair[0] + pair[1]).digest())
+        level = nxt
+    return level[0].hex()
+
+
+def dump_json(obj: Any) -> bytes:
+    """Stable, human-readable JSON bytes (sorted keys, two-space indent, trailing newline)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def write_json(path: Path, obj: Any) -> str:
+    """Write ``obj`` atomically as stable JSON; return the sha256 of the bytes written."""
+    data = dump_json(obj)
+    write_bytes_atomic(path, data)
+    return sha256_bytes(data)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)

@@ -1,0 +1,186 @@
+"""Validate-time policy: what the schema cannot say, checked before anything runs.
+
+Each problem is a :class:`PolicyError` (exit 1): the input is well-formed but the
+governance contract refuses it.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from .bundle import DECLARATION_FILE, Bundle, display
+from .contracts.models import (
+    AnyDeclaration,
+    GraphDeclaration,
+    PostgisDeclaration,
+    SearchDeclaration,
+)
+from .errors import InputError
+from .secret_scan import scan_file
+
+
+class PolicyError(InputError):
+    exit_code = 1
+
+
+_COMMENT_PATTERNS = {
+    ".sql": re.compile(r"--[^\n]*|/\*.*?\*/", re.S),
+    ".cypher": re.compile(r"//[^\n]*|/\*.*?\*/", re.S),
+}
+
+
+def effective_body(rel: str, text: str) -> str:
+    """The script without comments and whitespace: empty means 'no rollback at all'."""
+    rx = _COMMENT_PATTERNS.get(Path(rel).suffix)
+    body = rx.sub("", text) if rx else text
+    body = body.strip()
+    if Path(rel).suffix == ".json" and body in {"{}", "[]", "null"}:
+        return ""
+    return body
+
+
+NOTES_SECTIONS = {
+    "reason": re.compile(r"(?im)^#+\s*[^\n]*\breason\b[^\n]*\n+(?!#)\s*\S"),
+    "approval reference": re.compile(r"(?im)^#+\s*[^\n]*\bapproval\b[^\n]*\n+(?!#)\s*\S"),
+    "alternative safety strategy": re.compile(
+        r"(?im)^#+\s*[^\n]*\b(safety|alternative)\b[^\n]*\n+(?!#)\s*\S"
+    ),
+}
+
+
+def overlaps(allowed: Iterable[str], forbidden: Iterable[str]) -> list[str]:
+    """Entries of ``allowed`` that a ``forbidden`` entry equals or matches (globs)."""
+    forb = list(forbidden)
+    out = []
+    for a in allowed:
+        for f in forb:
+            if a == f or fnmatch.fnmatchcase(a, f) or fnmatch.fnmatchcase(f, a):
+                out.append(f"{a} ~ {f}")
+    return out
+
+
+def _scope_pairs(decl: AnyDeclaration) -> list[tuple[str, list[str], list[str]]]:
+    s = decl.scope
+    if isinstance(decl, PostgisDeclaration):
+        return [
+            ("schemas", list(s.allowed_schemas), list(s.forbidden_schemas)),  # type: ignore[union-attr]
+            ("tables", list(s.allowed_tables), list(s.forbidden_tables)),  # type: ignore[union-attr]
+        ]
+    if isinstance(decl, SearchDeclaration):
+        return [
+            ("index_patterns", list(s.allowed_index_patterns), list(s.forbidden_index_patterns)),  # type: ignore[union-attr]
+            ("aliases", list(s.allowed_aliases), list(s.forbidden_aliases)),  # type: ignore[union-attr]
+        ]
+    if isinstance(decl, GraphDeclaration):
+        return [
+            ("labels", list(s.allowed_labels), list(s.forbidden_labels)),  # type: ignore[union-attr]
+            (
+                "relationship_types",
+                list(s.allowed_relationship_types),  # type: ignore[union-attr]
+                list(s.forbidden_relationship_types),  # type: ignore[union-attr]
+            ),
+        ]
+    return [("objects", list(s.allowed), list(s.forbidden))]  # type: ignore[union-attr]
+
+
+def protected_in_allowed(decl: AnyDeclaration) -> list[str]:
+    """Protected objects that the allowed scope reaches (so the migration may touch them)."""
+    s = decl.scope
+    hits: list[str] = []
+    if isinstance(decl, PostgisDeclaration):
+        sc = decl.scope
+        for schema in sc.protected_schemas:
+            if any(fnmatch.fnmatchcase(schema, a) for a in sc.allowed_schemas):
+                hits.append(schema)
+        for table in sc.protected_tables:
+            schema, _, name = table.rpartition(".")
+            if any(fnmatch.fnmatchcase(table, a) or fnmatch.fnmatchcase(name, a) for a in sc.allowed_tables) and (
+                not schema or not sc.allowed_schemas or any(fnmatch.fnmatchcase(schema, a) for a in sc.allowed_schemas)
+            ):
+                hits.append(table)
+    elif isinstance(decl, SearchDeclaration):
+        for idx in decl.scope.protected_indices:
+            if any(fnmatch.fnmatchcase(idx, a) for a in decl.scope.allowed_index_patterns):
+                hits.append(idx)
+    elif isinstance(decl, GraphDeclaration):
+        for label in decl.scope.protected_labels:
+            if any(fnmatch.fnmatchcase(label, a) for a in decl.scope.allowed_labels):
+                hits.append(label)
+    del s
+    return hits
+
+
+def approval_covers(decl: AnyDeclaration, token: str) -> str | None:
+    """Who approved ``token`` (a finding code or 'protected:<obj>'), if anyone did."""
+    for rec in decl.approvals.recorded:
+        if token in rec.covers:
+            return f"{rec.by} ({rec.ref})"
+    return None
+
+
+def check_bundle(bundle: Bundle) -> list[InputError]:
+    """All policy problems of one loaded bundle."""
+    decl = bundle.declaration
+    f = display(bundle.root / DECLARATION_FILE)
+    problems: list[InputError] = []
+
+    # Rollback posture.
+    if decl.requires_rollback:
+        for art in bundle.by_role("rollback"):
+            if not effective_body(art.rel, art.text):
+                problems.append(
+                    PolicyError(display(art.path), "artifacts.rollback", "rollback script is empty (requires_rollback: true)")
+                )
+    else:
+        notes = next((a for a in bundle.by_role("notes")), None)
+        if notes is None:
+            problems.append(
+                PolicyError(f, "requires_rollback", "false needs notes.md with the reason, approval reference and "
+                            "alternative safety strategy")
+            )
+        else:
+            for what, rx in NOTES_SECTIONS.items():
+                if not rx.search(notes.text + "\n"):
+                    problems.append(
+                        PolicyError(display(notes.path), "-", f"irreversible migration: notes.md lacks a section "
+                                    f"with the {what} (a heading naming it, followed by text)")
+                    )
+
+    # Scope consistency.
+    for name, allowed, forbidden in _scope_pairs(decl):
+        for clash in overlaps(allowed, forbidden):
+            problems.append(PolicyError(f, f"scope.allowed_{name}", f"allowed and forbidden overlap: {clash}"))
+    for obj in protected_in_allowed(decl):
+        token = f"protected:{obj}"
+        if decl.approvals.change_class != "governance-critical":
+            problems.append(
+                PolicyError(f, "approvals.change_class", f"protected object {obj!r} is inside the allowed scope; "
+                            "change_class must be governance-critical")
+            )
+        elif approval_covers(decl, token) is None:
+            problems.append(
+                PolicyError(f, "approvals.recorded", f"protected object {obj!r} is inside the allowed scope; "
+                            f"a recorded approval must cover {token!r}")
+            )
+
+    # Backfill bounds (postgis).
+    if isinstance(decl, PostgisDeclaration) and decl.backfill is not None:
+        if decl.backfill.max_rows > decl.limits.max_row_backfill:
+            problems.append(
+                PolicyError(f, "backfill.max_rows", f"{decl.backfill.max_rows} exceeds limits.max_row_backfill "
+                            f"({decl.limits.max_row_backfill})")
+            )
+
+    # Secrets in any file of the bundle.
+    for dirpath, _dirs, files in os.walk(bundle.root):
+        for name in sorted(files):
+            p = Path(dirpath) / name
+            if p.is_symlink() or not p.is_file():
+                continue
+            for finding in scan_file(p, display(p)):
+                problems.append(PolicyError(finding.file, f"line {finding.line}", finding.message()))
+    return problems

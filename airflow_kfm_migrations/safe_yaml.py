@@ -1,0 +1,82 @@
+"""A YAML loader that refuses what a declaration never needs.
+
+Refused: anchors and aliases (so no billion-laughs expansion), duplicate keys (later
+values silently win in PyYAML), non-string keys, custom tags, and multi-document
+streams. Timestamps stay strings so that what is digested is what the author wrote.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from yaml.nodes import MappingNode, Node
+
+from .errors import InputError
+
+
+class _Refused(yaml.YAMLError):
+    def __init__(self, reason: str, node_or_event: Any | None = None) -> None:
+        self.reason = reason
+        self.mark = getattr(node_or_event, "start_mark", None)
+        super().__init__(reason)
+
+
+class StrictSafeLoader(yaml.SafeLoader):
+    """SafeLoader with the refusals above."""
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused("YAML aliases are not allowed", event)
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused("YAML anchors are not allowed", event)
+        return super().compose_node(parent, index)  # type: ignore[no-any-return]
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        if not isinstance(node, MappingNode):
+            raise _Refused("expected a mapping", node)
+        seen: set[str] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                raise _Refused("YAML merge keys are not allowed", key_node)
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                raise _Refused(f"mapping keys must be strings, got {type(key).__name__} {key!r}", key_node)
+            if key in seen:
+                raise _Refused(f"duplicate key {key!r}", key_node)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# Keep timestamps as the strings the author wrote.
+StrictSafeLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def load_yaml_text(text: str, file: str) -> Any:
+    """Parse one YAML document; every failure becomes an InputError naming ``file``."""
+    try:
+        loader = StrictSafeLoader(text)
+        try:
+            return loader.get_single_data()
+        finally:
+            loader.dispose()
+    except _Refused as exc:
+        raise InputError(file, _where(exc.mark), exc.reason) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        reason = exc.problem or exc.context or "invalid YAML"
+        raise InputError(file, _where(mark), f"invalid YAML: {reason}") from None
+    except yaml.YAMLError as exc:
+        raise InputError(file, "-", f"invalid YAML: {exc}") from None
+    except RecursionError:
+        raise InputError(file, "-", "invalid YAML: nested too deeply") from None
+
+
+def _where(mark: Any) -> str:
+    if mark is None:
+        return "-"
+    return f"line {mark.line + 1}"

@@ -1,0 +1,167 @@
+"""``kfm-migrations validate``: bundles, type folders, the migrations root, fixtures."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bundle import DECLARATION_FILE, InvalidInput, display, load_bundle
+from .errors import InputError
+from .policy import check_bundle
+from .registry import (
+    REGISTRY_REL,
+    check_against_base,
+    check_coverage,
+    check_entries,
+    discover_bundles,
+    load_registry,
+)
+
+FIXTURE_EXPECTED = "expected.txt"
+
+
+@dataclass
+class Result:
+    target: str
+    kind: str  # bundle | registry | fixture
+    migration_id: str | None = None
+    digest: str | None = None
+    problems: list[InputError] = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def exit_code(self) -> int:
+        return max((p.exit_code for p in self.problems), default=0)
+
+
+def validate_bundle(path: Path) -> Result:
+    res = Result(display(path), "bundle")
+    try:
+        bundle = load_bundle(path)
+    except InvalidInput as exc:
+        res.problems = list(exc.problems)
+        return res
+    except InputError as exc:
+        res.problems = [exc]
+        return res
+    res.migration_id = bundle.migration_id
+    res.digest = bundle.digest
+    res.problems = check_bundle(bundle)
+    return res
+
+
+def validate_registry_file(path: Path) -> Result:
+    res = Result(display(path), "registry")
+    try:
+        reg = load_registry(path)
+    except InvalidInput as exc:
+        res.problems = list(exc.problems)
+        return res
+    res.problems = check_entries(reg, display(path))
+    res.note = f"{len(reg.migrations)} entries"
+    return res
+
+
+def validate_root(root: Path, base: str | None) -> list[Result]:
+    results: list[Result] = []
+    reg_path = root / REGISTRY_REL
+    reg_res = validate_registry_file(reg_path)
+    if reg_res.ok:
+        reg = load_registry(reg_path)
+        reg_res.problems.extend(check_coverage(reg, root, display(reg_path)))
+    if base:
+        try:
+            reg_res.problems.extend(check_against_base(root, base))
+        except InputError as exc:
+            reg_res.problems.append(exc)
+    results.append(reg_res)
+    for bundle in discover_bundles(root):
+        results.append(validate_bundle(bundle))
+    fixtures = root / "registry" / "fixtures"
+    if fixtures.is_dir():
+        results.extend(validate_fixtures(fixtures))
+    return results
+
+
+def _fixture_target(case: Path) -> Path | None:
+    reg = case / "migrations.v1.json"
+    if reg.exists():
+        return reg
+    subdirs = [p for p in sorted(case.iterdir()) if p.is_dir() and not p.is_symlink()]
+    return subdirs[0] if len(subdirs) == 1 else None
+
+
+def validate_fixtures(fixtures: Path) -> list[Result]:
+    """Valid fixtures must pass; every invalid one must fail with its expected reason."""
+    results = []
+    valid = fixtures / "valid"
+    if valid.is_dir():
+        for case in sorted(p for p in valid.iterdir() if p.is_dir()):
+            r = validate_bundle(case)
+            r.kind = "fixture"
+            results.append(r)
+    invalid = fixtures / "invalid"
+    if invalid.is_dir():
+        for case in sorted(p for p in invalid.iterdir() if p.is_dir()):
+            results.append(check_invalid_fixture(case))
+    return results
+
+
+def run_target(target: Path) -> Result:
+    if target.is_file() and target.suffix == ".json":
+        return validate_registry_file(target)
+    return validate_bundle(target)
+
+
+def check_invalid_fixture(case: Path) -> Result:
+    res = Result(display(case), "fixture")
+    expected_file = case / FIXTURE_EXPECTED
+    target = _fixture_target(case)
+    if not expected_file.exists() or target is None:
+        res.problems = [InputError(display(case), "-", f"an invalid fixture needs {FIXTURE_EXPECTED} and one bundle "
+                                   "folder (or migrations.v1.json)")]
+        return res
+    expected = expected_file.read_text(encoding="utf-8").strip()
+    inner = run_target(target)
+    text = "\n".join(p.line() for p in inner.problems)
+    if inner.ok:
+        res.problems = [InputError(display(case), "-", "invalid fixture was accepted")]
+    elif expected not in text:
+        res.problems = [InputError(display(case), "-", f"failed, but without the expected reason {expected!r}: {text}")]
+    else:
+        res.note = f"refused as expected ({expected})"
+    return res
+
+
+def validate_paths(paths: list[Path], base: str | None = None) -> list[Result]:
+    results: list[Result] = []
+    for path in paths:
+        if not path.exists() and not path.is_symlink():
+            results.append(Result(display(path), "path", problems=[InputError(display(path), "-", "no such file or directory")]))
+        elif path.is_file():
+            if path.suffix == ".json":
+                results.append(validate_registry_file(path))
+            elif path.name == DECLARATION_FILE:
+                results.append(validate_bundle(path.parent))
+            else:
+                results.append(Result(display(path), "path", problems=[InputError(display(path), "-", "not a "
+                                      "migration folder, migration.yml, registry file or migrations root")]))
+        elif (path / REGISTRY_REL).exists():
+            results.extend(validate_root(path, base))
+        elif (path / DECLARATION_FILE).exists() or path.is_symlink():
+            results.append(validate_bundle(path))
+        elif path.name == "fixtures" and ((path / "valid").is_dir() or (path / "invalid").is_dir()):
+            results.extend(validate_fixtures(path))
+        elif (path / FIXTURE_EXPECTED).exists():
+            results.append(check_invalid_fixture(path))
+        else:
+            subs = [p for p in sorted(path.iterdir()) if p.is_dir() and (p / DECLARATION_FILE).exists()]
+            if not subs:
+                results.append(Result(display(path), "path", problems=[InputError(display(path), "-", "no migration "
+                                      "bundles here (expected a bundle, a type folder or a migrations root)")]))
+            results.extend(validate_bundle(p) for p in subs)
+    return results
