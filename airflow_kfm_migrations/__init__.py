@@ -69,8 +69,7 @@ def get_provider_info() -> dict[str, Any]:
                         "default": "",
                     },
                     "fail_on_drift": {
-                        "description": "Refuse a run when the live store drifted from the last recorded "
-                        "post-baseline.",
+                        "description": "Refuse a run when the live store drifted from the last recorded post-baseline.",
                         "version_added": "0.1.0",
                         "type": "boolean",
                         "example": "True",

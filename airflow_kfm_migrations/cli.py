@@ -89,6 +89,122 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- plan / run
+
+
+def _load(path: str) -> Any:
+    from .bundle import load_bundle
+
+    return load_bundle(Path(path))
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .lifecycle import open_store
+    from .stores.postgis import PostgisStore
+
+    bundle = _load(args.bundle)
+    if bundle.type == "postgis":
+        store: Any = PostgisStore(lambda: None, args.conn_id or "-")  # planning never connects
+    else:
+        store = open_store(bundle.type, args.conn_id or "-", plan_only=True)
+    plan = store.plan(bundle)
+    if args.format == "json":
+        print(json.dumps(plan.as_json(), indent=2))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"plan {bundle.migration_id} ({bundle.type})")
+        for col in ("#", "kind", "statement", "targets", "in txn", "note"):
+            table.add_column(col)
+        for st in plan.statements:
+            table.add_row(
+                str(st.index),
+                st.kind,
+                st.statement,
+                "\n".join(st.targets),
+                "yes" if st.transactional else "NO",
+                st.note or "",
+            )
+        con = _console()
+        con.print(table)
+        for f in plan.findings:
+            con.print(f"{f.tier}: {f.code} {f.object or ''}: {f.message}")
+        con.print("plan: " + ("[red]REFUSED[/]" if plan.refused else "[green]ok[/]"))
+    return 1 if plan.refused else 0
+
+
+def _options(args: argparse.Namespace) -> Any:
+    from .lifecycle import RunOptions
+
+    def log(line: str) -> None:
+        sys.stderr.write(redact(line) + "\n")
+
+    return RunOptions(
+        conn_id=args.conn_id,
+        environment=args.env,
+        artifacts_dir=Path(args.artifacts) if args.artifacts else None,
+        dry_run=getattr(args, "dry_run", False),
+        fail_on_drift=getattr(args, "fail_on_drift", False),
+        actor=default_actor(),
+        registry_path=Path(args.registry) if args.registry else None,
+        log=log if not args.quiet else (lambda _l: None),
+    )
+
+
+def _report(result: Any) -> int:
+    tail = f" ({result.reason})" if result.reason else ""
+    if result.receipt_path is not None:
+        print(f"{result.status}: receipt {result.receipt_path}{tail}")
+    else:
+        print(f"{result.status}{tail}")
+    return int(result.exit_code)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .lifecycle import run_migration
+
+    bundle = _load(args.bundle)
+    return _report(run_migration(bundle, _options(args)))
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from .lifecycle import rollback_migration
+
+    bundle = _load(args.bundle)
+    return _report(rollback_migration(bundle, _options(args)))
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .receipts import verify
+
+    checked = verify(Path(args.target))
+    print(f"verified: {len(checked)} digests match ({', '.join(checked[:4])}{', ...' if len(checked) > 4 else ''})")
+    return 0
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from .receipts import verify
+    from .registry import record_transition
+
+    digest = None
+    if args.receipt:
+        verify(Path(args.receipt))
+        target = Path(args.receipt)
+        doc = json.loads(((target / "receipts/run_receipt.json") if target.is_dir() else target).read_text())
+        digest = doc["receipt_digest"]
+    entry = record_transition(
+        Path(args.registry),
+        args.migration_id,
+        args.status,
+        actor=default_actor(),
+        ref=args.ref,
+        receipt_digest=digest,
+        superseded_by=args.superseded_by,
+    )
+    print(f"{entry.migration_id}: {entry.status} ({len(entry.events)} events)")
+    return 0
+
+
 # -------------------------------------------------------------------- parser
 
 
@@ -109,6 +225,41 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--root", default="migrations", help="migrations root (default: migrations)")
     n.add_argument("--owner", default="kfm-platform")
     n.set_defaults(func=cmd_new)
+
+    pl = sub.add_parser("plan", help="static plan of a bundle (no connection, no writes)")
+    pl.add_argument("bundle")
+    pl.add_argument("--conn-id")
+    pl.add_argument("--format", choices=("table", "json"), default="table")
+    pl.set_defaults(func=cmd_plan)
+
+    for name, func, helptext in (
+        ("run", cmd_run, "run a migration under the governed lifecycle"),
+        ("rollback", cmd_rollback, "run the rollback artifact and verify the store equals the pre-baseline"),
+    ):
+        r = sub.add_parser(name, help=helptext)
+        r.add_argument("bundle")
+        r.add_argument("--conn-id", required=True, help="Airflow connection id (AIRFLOW_CONN_<ID> works)")
+        r.add_argument("--env", choices=("dev", "stage", "prod"), default="dev")
+        r.add_argument("--artifacts", help="folder for baselines, diffs and receipts (default: the bundle)")
+        r.add_argument("--registry", help="registry file (default: the one of the bundle's migrations root)")
+        r.add_argument("--quiet", action="store_true")
+        if name == "run":
+            r.add_argument("--dry-run", action="store_true", help="rehearse in a transaction that is rolled back")
+            r.add_argument("--fail-on-drift", action="store_true")
+        r.set_defaults(func=func)
+
+    ve = sub.add_parser("verify", help="recompute every digest of a receipt and its chain")
+    ve.add_argument("target", help="run_receipt.json or the artifacts folder")
+    ve.set_defaults(func=cmd_verify)
+
+    rg = sub.add_parser("record", help="append a registry status event (verifies the receipt first)")
+    rg.add_argument("migration_id")
+    rg.add_argument("status")
+    rg.add_argument("--ref", required=True, help="PR, issue or decision record")
+    rg.add_argument("--receipt", help="receipt (or artifacts folder) that evidences the transition")
+    rg.add_argument("--superseded-by")
+    rg.add_argument("--registry", default="migrations/registry/migrations.v1.json")
+    rg.set_defaults(func=cmd_record)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

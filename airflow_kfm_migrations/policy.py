@@ -46,9 +46,7 @@ def effective_body(rel: str, text: str) -> str:
 NOTES_SECTIONS = {
     "reason": re.compile(r"(?im)^#+\s*[^\n]*\breason\b[^\n]*\n+(?!#)\s*\S"),
     "approval reference": re.compile(r"(?im)^#+\s*[^\n]*\bapproval\b[^\n]*\n+(?!#)\s*\S"),
-    "alternative safety strategy": re.compile(
-        r"(?im)^#+\s*[^\n]*\b(safety|alternative)\b[^\n]*\n+(?!#)\s*\S"
-    ),
+    "alternative safety strategy": re.compile(r"(?im)^#+\s*[^\n]*\b(safety|alternative)\b[^\n]*\n+(?!#)\s*\S"),
 }
 
 
@@ -133,21 +131,30 @@ def check_bundle(bundle: Bundle) -> list[InputError]:
         for art in bundle.by_role("rollback"):
             if not effective_body(art.rel, art.text):
                 problems.append(
-                    PolicyError(display(art.path), "artifacts.rollback", "rollback script is empty (requires_rollback: true)")
+                    PolicyError(
+                        display(art.path), "artifacts.rollback", "rollback script is empty (requires_rollback: true)"
+                    )
                 )
     else:
         notes = next((a for a in bundle.by_role("notes")), None)
         if notes is None:
             problems.append(
-                PolicyError(f, "requires_rollback", "false needs notes.md with the reason, approval reference and "
-                            "alternative safety strategy")
+                PolicyError(
+                    f,
+                    "requires_rollback",
+                    "false needs notes.md with the reason, approval reference and alternative safety strategy",
+                )
             )
         else:
             for what, rx in NOTES_SECTIONS.items():
                 if not rx.search(notes.text + "\n"):
                     problems.append(
-                        PolicyError(display(notes.path), "-", f"irreversible migration: notes.md lacks a section "
-                                    f"with the {what} (a heading naming it, followed by text)")
+                        PolicyError(
+                            display(notes.path),
+                            "-",
+                            f"irreversible migration: notes.md lacks a section "
+                            f"with the {what} (a heading naming it, followed by text)",
+                        )
                     )
 
     # Scope consistency.
@@ -158,21 +165,30 @@ def check_bundle(bundle: Bundle) -> list[InputError]:
         token = f"protected:{obj}"
         if decl.approvals.change_class != "governance-critical":
             problems.append(
-                PolicyError(f, "approvals.change_class", f"protected object {obj!r} is inside the allowed scope; "
-                            "change_class must be governance-critical")
+                PolicyError(
+                    f,
+                    "approvals.change_class",
+                    f"protected object {obj!r} is inside the allowed scope; change_class must be governance-critical",
+                )
             )
         elif approval_covers(decl, token) is None:
             problems.append(
-                PolicyError(f, "approvals.recorded", f"protected object {obj!r} is inside the allowed scope; "
-                            f"a recorded approval must cover {token!r}")
+                PolicyError(
+                    f,
+                    "approvals.recorded",
+                    f"protected object {obj!r} is inside the allowed scope; a recorded approval must cover {token!r}",
+                )
             )
 
     # Backfill bounds (postgis).
     if isinstance(decl, PostgisDeclaration) and decl.backfill is not None:
         if decl.backfill.max_rows > decl.limits.max_row_backfill:
             problems.append(
-                PolicyError(f, "backfill.max_rows", f"{decl.backfill.max_rows} exceeds limits.max_row_backfill "
-                            f"({decl.limits.max_row_backfill})")
+                PolicyError(
+                    f,
+                    "backfill.max_rows",
+                    f"{decl.backfill.max_rows} exceeds limits.max_row_backfill ({decl.limits.max_row_backfill})",
+                )
             )
 
     # Secrets in any file of the bundle.

@@ -101,31 +101,43 @@ def check_entries(reg: Registry, label: str) -> list[InputError]:
             problems.append(PolicyError(label, f"{where}.migration_id", f"duplicate id {mid!r}; ids are never reused"))
         seen.add(mid)
         if not mid.startswith(TYPE_PREFIX[entry.type] + "-MIG-"):
-            problems.append(PolicyError(label, f"{where}.type", f"{entry.type!r} does not match the id prefix of {mid!r}"))
+            problems.append(
+                PolicyError(label, f"{where}.type", f"{entry.type!r} does not match the id prefix of {mid!r}")
+            )
         if entry.events[-1].status != entry.status:
             problems.append(
-                PolicyError(label, f"{where}.status", f"{entry.status!r} differs from the last event "
-                            f"({entry.events[-1].status!r}); status changes are appended events")
+                PolicyError(
+                    label,
+                    f"{where}.status",
+                    f"{entry.status!r} differs from the last event "
+                    f"({entry.events[-1].status!r}); status changes are appended events",
+                )
             )
         prev = None
         for j, ev in enumerate(entry.events):
             if prev is not None:
                 if ev.status not in TRANSITIONS[prev.status]:
                     problems.append(
-                        PolicyError(label, f"{where}.events.{j}.status", f"illegal transition {prev.status} -> {ev.status}")
+                        PolicyError(
+                            label, f"{where}.events.{j}.status", f"illegal transition {prev.status} -> {ev.status}"
+                        )
                     )
                 if ev.at < prev.at:
                     problems.append(PolicyError(label, f"{where}.events.{j}.at", "events must be in time order"))
             prev = ev
         if entry.status == "superseded":
             if not entry.superseded_by:
-                problems.append(PolicyError(label, f"{where}.superseded_by", "a superseded entry must name its successor"))
+                problems.append(
+                    PolicyError(label, f"{where}.superseded_by", "a superseded entry must name its successor")
+                )
             elif entry.superseded_by not in ids:
                 problems.append(
                     PolicyError(label, f"{where}.superseded_by", f"{entry.superseded_by!r} is not in the registry")
                 )
         elif entry.superseded_by:
-            problems.append(PolicyError(label, f"{where}.superseded_by", "only a superseded entry may name a successor"))
+            problems.append(
+                PolicyError(label, f"{where}.superseded_by", "only a superseded entry may name a successor")
+            )
         if entry.schedule and entry.type != "search":
             problems.append(PolicyError(label, f"{where}.schedule", "only search migrations may declare a schedule"))
     return problems
@@ -275,12 +287,16 @@ def check_against_base(root: Path, base: str) -> list[InputError]:
     for entry in old.migrations:
         now = current.get(entry.migration_id)
         if now is None:
-            problems.append(PolicyError(reg_label, entry.migration_id, "deleted from the registry; ids are never deleted"))
+            problems.append(
+                PolicyError(reg_label, entry.migration_id, "deleted from the registry; ids are never deleted")
+            )
             continue
         old_events = [e.model_dump(mode="json") for e in entry.events]
         new_events = [e.model_dump(mode="json") for e in now.events[: len(entry.events)]]
         if old_events != new_events:
-            problems.append(PolicyError(reg_label, entry.migration_id, "status history rewritten; events are append-only"))
+            problems.append(
+                PolicyError(reg_label, entry.migration_id, "status history rewritten; events are append-only")
+            )
         if entry.status not in FROZEN:
             continue
         bundle_rel = (root.resolve() / entry.path).relative_to(repo).as_posix()
@@ -293,7 +309,11 @@ def check_against_base(root: Path, base: str) -> list[InputError]:
             if inner in OUTPUT_DIRS:
                 continue
             problems.append(
-                PolicyError(path, "-", f"{entry.migration_id} was {entry.status} at {base}; merged migrations are "
-                            "never rewritten (supersede it with a new migration)")
+                PolicyError(
+                    path,
+                    "-",
+                    f"{entry.migration_id} was {entry.status} at {base}; merged migrations are "
+                    "never rewritten (supersede it with a new migration)",
+                )
             )
     return problems

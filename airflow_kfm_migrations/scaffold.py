@@ -13,28 +13,54 @@ from .errors import InputError
 from .registry import REGISTRY_REL, add_entry, load_json_strict
 
 FORWARD = {
-    "postgis": ("forward.sql", "-- Forward change. Runs in one transaction under the governed runner.\n"
-                "SET search_path = public;\n-- e.g. CREATE INDEX ... ON my_table (...);\n"),
+    "postgis": (
+        "forward.sql",
+        "-- Forward change. Runs in one transaction under the governed runner.\n"
+        "SET search_path = public;\n-- e.g. CREATE INDEX ... ON my_table (...);\n",
+    ),
     "search": ("forward.json", '{\n  "actions": []\n}\n'),
     "graph": ("forward.cypher", "// Forward change. Schema and data statements run in separate transactions.\n"),
 }
 ROLLBACK = {
-    "postgis": ("rollback.sql", "-- Undo forward.sql exactly; verified against the pre-baseline.\n"
-                "SET search_path = public;\n-- e.g. DROP INDEX IF EXISTS ...;\n"),
+    "postgis": (
+        "rollback.sql",
+        "-- Undo forward.sql exactly; verified against the pre-baseline.\n"
+        "SET search_path = public;\n-- e.g. DROP INDEX IF EXISTS ...;\n",
+    ),
     "search": ("rollback.json", '{\n  "actions": []\n}\n'),
     "graph": ("rollback.cypher", "// Undo forward.cypher exactly; verified against the pre-baseline.\n"),
 }
 SCOPE = {
-    "postgis": {"allowed_schemas": ["public"], "allowed_tables": [], "forbidden_schemas": ["kfm_governance"],
-                "forbidden_tables": [], "protected_schemas": [], "protected_tables": []},
-    "search": {"allowed_index_patterns": [], "forbidden_index_patterns": [".kfm-governance*"],
-               "allowed_aliases": [], "forbidden_aliases": [], "protected_indices": []},
-    "graph": {"allowed_labels": [], "forbidden_labels": ["KfmMigration", "KfmLock"],
-              "allowed_relationship_types": [], "forbidden_relationship_types": [], "protected_labels": []},
+    "postgis": {
+        "allowed_schemas": ["public"],
+        "allowed_tables": [],
+        "forbidden_schemas": ["kfm_governance"],
+        "forbidden_tables": [],
+        "protected_schemas": [],
+        "protected_tables": [],
+    },
+    "search": {
+        "allowed_index_patterns": [],
+        "forbidden_index_patterns": [".kfm-governance*"],
+        "allowed_aliases": [],
+        "forbidden_aliases": [],
+        "protected_indices": [],
+    },
+    "graph": {
+        "allowed_labels": [],
+        "forbidden_labels": ["KfmMigration", "KfmLock"],
+        "allowed_relationship_types": [],
+        "forbidden_relationship_types": [],
+        "protected_labels": [],
+    },
 }
 LIMITS = {
-    "postgis": {"max_table_count_touched": 1, "max_index_count_delta": 0, "max_row_backfill": 0,
-                "max_constraint_delta": 0},
+    "postgis": {
+        "max_table_count_touched": 1,
+        "max_index_count_delta": 0,
+        "max_row_backfill": 0,
+        "max_constraint_delta": 0,
+    },
     "search": {"max_index_count_delta": 1, "max_docs_reindexed": 0},
     "graph": {"max_nodes_changed": 0, "max_relationships_changed": 0, "max_schema_delta": 0},
 }
@@ -117,8 +143,9 @@ def scaffold(root: Path, mtype: str, intent: str | None, owner: str, actor: str)
             "owner": owner,
             "status": "draft",
             "conn_id": CONN[mtype],
-            "events": [{"status": "draft", "at": datetime.now(UTC).isoformat(), "actor": actor,
-                        "ref": "kfm-migrations new"}],
+            "events": [
+                {"status": "draft", "at": datetime.now(UTC).isoformat(), "actor": actor, "ref": "kfm-migrations new"}
+            ],
         },
     )
     return folder

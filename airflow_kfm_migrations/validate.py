@@ -122,8 +122,13 @@ def check_invalid_fixture(case: Path) -> Result:
     expected_file = case / FIXTURE_EXPECTED
     target = _fixture_target(case)
     if not expected_file.exists() or target is None:
-        res.problems = [InputError(display(case), "-", f"an invalid fixture needs {FIXTURE_EXPECTED} and one bundle "
-                                   "folder (or migrations.v1.json)")]
+        res.problems = [
+            InputError(
+                display(case),
+                "-",
+                f"an invalid fixture needs {FIXTURE_EXPECTED} and one bundle folder (or migrations.v1.json)",
+            )
+        ]
         return res
     expected = expected_file.read_text(encoding="utf-8").strip()
     inner = run_target(target)
@@ -141,15 +146,28 @@ def validate_paths(paths: list[Path], base: str | None = None) -> list[Result]:
     results: list[Result] = []
     for path in paths:
         if not path.exists() and not path.is_symlink():
-            results.append(Result(display(path), "path", problems=[InputError(display(path), "-", "no such file or directory")]))
+            results.append(
+                Result(display(path), "path", problems=[InputError(display(path), "-", "no such file or directory")])
+            )
         elif path.is_file():
             if path.suffix == ".json":
                 results.append(validate_registry_file(path))
             elif path.name == DECLARATION_FILE:
                 results.append(validate_bundle(path.parent))
             else:
-                results.append(Result(display(path), "path", problems=[InputError(display(path), "-", "not a "
-                                      "migration folder, migration.yml, registry file or migrations root")]))
+                results.append(
+                    Result(
+                        display(path),
+                        "path",
+                        problems=[
+                            InputError(
+                                display(path),
+                                "-",
+                                "not a migration folder, migration.yml, registry file or migrations root",
+                            )
+                        ],
+                    )
+                )
         elif (path / REGISTRY_REL).exists():
             results.extend(validate_root(path, base))
         elif (path / DECLARATION_FILE).exists() or path.is_symlink():
@@ -161,7 +179,18 @@ def validate_paths(paths: list[Path], base: str | None = None) -> list[Result]:
         else:
             subs = [p for p in sorted(path.iterdir()) if p.is_dir() and (p / DECLARATION_FILE).exists()]
             if not subs:
-                results.append(Result(display(path), "path", problems=[InputError(display(path), "-", "no migration "
-                                      "bundles here (expected a bundle, a type folder or a migrations root)")]))
+                results.append(
+                    Result(
+                        display(path),
+                        "path",
+                        problems=[
+                            InputError(
+                                display(path),
+                                "-",
+                                "no migration bundles here (expected a bundle, a type folder or a migrations root)",
+                            )
+                        ],
+                    )
+                )
             results.extend(validate_bundle(p) for p in subs)
     return results

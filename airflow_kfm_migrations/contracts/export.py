@@ -1,6 +1,6 @@
 """Write the generated JSON Schemas into the package and into migrations/registry/schemas.
 
-    python -m airflow_kfm_migrations.contracts.export [--check] [REPO_ROOT]
+python -m airflow_kfm_migrations.contracts.export [--check] [REPO_ROOT]
 """
 
 from __future__ import annotations

@@ -133,9 +133,7 @@ class RecordedApproval(Strict):
 
 
 class Approvals(Strict):
-    required_reviewers: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
-        min_length=1
-    )
+    required_reviewers: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(min_length=1)
     change_class: ChangeClass
     recorded: list[RecordedApproval] = Field(default_factory=list)
 
@@ -395,6 +393,7 @@ class WriteCount(Strict):
     inserted: NonNegInt = 0
     updated: NonNegInt = 0
     deleted: NonNegInt = 0
+    rewritten: bool = Field(default=False, description="Storage replaced (TRUNCATE, table rewrite)")
 
 
 class LimitCheck(Strict):
@@ -457,6 +456,7 @@ class RunReceipt(Strict):
     reason: str | None = None
     store: dict[str, str] = Field(description="Store kind and Airflow connection id; never a DSN")
     registry: dict[str, str | bool | None]
+    bundle_path: str = Field(description="The bundle folder, relative to the artifacts folder")
     bundle_digest: Sha256
     inputs: list[DigestRef]
     outputs: list[DigestRef]

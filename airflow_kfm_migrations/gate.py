@@ -1,0 +1,103 @@
+"""Diff × declaration → findings in three tiers and a verdict.
+
+hard_fail: refused. review_required: refused unless a recorded approval covers it
+(``review:<code>`` or ``review:<code>:<object>``). informational: reported only.
+Protected objects changed without an approval covering ``protected:<object>`` are
+hard fails whatever the store says.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .bundle import Bundle
+from .contracts.models import Baseline, DiffSummary, Finding, WriteCount
+from .diff import diff_objects, index
+from .policy import approval_covers
+from .stores.base import Store
+
+
+def resolve_approvals(bundle: Bundle, findings: list[Finding]) -> list[Finding]:
+    out = []
+    for f in findings:
+        if f.tier == "review_required":
+            who = approval_covers(bundle.declaration, f"review:{f.code}") or (
+                approval_covers(bundle.declaration, f"review:{f.code}:{f.object}") if f.object else None
+            )
+            if who:
+                f = f.model_copy(update={"approved_by": who})
+        out.append(f)
+    return out
+
+
+def protected_findings(bundle: Bundle, pre: Baseline, post: Baseline) -> list[Finding]:
+    before, after = index(pre), index(post)
+    findings: list[Finding] = []
+    for change in diff_objects(pre, post):
+        obj = before.get(change.id) or after.get(change.id)
+        if obj is None or not obj.protected:
+            continue
+        target = obj.table or obj.schema_ or obj.id
+        if approval_covers(bundle.declaration, f"protected:{target}") or approval_covers(
+            bundle.declaration, f"protected:{change.id}"
+        ):
+            findings.append(
+                Finding(
+                    code="protected_change_approved",
+                    tier="informational",
+                    object=change.id,
+                    message=f"protected {obj.kind} {change.change} with a recorded approval",
+                )
+            )
+            continue
+        findings.append(
+            Finding(
+                code="protected_domain_changed",
+                tier="hard_fail",
+                object=change.id,
+                message=f"protected {obj.kind} {change.change}; needs an approval covering 'protected:{target}'",
+            )
+        )
+    if pre.protected_fingerprint != post.protected_fingerprint and not findings:
+        findings.append(
+            Finding(
+                code="protected_fingerprint_changed",
+                tier="hard_fail",
+                message="the protected-domain fingerprint changed",
+            )
+        )
+    return findings
+
+
+def verdict(
+    bundle: Bundle,
+    store: Store,
+    pre: Baseline,
+    post: Baseline,
+    writes: list[WriteCount],
+    facts: dict[str, Any] | None = None,
+) -> DiffSummary:
+    changes = diff_objects(pre, post)
+    findings, limits = store.evaluate(bundle, pre, post, writes, facts or {})
+    findings = resolve_approvals(bundle, protected_findings(bundle, pre, post) + findings)
+    failed = any(f.tier == "hard_fail" for f in findings) or any(
+        f.tier == "review_required" and not f.approved_by for f in findings
+    )
+    return DiffSummary(
+        schema_version="diff_summary.v1",
+        migration_id=bundle.migration_id,
+        store=store.kind,  # type: ignore[arg-type]
+        pre_schema_fingerprint=pre.schema_fingerprint,
+        post_schema_fingerprint=post.schema_fingerprint,
+        pre_protected_fingerprint=pre.protected_fingerprint,
+        post_protected_fingerprint=post.protected_fingerprint,
+        changes=changes,
+        writes=[w for w in writes if w.inserted or w.updated or w.deleted or w.rewritten],
+        limits=limits,
+        findings=findings,
+        verdict="fail" if failed else "pass",
+    )
+
+
+def blocking(summary: DiffSummary) -> list[Finding]:
+    return [f for f in summary.findings if f.tier == "hard_fail" or (f.tier == "review_required" and not f.approved_by)]

@@ -1,0 +1,418 @@
+"""The one governed lifecycle, shared by the CLI and the Airflow operators.
+
+preflight (no writes) → lock → ledger (no-op / changed artifact / drift) → baseline pre
+→ apply → baseline post → diff → gate → commit, or abort / compensate → receipt.
+Every outcome but invalid input (exit 2, nothing written) ends with a receipt.
+"""
+
+from __future__ import annotations
+
+import importlib
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .bundle import Bundle
+from .contracts.models import Baseline, DiffSummary, ValidationCheck
+from .diff import touched_csv
+from .digest import write_bytes_atomic, write_json
+from .errors import KfmError, LockedError, RefusedError
+from .gate import blocking, verdict
+from .policy import check_bundle
+from .receipts import output_refs, write_receipt
+from .registry import RUNNABLE_IN, find_entry, find_registry_for, load_registry
+from .stores.base import ApplyOutcome, LedgerRecord, Plan, Store
+
+STORES = {
+    "postgis": "airflow_kfm_migrations.stores.postgis:PostgisStore",
+    "search": "airflow_kfm_migrations.stores.search:SearchStore",
+    "graph": "airflow_kfm_migrations.stores.graph:GraphStore",
+}
+
+EXIT = {"succeeded": 0, "noop": 0, "failed": 1, "rolled_back": 1, "rollback_failed": 1}
+
+
+def open_store(kind: str, conn_id: str, *, use_hook: bool = False, plan_only: bool = False) -> Store:
+    if kind not in STORES:
+        raise RefusedError(f"no governed runner for type {kind!r}; scope cannot be enforced, refusing")
+    module, _, cls = STORES[kind].partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise RefusedError(f"the {kind} store is not available in this version") from None
+    klass = getattr(mod, cls)
+    if plan_only:
+        return klass.for_planning(conn_id)  # type: ignore[no-any-return]
+    return klass.from_conn_id(conn_id, use_hook=use_hook)  # type: ignore[no-any-return]
+
+
+@dataclass
+class RunOptions:
+    conn_id: str
+    environment: str = "dev"
+    artifacts_dir: Path | None = None
+    dry_run: bool = False
+    fail_on_drift: bool = False
+    actor: str = "unknown"
+    registry_path: Path | None = None
+    use_hook: bool = False
+    prov: bool = True
+    log: Callable[[str], None] = print
+
+
+@dataclass
+class RunResult:
+    status: str
+    reason: str | None
+    receipt_path: Path | None
+    summary: DiffSummary | None = None
+    plan: Plan | None = None
+    pre: Baseline | None = None
+    post: Baseline | None = None
+    receipt_digest: str | None = None
+    checks: list[ValidationCheck] = field(default_factory=list)
+    assets: list[str] = field(default_factory=list)
+    operation: str = "apply"
+
+    @property
+    def exit_code(self) -> int:
+        if self.operation == "rollback" and self.status == "rolled_back":
+            return 0  # a rollback asked for and verified is a success
+        return EXIT[self.status]
+
+
+class _Run:
+    """State of one run; every exit path goes through ``finish``."""
+
+    def __init__(self, bundle: Bundle, opts: RunOptions, operation: str) -> None:
+        self.bundle = bundle
+        self.opts = opts
+        self.operation = operation
+        self.run_id = uuid.uuid4().hex
+        self.started = datetime.now(UTC)
+        self.dir = opts.artifacts_dir or bundle.root
+        self.checks: list[ValidationCheck] = []
+        self.policy: list[str] = []
+        self.metrics: dict[str, int | float | str] = {}
+        self.registry: dict[str, str | bool | None] = {"in_registry": False, "status": None, "note": None}
+        self.pre: Baseline | None = None
+        self.post: Baseline | None = None
+        self.summary: DiffSummary | None = None
+        self.plan: Plan | None = None
+        self.outputs: list[tuple[str, Path]] = []
+        self.assets: list[str] = []
+
+    def check(self, name: str, passed: bool, detail: str | None = None) -> None:
+        self.checks.append(ValidationCheck(name=name, passed=passed, detail=detail))
+        self.opts.log(f"[{'pass' if passed else 'FAIL'}] {name}" + (f": {detail}" if detail else ""))
+
+    def write_outputs(self) -> None:
+        paths = self.bundle.declaration.artifacts
+        if self.pre is not None:
+            p = self.dir / paths.baselines.pre
+            write_json(p, self.pre.model_dump(mode="json", by_alias=True))
+            self.outputs.append(("baseline_pre", p))
+        if self.post is not None:
+            p = self.dir / paths.baselines.post
+            write_json(p, self.post.model_dump(mode="json", by_alias=True))
+            self.outputs.append(("baseline_post", p))
+        if self.summary is not None:
+            p = self.dir / paths.diffs.summary
+            write_json(p, self.summary.model_dump(mode="json", by_alias=True))
+            self.outputs.append(("diff_summary", p))
+            t = self.dir / paths.diffs.touched
+            writes = [(w.table, w.inserted, w.updated, w.deleted) for w in self.summary.writes]
+            write_bytes_atomic(t, touched_csv(self.summary.changes, writes).encode())
+            self.outputs.append(("diff_touched", t))
+
+    def finish(self, status: str, reason: str | None) -> RunResult:
+        if self.opts.dry_run:
+            self.opts.log(f"dry run: {status}" + (f" ({reason})" if reason else "") + "; nothing was written")
+            return RunResult(
+                status,
+                reason,
+                None,
+                self.summary,
+                self.plan,
+                self.pre,
+                self.post,
+                None,
+                self.checks,
+                operation=self.operation,
+            )
+        self.write_outputs()
+        path, receipt = write_receipt(
+            self.dir,
+            self.bundle,
+            run_id=self.run_id,
+            operation=self.operation,
+            actor=self.opts.actor,
+            started_at=self.started,
+            environment=self.opts.environment,
+            status=status,
+            reason=reason,
+            store={"kind": self.bundle.type, "conn_id": self.opts.conn_id},
+            registry=self.registry,
+            outputs=output_refs(self.dir, self.outputs),
+            validation=self.checks,
+            policy=self.policy,
+            metrics=self.metrics,
+        )
+        prov_rel = self.bundle.declaration.artifacts.receipts.prov
+        if self.opts.prov and prov_rel:
+            from .prov import prov_jsonld
+
+            write_bytes_atomic(self.dir / prov_rel, prov_jsonld(receipt))
+        return RunResult(
+            status,
+            reason,
+            path,
+            self.summary,
+            self.plan,
+            self.pre,
+            self.post,
+            receipt.receipt_digest,
+            self.checks,
+            self.assets,
+            self.operation,
+        )
+
+
+def preflight(run: _Run) -> str | None:
+    """Checks that write nothing. Returns a refusal reason, or None."""
+    bundle, opts = run.bundle, run.opts
+    problems = check_bundle(bundle)
+    run.check("policy", not problems, "; ".join(p.line() for p in problems[:3]) or None)
+    if problems:
+        return problems[0].line()
+    reg_path = opts.registry_path or find_registry_for(bundle.root)
+    entry = None
+    if reg_path is not None and reg_path.exists():
+        entry = find_entry(load_registry(reg_path), bundle.migration_id)
+    if entry is None:
+        run.registry.update({"in_registry": False, "note": "bundle is outside any registry"})
+        if opts.environment != "dev":
+            run.check("registry", False, f"{opts.environment} runs need a registry entry")
+            return f"{bundle.migration_id} is not in the registry; only dev runs may use unregistered bundles"
+        run.policy.append("dev run of a bundle outside any registry")
+        run.check("registry", True, "not registered (allowed in dev)")
+    else:
+        run.registry.update({"in_registry": True, "status": entry.status})
+        if entry.status not in RUNNABLE_IN[opts.environment]:
+            run.check("registry", False, f"status {entry.status}")
+            return (
+                f"registry status {entry.status!r} does not allow a {opts.environment} run "
+                f"(needs one of {', '.join(sorted(RUNNABLE_IN[opts.environment]))})"
+            )
+        run.check("registry", True, f"status {entry.status}")
+    decl = bundle.declaration
+    if opts.environment in {"stage", "prod"}:
+        approvers = {r.by for r in decl.approvals.recorded}
+        missing = [r for r in decl.approvals.required_reviewers if r not in approvers]
+        run.check("approvals", not missing, f"missing {', '.join(missing)}" if missing else None)
+        if missing:
+            return f"{opts.environment} run needs recorded approvals from: {', '.join(missing)}"
+    return None
+
+
+def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
+    run = _Run(bundle, opts, "apply")
+    reason = preflight(run)
+    if reason:
+        return run.finish("failed", reason)
+    store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+    run.plan = store.plan(bundle)
+    hard = [f for f in run.plan.findings if f.tier == "hard_fail"]
+    run.check(
+        "static_plan", not hard, "; ".join(f.message for f in hard[:3]) or f"{len(run.plan.statements)} statements"
+    )
+    if hard:
+        return run.finish("failed", f"static plan refused: {hard[0].message}")
+    if opts.dry_run and not bundle.declaration.transactional:
+        return run.finish("succeeded", "plan only: a non-transactional migration cannot be rehearsed")
+    try:
+        with store.session(bundle, run.run_id) as s:
+            run.check("lock", True)
+            last = s.ledger_last()
+            if last is not None and last.operation == "apply":
+                current = {a.rel: a.sha256 for a in bundle.artifacts}
+                changed = sorted(
+                    k for k in set(current) | set(last.artifacts) if current.get(k) != last.artifacts.get(k)
+                )
+                if changed:
+                    run.check("ledger", False, f"changed since apply: {', '.join(changed)}")
+                    s.abort()
+                    return run.finish(
+                        "failed",
+                        f"{changed[0]} changed after {bundle.migration_id} was applied "
+                        f"(run {last.run_id[:12]}); write a new migration instead",
+                    )
+                pre = s.baseline()
+                live = store.scope_fingerprint(bundle, pre)
+                drift = live != last.post_scope_fingerprint
+                run.check("ledger", True, f"already applied by run {last.run_id[:12]}")
+                run.check(
+                    "drift", not drift, "in-scope objects differ from the recorded post-baseline" if drift else None
+                )
+                s.abort()
+                if drift:
+                    run.policy.append("drift: live in-scope fingerprint differs from the last recorded post-baseline")
+                    if opts.fail_on_drift:
+                        return run.finish("failed", "drift detected and --fail-on-drift is set")
+                run.metrics["drift"] = int(drift)
+                return run.finish("noop", f"already applied (run {last.run_id[:12]}); nothing to do")
+            run.check("ledger", True, "not applied yet" if last is None else f"last operation {last.operation}")
+            run.pre = s.baseline()
+            outcome = s.apply()
+            run.metrics.update(outcome.metrics)
+            run.metrics["statements"] = outcome.statements_run
+            if not outcome.ok:
+                run.check("apply", False, outcome.error)
+                s.abort()
+                if not s.transactional:
+                    return _compensate(run, store, s, f"forward failed: {outcome.error}")
+                return run.finish("failed", f"forward failed, transaction rolled back: {outcome.error}")
+            run.check("apply", True, f"{outcome.statements_run} statements")
+            run.post = s.baseline()
+            run.summary = verdict(bundle, store, run.pre, run.post, outcome.writes, s.facts(run.pre, run.post))
+            _log_summary(run)
+            blockers = blocking(run.summary)
+            run.check("gate", not blockers, "; ".join(f"{f.code}: {f.message}" for f in blockers[:3]) or None)
+            if blockers:
+                s.abort()
+                if not s.transactional:
+                    return _compensate(run, store, s, f"gate refused: {blockers[0].code}: {blockers[0].message}")
+                return run.finish(
+                    "failed",
+                    f"gate refused ({blockers[0].code}: {blockers[0].message}); "
+                    "transaction rolled back, store unchanged",
+                )
+            if opts.dry_run:
+                s.abort()
+                return run.finish("succeeded", "rehearsed in a transaction that was rolled back")
+            s.record(_ledger(run, store, "apply", "succeeded"))
+            s.commit()
+            run.assets = store.assets(bundle, run.summary)
+            result = run.finish("succeeded", None)
+            _note_receipt(s, run, result)
+            return result
+    except LockedError as exc:
+        run.check("lock", False, str(exc))
+        return run.finish("failed", str(exc))
+    except KfmError as exc:
+        if isinstance(exc, RefusedError):
+            run.check("store", False, str(exc))
+            return run.finish("failed", str(exc))
+        raise
+
+
+def _ledger(run: _Run, store: Store, operation: str, status: str) -> LedgerRecord:
+    assert run.pre is not None and run.post is not None
+    return LedgerRecord(
+        migration_id=run.bundle.migration_id,
+        operation=operation,
+        status=status,
+        bundle_digest=run.bundle.digest,
+        artifacts={a.rel: a.sha256 for a in run.bundle.artifacts},
+        environment=run.opts.environment,
+        run_id=run.run_id,
+        pre_schema_fingerprint=run.pre.schema_fingerprint,
+        pre_protected_fingerprint=run.pre.protected_fingerprint,
+        post_schema_fingerprint=run.post.schema_fingerprint,
+        post_scope_fingerprint=store.scope_fingerprint(run.bundle, run.post),
+    )
+
+
+def _note_receipt(session: Any, run: _Run, result: RunResult) -> None:
+    setter = getattr(session, "set_receipt_digest", None)
+    if setter and result.receipt_digest and not run.opts.dry_run:
+        try:
+            setter(run.run_id, result.receipt_digest)
+        except Exception as exc:  # the run itself is done; record the gap in the log
+            run.opts.log(f"note: could not store the receipt digest in the ledger ({type(exc).__name__})")
+
+
+def _compensate(run: _Run, store: Store, s: Any, why: str) -> RunResult:
+    """Non-transactional: run the rollback artifact and verify the store equals pre."""
+    assert run.pre is not None
+    if not run.bundle.by_role("rollback"):
+        run.check("rollback", False, "no rollback artifact")
+        return run.finish("rollback_failed", f"{why}; no rollback artifact to compensate with")
+    outcome: ApplyOutcome = s.rollback()
+    after = s.baseline()
+    same = after.schema_fingerprint == run.pre.schema_fingerprint and (
+        after.protected_fingerprint == run.pre.protected_fingerprint
+    )
+    run.post = after
+    run.check(
+        "rollback", outcome.ok and same, outcome.error or ("store equals pre" if same else "store differs from pre")
+    )
+    if outcome.ok and same:
+        s.commit()
+        return run.finish("rolled_back", f"{why}; compensated by the rollback artifact, store equals pre")
+    s.abort()
+    return run.finish("rollback_failed", f"{why}; rollback did not restore the pre-baseline")
+
+
+def rollback_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
+    """Run the rollback artifact by hand; verify the store returns to the apply's pre-baseline."""
+    run = _Run(bundle, opts, "rollback")
+    if not bundle.by_role("rollback"):
+        run.check("rollback_artifact", False)
+        return run.finish("failed", "the bundle has no rollback artifact")
+    store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+    try:
+        with store.session(bundle, run.run_id) as s:
+            run.check("lock", True)
+            last = s.ledger_last()
+            if last is None or last.operation != "apply":
+                s.abort()
+                run.check("ledger", False, "no applied run to roll back")
+                return run.finish("noop", "nothing to roll back (not applied, or already rolled back)")
+            run.check("ledger", True, f"rolling back run {last.run_id[:12]}")
+            run.pre = s.baseline()
+            outcome = s.rollback()
+            if not outcome.ok:
+                run.check("rollback", False, outcome.error)
+                s.abort()
+                return run.finish("rollback_failed", f"rollback script failed: {outcome.error}")
+            run.post = s.baseline()
+            same_schema = run.post.schema_fingerprint == last.pre_schema_fingerprint
+            same_protected = run.post.protected_fingerprint == last.pre_protected_fingerprint
+            run.check("schema_equals_pre", same_schema)
+            run.check("protected_equals_pre", same_protected)
+            if not (same_schema and same_protected):
+                s.abort()
+                return run.finish(
+                    "rollback_failed",
+                    "after rollback the store does not equal the apply's pre-baseline; rollback not committed",
+                )
+            s.record(_ledger(run, store, "rollback", "rolled_back"))
+            s.commit()
+            result = run.finish("rolled_back", None)
+            _note_receipt(s, run, result)
+            return result
+    except LockedError as exc:
+        run.check("lock", False, str(exc))
+        return run.finish("failed", str(exc))
+
+
+def _log_summary(run: _Run) -> None:
+    s = run.summary
+    if s is None:
+        return
+    run.opts.log(f"diff: {len(s.changes)} object change(s), {sum(1 for w in s.writes)} table(s) written")
+    for lc in s.limits:
+        run.opts.log(
+            f"  limit {lc.name}: observed {lc.observed} / declared {lc.declared} {'ok' if lc.ok else 'EXCEEDED'}"
+        )
+    for f in s.findings:
+        if f.tier != "informational":
+            run.opts.log(
+                f"  {f.tier} {f.code} {f.object or ''}: {f.message}"
+                + (f" (approved by {f.approved_by})" if f.approved_by else "")
+            )
+    run.opts.log(f"verdict: {s.verdict}")

@@ -1,0 +1,207 @@
+"""Run receipts: schema-valid, secret-free, content-addressed and chained.
+
+Layout under the artifacts folder:
+    receipts/run_receipt.json              the latest receipt
+    receipts/history/<receipt_digest>.json every receipt, content-addressed
+    receipts/receipt_ref.json              pointer to the latest (receipt_ref.v1)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from . import __version__
+from .bundle import DECLARATION_FILE, Bundle, display, pydantic_problems
+from .contracts import adapter
+from .contracts.models import DigestRef, ReceiptRef, RunReceipt, ValidationCheck
+from .digest import digest_json, dump_json, sha256_bytes, sha256_file, write_bytes_atomic
+from .errors import InputError, RefusedError
+from .secret_scan import scan_text
+
+RECEIPT = Path("receipts/run_receipt.json")
+HISTORY = Path("receipts/history")
+REF = Path("receipts/receipt_ref.json")
+
+
+def receipt_digest(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "receipt_digest"}
+    return digest_json(body)
+
+
+def previous_digest(artifacts_dir: Path) -> str | None:
+    path = artifacts_dir / RECEIPT
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        dig = doc.get("receipt_digest")
+        return dig if isinstance(dig, str) and len(dig) == 64 else None
+    except (OSError, ValueError):
+        return None
+
+
+def input_refs(bundle: Bundle) -> list[DigestRef]:
+    return [DigestRef(path=a.rel, sha256=a.sha256, role=a.role) for a in bundle.artifacts]
+
+
+def output_refs(artifacts_dir: Path, files: Iterable[tuple[str, Path]]) -> list[DigestRef]:
+    out = []
+    for role, path in files:
+        if path.exists():
+            out.append(DigestRef(path=path.relative_to(artifacts_dir).as_posix(), sha256=sha256_file(path), role=role))
+    return out
+
+
+def write_receipt(
+    artifacts_dir: Path,
+    bundle: Bundle,
+    *,
+    run_id: str,
+    operation: str,
+    actor: str,
+    started_at: datetime,
+    environment: str,
+    status: str,
+    reason: str | None,
+    store: dict[str, str],
+    registry: dict[str, str | bool | None],
+    outputs: list[DigestRef],
+    validation: list[ValidationCheck],
+    policy: list[str],
+    metrics: dict[str, int | float | str],
+) -> tuple[Path, RunReceipt]:
+    doc: dict[str, Any] = {
+        "schema_version": "run_receipt.v1",
+        "run_id": run_id,
+        "migration_id": bundle.migration_id,
+        "operation": operation,
+        "actor": actor,
+        "started_at": started_at.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "environment": environment,
+        "status": status,
+        "reason": reason,
+        "store": store,
+        "registry": registry,
+        "bundle_path": os.path.relpath(bundle.root.resolve(), artifacts_dir.resolve()),
+        "bundle_digest": bundle.digest,
+        "inputs": [r.model_dump(mode="json") for r in input_refs(bundle)],
+        "outputs": [r.model_dump(mode="json") for r in outputs],
+        "validation": [v.model_dump(mode="json") for v in validation],
+        "policy": policy,
+        "metrics": metrics,
+        "tool": {"name": "airflow-kfm-migrations", "version": __version__},
+        "previous_receipt_digest": previous_digest(artifacts_dir),
+    }
+    doc["receipt_digest"] = receipt_digest(doc)
+    receipt = RunReceipt.model_validate(doc)  # schema-valid or a bug: never write an invalid receipt
+    data = dump_json(doc)
+    leaks = scan_text(data.decode(), "run_receipt.json")
+    if leaks:
+        raise RefusedError("refusing to write a receipt that contains a secret: " + leaks[0].message())
+    write_bytes_atomic(artifacts_dir / HISTORY / f"{doc['receipt_digest']}.json", data)
+    write_bytes_atomic(artifacts_dir / RECEIPT, data)
+    ref = ReceiptRef(
+        schema_version="receipt_ref.v1",
+        migration_id=bundle.migration_id,
+        run_id=run_id,
+        status=status,  # type: ignore[arg-type]
+        receipt_digest=doc["receipt_digest"],
+        uri=(HISTORY / f"{doc['receipt_digest']}.json").as_posix(),
+        created_at=datetime.now(UTC),
+    )
+    write_bytes_atomic(artifacts_dir / REF, dump_json(ref.model_dump(mode="json")))
+    return artifacts_dir / RECEIPT, receipt
+
+
+# ------------------------------------------------------------------------- verify
+
+
+class VerifyMismatch(RefusedError):
+    pass
+
+
+def _load_receipt(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(display(path), "-", "no such receipt") from None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(display(path), "-", f"not a JSON receipt: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(display(path), "-", "not a JSON receipt")
+    try:
+        adapter("run_receipt.v1").validate_python(doc)
+    except ValidationError as exc:
+        first = pydantic_problems(exc, display(path), tagged=False)[0]
+        raise VerifyMismatch(
+            f"receipt is not schema-valid: {first.field}: {first.reason}", file=display(path)
+        ) from None
+    return doc
+
+
+def verify(target: Path) -> list[str]:
+    """Recompute every digest; raise VerifyMismatch naming the first mismatching artifact."""
+    path = target / RECEIPT if target.is_dir() else target
+    artifacts_dir = path.parent.parent if path.parent.name == "receipts" else path.parent
+    doc = _load_receipt(path)
+    checked: list[str] = []
+    if receipt_digest(doc) != doc.get("receipt_digest"):
+        raise VerifyMismatch("receipt_digest does not match the receipt's content", file=display(path))
+    checked.append(f"receipt {doc['receipt_digest'][:12]}")
+    bundle_dir = (artifacts_dir / doc["bundle_path"]).resolve()
+    manifest_artifacts = {}
+    for ref in doc["inputs"]:
+        f = bundle_dir / ref["path"]
+        if not f.is_file():
+            raise VerifyMismatch("input artifact is missing", file=display(f))
+        data = f.read_bytes()
+        if sha256_bytes(data) != ref["sha256"]:
+            raise VerifyMismatch("input artifact changed since the run (sha256 mismatch)", file=display(f))
+        manifest_artifacts[ref["path"]] = {"role": ref["role"], "sha256": ref["sha256"]}
+        checked.append(f"input {ref['path']}")
+    if not any(r["path"] == DECLARATION_FILE for r in doc["inputs"]):
+        raise VerifyMismatch("the receipt lists no declaration input", file=display(path))
+    manifest = {"migration_id": doc["migration_id"], "type": _type_of(doc), "artifacts": manifest_artifacts}
+    if digest_json(manifest) != doc["bundle_digest"]:
+        raise VerifyMismatch("bundle_digest does not match the listed inputs", file=display(path))
+    for ref in doc["outputs"]:
+        f = artifacts_dir / ref["path"]
+        if not f.is_file():
+            raise VerifyMismatch("output artifact is missing", file=display(f))
+        if sha256_file(f) != ref["sha256"]:
+            raise VerifyMismatch("output artifact changed since the run (sha256 mismatch)", file=display(f))
+        checked.append(f"output {ref['path']}")
+    # The chain: each previous receipt must exist (content-addressed) and verify itself.
+    prev = doc.get("previous_receipt_digest")
+    seen = {doc["receipt_digest"]}
+    while prev:
+        if prev in seen:
+            raise VerifyMismatch("receipt chain has a cycle", file=display(path))
+        seen.add(prev)
+        pf = artifacts_dir / HISTORY / f"{prev}.json"
+        if not pf.is_file():
+            raise VerifyMismatch(f"previous receipt {prev[:12]} is missing from the chain", file=display(pf))
+        pdoc = _load_receipt(pf)
+        if receipt_digest(pdoc) != prev or pdoc.get("receipt_digest") != prev:
+            raise VerifyMismatch("previous receipt does not match its digest", file=display(pf))
+        if pdoc["migration_id"] != doc["migration_id"]:
+            raise VerifyMismatch("receipt chain mixes migrations", file=display(pf))
+        checked.append(f"chain {prev[:12]}")
+        prev = pdoc.get("previous_receipt_digest")
+    return checked
+
+
+def _type_of(doc: dict[str, Any]) -> str:
+    store = doc.get("store", {}).get("kind")
+    if store:
+        return str(store)
+    prefix = doc["migration_id"].split("-MIG-")[0]
+    return {"PG": "postgis", "SEARCH": "search", "GRAPH": "graph"}.get(prefix, "other")

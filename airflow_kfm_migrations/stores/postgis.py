@@ -1,0 +1,907 @@
+"""PostgreSQL / PostGIS store: static plan (pglast), catalog baselines, the transactional
+guard, compensating rollback, advisory locks and the in-store ledger.
+
+Transactional runs do everything between the lock and COMMIT in one transaction, so a
+refused, failed or killed run leaves nothing behind. Declared non-transactional runs
+(``transactional: false``) apply statement by statement and are compensated by the
+rollback artifact when the post-commit gate fails.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import pglast
+from pglast import ast
+
+from ..bundle import Artifact, Bundle, display
+from ..contracts.models import (
+    Baseline,
+    BaselineObject,
+    DiffSummary,
+    Finding,
+    LimitCheck,
+    PostgisDeclaration,
+    WriteCount,
+)
+from ..diff import diff_objects, index
+from ..digest import digest_json, merkle_root
+from ..errors import InputError, LockedError, RefusedError
+from ..policy import approval_covers
+from ..secret_scan import redact
+from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
+from .postgis_catalog import (
+    ACL_QUERY,
+    LEDGER_DDL,
+    LEDGER_SCHEMA,
+    QUERIES,
+    RLS_QUERY,
+    SHARED_WRITES_QUERY,
+    TABLES_QUERY,
+    XACT_WRITES_QUERY,
+)
+
+REVIEW_INDEX_ROWS = int(os.environ.get("KFM_REVIEW_INDEX_ROWS", "1000000"))
+REVIEW_BACKFILL_ROWS = int(os.environ.get("KFM_REVIEW_BACKFILL_ROWS", "100000"))
+
+Connect = Callable[[], Any]  # -> psycopg.Connection
+
+
+# ----------------------------------------------------------------------------- scope
+
+
+@dataclass(frozen=True)
+class PgScope:
+    decl: PostgisDeclaration
+
+    @staticmethod
+    def _match(name: str, patterns: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    def _table_match(self, schema: str, table: str, patterns: list[str]) -> bool:
+        return any(
+            fnmatch.fnmatchcase(f"{schema}.{table}", p) if "." in p else fnmatch.fnmatchcase(table, p) for p in patterns
+        )
+
+    def forbidden(self, schema: str | None, table: str | None) -> bool:
+        s = self.decl.scope
+        if schema == LEDGER_SCHEMA:
+            return True
+        if schema and self._match(schema, s.forbidden_schemas):
+            return True
+        return bool(schema and table and self._table_match(schema, table, s.forbidden_tables))
+
+    def protected(self, schema: str | None, table: str | None) -> bool:
+        s = self.decl.scope
+        if schema and self._match(schema, s.protected_schemas):
+            return True
+        return bool(schema and table and self._table_match(schema, table, s.protected_tables))
+
+    def guarded(self, schema: str | None, table: str | None) -> bool:
+        """Objects whose state must not change: protected or forbidden."""
+        return self.protected(schema, table) or self.forbidden(schema, table)
+
+    def allowed(self, schema: str | None, table: str | None) -> bool:
+        s = self.decl.scope
+        if not schema or not self._match(schema, s.allowed_schemas):
+            return False
+        if table and s.allowed_tables:
+            return self._table_match(schema, table, s.allowed_tables)
+        return True
+
+
+# ----------------------------------------------------------------------------- plan
+
+_NON_TRANSACTIONAL = {
+    "VacuumStmt",
+    "CreatedbStmt",
+    "DropdbStmt",
+    "AlterSystemStmt",
+    "CreateTableSpaceStmt",
+    "DropTableSpaceStmt",
+    "ReindexStmt",
+    "CreateSubscriptionStmt",
+    "DropSubscriptionStmt",
+}
+_DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt", "TruncateStmt", "SelectStmt"}
+_OTHER = {
+    "VariableSetStmt",
+    "VariableShowStmt",
+    "TransactionStmt",
+    "DoStmt",
+    "CallStmt",
+    "ExplainStmt",
+    "LockStmt",
+    "NotifyStmt",
+    "CheckPointStmt",
+    "DiscardStmt",
+}
+
+
+def _range_vars(node: Any) -> list[ast.RangeVar]:
+    found: list[ast.RangeVar] = []
+
+    def walk(n: Any) -> None:
+        if isinstance(n, ast.RangeVar):
+            found.append(n)
+        if isinstance(n, ast.Node):
+            for name in n.__slots__:
+                walk(getattr(n, name, None))
+        elif isinstance(n, (list, tuple)):
+            for x in n:
+                walk(x)
+
+    walk(node)
+    return found
+
+
+def _search_path(stmt: ast.VariableSetStmt) -> list[str] | None:
+    if (stmt.name or "").lower() != "search_path" or not stmt.args:
+        return None
+    out = []
+    for a in stmt.args:
+        val = getattr(getattr(a, "val", None), "sval", None)
+        if val:
+            out.append(val)
+    return out
+
+
+def _names(obj: Any) -> list[str]:
+    if isinstance(obj, (list, tuple)):
+        return [getattr(x, "sval", str(x)) for x in obj]
+    return [getattr(obj, "sval", str(obj))]
+
+
+def plan_sql(text: str, file: str) -> list[tuple[str, Any]]:
+    """Split and parse; unparseable SQL is an input error naming the file and position."""
+    try:
+        parsed = pglast.parse_sql(text)
+        pieces = list(pglast.split(text))
+    except pglast.parser.ParseError as exc:
+        where = getattr(exc, "location", None)
+        line = text.encode()[: where or 0].count(b"\n") + 1 if where is not None else "-"
+        raise InputError(file, f"line {line}", f"SQL does not parse: {exc.args[0]}") from None
+    if len(parsed) != len(pieces):
+        raise InputError(file, "-", "could not split the script into statements")
+    return [(piece, raw.stmt) for piece, raw in zip(pieces, parsed, strict=True)]
+
+
+def classify_statement(stmt: Any, search_path: list[str]) -> tuple[str, list[str], bool, str | None]:
+    """(kind, qualified targets, can run in a transaction, note)."""
+    name = type(stmt).__name__
+    default_schema = next((s for s in search_path if s != "$user"), "public")
+    transactional = name not in _NON_TRANSACTIONAL
+    note = None
+    if isinstance(stmt, ast.IndexStmt) and stmt.concurrent:
+        transactional = False
+    if isinstance(stmt, ast.DropStmt) and getattr(stmt, "concurrent", False):
+        transactional = False
+    if isinstance(stmt, ast.ReindexStmt) and any(
+        getattr(getattr(p, "defname", None), "lower", lambda: "")() == "concurrently" for p in (stmt.params or [])
+    ):
+        transactional = False
+    targets: list[str] = []
+    for rv in _range_vars(stmt):
+        schema = rv.schemaname or default_schema
+        targets.append(f"{schema}.{rv.relname}")
+    if isinstance(stmt, ast.IndexStmt) and stmt.idxname and stmt.relation is not None:
+        schema = stmt.relation.schemaname or default_schema
+        targets.append(f"{schema}.{stmt.idxname}")
+    if isinstance(stmt, ast.DropStmt) and stmt.objects:
+        for obj in stmt.objects:
+            parts = _names(obj)
+            if len(parts) == 1:
+                targets.append(f"{default_schema}.{parts[0]}")
+            elif len(parts) >= 2:
+                targets.append(".".join(parts[-2:]))
+    if isinstance(stmt, ast.CreateSchemaStmt):
+        targets.append(f"{stmt.schemaname}.*")
+    if isinstance(stmt, (ast.CreateFunctionStmt,)) and stmt.funcname:
+        parts = _names(stmt.funcname)
+        targets.append(".".join(parts) if len(parts) > 1 else f"{default_schema}.{parts[0]}")
+    if isinstance(stmt, ast.DoStmt) or isinstance(stmt, ast.CreateFunctionStmt):
+        note = "procedural code hides from the static plan; the observed diff decides"
+    if isinstance(stmt, ast.CallStmt):
+        note = "procedure call: effects are only visible in the observed diff"
+    kind = "DML" if name in _DML else "other" if name in _OTHER else "DDL"
+    if isinstance(stmt, ast.SelectStmt) and stmt.intoClause is None:
+        kind = "other"
+    return kind, sorted(set(targets)), transactional, note
+
+
+# ---------------------------------------------------------------------------- store
+
+
+def _key(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
+
+
+def _db_error(exc: BaseException) -> str:
+    """A policy-safe message for a database error: SQLSTATE plus the server's primary text."""
+    sqlstate = getattr(exc, "sqlstate", None)
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        return redact(f"{sqlstate or 'error'}: {primary}")
+    if type(exc).__name__ in {"OperationalError", "InterfaceError"}:
+        return f"{sqlstate or 'connection'}: the connection to the server was lost or refused"
+    return f"{sqlstate or type(exc).__name__}: database error"
+
+
+class PostgisStore:
+    kind: ClassVar[str] = "postgis"
+
+    def __init__(self, connect: Connect, conn_id: str) -> None:
+        self._connect = connect
+        self.conn_id = conn_id
+
+    # -- construction ---------------------------------------------------------
+
+    @classmethod
+    def from_conn_id(cls, conn_id: str, *, use_hook: bool = False) -> PostgisStore:
+        if use_hook:
+
+            def connect_hook() -> Any:
+                from airflow.providers.postgres.hooks.postgres import PostgresHook
+
+                conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+                conn.autocommit = False
+                return conn
+
+            return cls(connect_hook, conn_id)
+
+        from ..connections import resolve
+
+        info = resolve(conn_id)
+
+        def connect_env() -> Any:
+            import psycopg
+
+            kwargs: dict[str, Any] = {
+                "host": info.host or "localhost",
+                "port": info.port or 5432,
+                "user": info.login,
+                "password": info.password,
+                "dbname": info.schema or "postgres",
+                "application_name": "kfm-migrations",
+                "connect_timeout": int(info.extra.get("connect_timeout", 10)),
+            }
+            for k in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
+                if k in info.extra:
+                    kwargs[k] = info.extra[k]
+            try:
+                return psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None})
+            except psycopg.Error as exc:
+                raise RefusedError(f"cannot connect to {conn_id}: {_db_error(exc)}") from None
+
+        return cls(connect_env, conn_id)
+
+    # -- plan -----------------------------------------------------------------
+
+    def plan(self, bundle: Bundle) -> Plan:
+        decl = bundle.declaration
+        assert isinstance(decl, PostgisDeclaration)
+        scope = PgScope(decl)
+        statements: list[PlannedStatement] = []
+        findings: list[Finding] = []
+        i = 0
+        for art in bundle.by_role("forward"):
+            search_path = ["$user", "public"]
+            for _text, stmt in plan_sql(art.text, display(art.path)):
+                i += 1
+                if isinstance(stmt, ast.VariableSetStmt):
+                    sp = _search_path(stmt)
+                    if sp:
+                        search_path = sp
+                kind, targets, transactional, note = classify_statement(stmt, search_path)
+                statements.append(PlannedStatement(i, kind, type(stmt).__name__, tuple(targets), transactional, note))
+                if isinstance(stmt, ast.TransactionStmt):
+                    findings.append(
+                        Finding(
+                            code="transaction_control",
+                            tier="hard_fail",
+                            object=f"statement {i}",
+                            message="the runner owns the transaction; remove BEGIN/COMMIT/ROLLBACK",
+                        )
+                    )
+                if not transactional and decl.transactional:
+                    findings.append(
+                        Finding(
+                            code="non_transactional_statement",
+                            tier="hard_fail",
+                            object=f"statement {i}",
+                            message=f"{type(stmt).__name__} cannot run in a transaction; declare "
+                            "transactional: false with a reason",
+                        )
+                    )
+                if note:
+                    findings.append(
+                        Finding(code="opaque_statement", tier="informational", object=f"statement {i}", message=note)
+                    )
+                for t in targets:
+                    schema, _, table = t.partition(".")
+                    table = "" if table == "*" else table
+                    if scope.forbidden(schema, table or None):
+                        findings.append(
+                            Finding(
+                                code="plan_forbidden_target",
+                                tier="hard_fail",
+                                object=t,
+                                message=f"statement {i} targets forbidden {t}",
+                            )
+                        )
+                    elif scope.protected(schema, table or None) and not approval_covers(decl, f"protected:{t}"):
+                        findings.append(
+                            Finding(
+                                code="plan_protected_target",
+                                tier="hard_fail",
+                                object=t,
+                                message=f"statement {i} targets protected {t} without approval",
+                            )
+                        )
+                    elif not scope.allowed(schema, table or None) and not self._index_of_allowed(stmt, scope, t):
+                        findings.append(
+                            Finding(
+                                code="plan_out_of_scope",
+                                tier="hard_fail",
+                                object=t,
+                                message=f"statement {i} targets {t}, outside the allowed scope",
+                            )
+                        )
+        return Plan(bundle.migration_id, self.kind, tuple(statements), tuple(findings))
+
+    @staticmethod
+    def _index_of_allowed(stmt: Any, scope: PgScope, target: str) -> bool:
+        """An index is in scope when its table is. CREATE INDEX names both; DROP INDEX names
+        only the index, so its schema must be allowed and the observed diff decides."""
+        from pglast.enums.parsenodes import ObjectType
+
+        schema, _, _ = target.partition(".")
+        if isinstance(stmt, ast.IndexStmt) and stmt.relation is not None:
+            return scope.allowed(schema, stmt.relation.relname)
+        if isinstance(stmt, ast.DropStmt) and stmt.removeType == ObjectType.OBJECT_INDEX:
+            return scope.allowed(schema, None)
+        return False
+
+    # -- baseline -------------------------------------------------------------
+
+    def capture(self, cur: Any, decl: PostgisDeclaration) -> Baseline:
+        """A catalog snapshot through ``cur`` (inside whatever transaction it is in)."""
+        cur.execute("SELECT current_setting('search_path'), current_setting('server_version')")
+        old_path, version = cur.fetchone()
+        cur.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+        try:
+            scope = PgScope(decl)
+            objects: list[BaselineObject] = []
+            union = " UNION ALL ".join(f"({q})" for q in QUERIES.values())
+            cur.execute(f"SELECT * FROM ({union}) o ORDER BY 2")
+            for kind, oid, schema, table, dig in cur.fetchall():
+                objects.append(
+                    BaselineObject(
+                        id=oid,
+                        kind=kind,
+                        schema=schema,
+                        table=table,
+                        digest=dig,
+                        protected=scope.guarded(schema, table),
+                    )
+                )
+            rows: dict[str, int] = {}
+            cur.execute(TABLES_QUERY)
+            tables = [(s, t) for _oid, s, t, _fn in cur.fetchall() if scope.guarded(s, t) and s != LEDGER_SCHEMA]
+            cap = decl.scope.protected_row_digest_max_rows
+            for schema, table in sorted(tables):
+                cur.execute(
+                    "SELECT count(*), encode(sha256(convert_to(COALESCE(string_agg(h, '' ORDER BY h), ''), 'UTF8')),"
+                    " 'hex') FROM (SELECT md5(t::text) AS h FROM "
+                    + _qident(schema)
+                    + "."
+                    + _qident(table)
+                    + " t LIMIT %s) x",
+                    (cap + 1,),
+                )
+                n, dig = cur.fetchone()
+                if n > cap:
+                    dig = digest_json(["over-cap", n])
+                rows[f"{schema}.{table}"] = min(n, cap)
+                objects.append(
+                    BaselineObject(
+                        id=f"rows:{schema}.{table}", kind="rows", schema=schema, table=table, digest=dig, protected=True
+                    )
+                )
+            cur.execute(ACL_QUERY)
+            acls = {k: v for k, v in cur.fetchall()}
+            cur.execute(RLS_QUERY)
+            rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
+        finally:
+            cur.execute("SELECT set_config('search_path', %s, true)", (old_path,))
+        objects.sort(key=lambda o: o.id)
+        counts: dict[str, int] = {}
+        for o in objects:
+            counts[o.kind] = counts.get(o.kind, 0) + 1
+        leaves = [digest_json([o.id, o.digest]) for o in objects if o.kind != "rows"]
+        protected = [digest_json([o.id, o.digest]) for o in objects if o.protected]
+        return Baseline(
+            schema_version="baseline.v1",
+            store="postgis",
+            migration_id=decl.migration_id,
+            store_version=f"PostgreSQL {version}",
+            scope_digest=digest_json(decl.scope.model_dump(mode="json")),
+            counts=counts,
+            objects=objects,
+            schema_fingerprint=merkle_root(leaves),
+            protected_fingerprint=merkle_root(protected),
+            protected_rows=rows,
+            extra={"acls": acls, "rls": rls},
+        )
+
+    def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str:
+        decl = bundle.declaration
+        assert isinstance(decl, PostgisDeclaration)
+        scope = PgScope(decl)
+        return merkle_root(digest_json([o.id, o.digest]) for o in baseline.objects if scope.allowed(o.schema_, o.table))
+
+    # -- session --------------------------------------------------------------
+
+    @contextmanager
+    def session(self, bundle: Bundle, run_id: str) -> Iterator[PgSession]:
+        decl = bundle.declaration
+        assert isinstance(decl, PostgisDeclaration)
+        conn = self._connect()
+        try:
+            s = PgSession(self, conn, bundle, run_id)
+            s.open()
+            yield s
+        finally:
+            try:
+                if not conn.closed:
+                    conn.rollback() if not conn.autocommit else None
+                    if conn.autocommit:
+                        conn.execute("SELECT pg_advisory_unlock_all()")
+                conn.close()
+            except Exception:  # the connection may already be gone (killed backend)
+                pass
+
+    # -- gate -----------------------------------------------------------------
+
+    def evaluate(
+        self, bundle: Bundle, pre: Baseline, post: Baseline, writes: list[WriteCount], facts: dict[str, Any]
+    ) -> tuple[list[Finding], list[LimitCheck]]:
+        decl = bundle.declaration
+        assert isinstance(decl, PostgisDeclaration)
+        scope = PgScope(decl)
+        findings: list[Finding] = []
+        changes = diff_objects(pre, post)
+        before, after = index(pre), index(post)
+        tables: set[str] = set()
+        index_delta = constraint_delta = 0
+        for c in changes:
+            if c.kind == "rows":
+                continue  # row digests of guarded tables: reported by the protected check
+            if c.table:
+                tables.add(f"{c.schema_}.{c.table}")
+            if c.kind == "index":
+                index_delta += 1
+            if c.kind == "constraint":
+                constraint_delta += 1
+            if scope.forbidden(c.schema_, c.table):
+                findings.append(
+                    Finding(
+                        code="forbidden_object_changed",
+                        tier="hard_fail",
+                        object=c.id,
+                        message=f"{c.kind} {c.change} in forbidden scope",
+                    )
+                )
+            elif not scope.allowed(c.schema_, c.table) and not scope.protected(c.schema_, c.table):
+                findings.append(
+                    Finding(
+                        code="out_of_scope_change",
+                        tier="hard_fail",
+                        object=c.id,
+                        message=f"{c.kind} {c.change} outside the allowed scope",
+                    )
+                )
+            elif c.change == "added":
+                findings.append(
+                    Finding(
+                        code="object_added",
+                        tier="informational",
+                        object=c.id,
+                        message=f"{c.kind} created within the declared scope",
+                    )
+                )
+            else:
+                findings.append(
+                    Finding(
+                        code=f"object_{c.change}",
+                        tier="informational",
+                        object=c.id,
+                        message=f"{c.kind} {c.change} within the declared scope",
+                    )
+                )
+            # Review-required: anything that reduces policy enforcement.
+            if c.kind == "policy" and c.change == "removed":
+                findings.append(
+                    Finding(
+                        code="policy_dropped",
+                        tier="review_required",
+                        object=c.id,
+                        message="row-level security policy dropped",
+                    )
+                )
+            if c.kind == "constraint" and c.change == "removed":
+                findings.append(
+                    Finding(
+                        code="constraint_dropped", tier="review_required", object=c.id, message="constraint dropped"
+                    )
+                )
+            if c.kind == "index" and c.change == "added":
+                rows = int(facts.get("table_rows", {}).get(f"{c.schema_}.{c.table}", 0))
+                if rows > REVIEW_INDEX_ROWS:
+                    findings.append(
+                        Finding(
+                            code="index_on_large_table",
+                            tier="review_required",
+                            object=c.id,
+                            message=f"index build on a table of ~{rows} rows (review above {REVIEW_INDEX_ROWS})",
+                        )
+                    )
+        del before, after
+        pre_rls, post_rls = pre.extra.get("rls", {}), post.extra.get("rls", {})
+        for table, flags in pre_rls.items():
+            now = post_rls.get(table, [False, False])
+            if any(a and not b for a, b in zip(flags, now, strict=False)):
+                findings.append(
+                    Finding(
+                        code="rls_disabled",
+                        tier="review_required",
+                        object=table,
+                        message="row-level security disabled or no longer forced",
+                    )
+                )
+        pre_acl, post_acl = pre.extra.get("acls", {}), post.extra.get("acls", {})
+        for obj, acl in post_acl.items():
+            widened = _acl_widened(pre_acl.get(obj), acl)
+            if widened:
+                findings.append(
+                    Finding(
+                        code="grant_widened",
+                        tier="review_required",
+                        object=obj,
+                        message=f"privileges widened: {widened}",
+                    )
+                )
+        total_rows = 0
+        for w in writes:
+            n = w.inserted + w.updated + w.deleted
+            if not (n or w.rewritten):
+                continue
+            schema, _, table = w.table.partition(".")
+            total_rows += n
+            if schema == LEDGER_SCHEMA:
+                findings.append(
+                    Finding(
+                        code="governance_ledger_touched",
+                        tier="hard_fail",
+                        object=w.table,
+                        message="the migration wrote into the governance ledger",
+                    )
+                )
+                continue
+            tables.add(w.table)
+            if scope.forbidden(schema, table):
+                findings.append(
+                    Finding(
+                        code="forbidden_write",
+                        tier="hard_fail",
+                        object=w.table,
+                        message=f"{n} row(s) written into a forbidden table",
+                    )
+                )
+            elif scope.protected(schema, table):
+                if not approval_covers(decl, f"protected:{w.table}"):
+                    findings.append(
+                        Finding(
+                            code="protected_write",
+                            tier="hard_fail",
+                            object=w.table,
+                            message=f"{n} row(s) written into a protected table",
+                        )
+                    )
+            elif not scope.allowed(schema, table):
+                findings.append(
+                    Finding(
+                        code="out_of_scope_write",
+                        tier="hard_fail",
+                        object=w.table,
+                        message=f"{n} row(s) written outside the allowed scope",
+                    )
+                )
+            elif w.rewritten:
+                findings.append(
+                    Finding(
+                        code="table_rewritten",
+                        tier="review_required",
+                        object=w.table,
+                        message="table storage replaced (TRUNCATE or rewrite)",
+                    )
+                )
+        if total_rows > REVIEW_BACKFILL_ROWS:
+            findings.append(
+                Finding(
+                    code="large_backfill",
+                    tier="review_required",
+                    message=f"{total_rows} rows written (review above {REVIEW_BACKFILL_ROWS})",
+                )
+            )
+        lim = decl.limits
+        limits = [
+            LimitCheck(
+                name="max_table_count_touched",
+                declared=lim.max_table_count_touched,
+                observed=len(tables),
+                ok=len(tables) <= lim.max_table_count_touched,
+            ),
+            LimitCheck(
+                name="max_index_count_delta",
+                declared=lim.max_index_count_delta,
+                observed=index_delta,
+                ok=index_delta <= lim.max_index_count_delta,
+            ),
+            LimitCheck(
+                name="max_constraint_delta",
+                declared=lim.max_constraint_delta,
+                observed=constraint_delta,
+                ok=constraint_delta <= lim.max_constraint_delta,
+            ),
+            LimitCheck(
+                name="max_row_backfill",
+                declared=lim.max_row_backfill,
+                observed=total_rows,
+                ok=total_rows <= lim.max_row_backfill,
+            ),
+        ]
+        for lc in limits:
+            if not lc.ok:
+                findings.append(
+                    Finding(
+                        code="limit_exceeded",
+                        tier="hard_fail",
+                        object=lc.name,
+                        message=f"{lc.name}: observed {lc.observed} > declared {lc.declared}",
+                    )
+                )
+        return findings, limits
+
+    def assets(self, bundle: Bundle, summary: DiffSummary) -> list[str]:
+        tables = {f"{c.schema_}/{c.table}" for c in summary.changes if c.table and c.kind != "rows"}
+        tables |= {w.table.replace(".", "/", 1) for w in summary.writes}
+        return sorted(f"postgis://{self.conn_id}/{t}" for t in tables)
+
+
+def _acl_items(acl: str | None) -> list[tuple[str, str, set[str]]]:
+    """aclitem[] text → (grantee, grantor, privileges); an empty grantee is PUBLIC."""
+    if not acl:
+        return []
+    out = []
+    for item in acl.strip("{}").split(","):
+        item = item.strip('"')
+        grantee, _, rest = item.partition("=")
+        privs, _, grantor = rest.partition("/")
+        out.append((grantee or "PUBLIC", grantor, set(privs.replace("*", ""))))
+    return out
+
+
+def _acl_widened(before: str | None, after: str | None) -> str:
+    """Privileges present after and not before. A NULL ACL means the owner's defaults only."""
+    items = _acl_items(after)
+    if before is None:
+        base = {g: p for g, grantor, p in items if g == grantor}
+    else:
+        base = {}
+        for g, _grantor, p in _acl_items(before):
+            base.setdefault(g, set()).update(p)
+    now: dict[str, set[str]] = {}
+    for g, _grantor, p in items:
+        now.setdefault(g, set()).update(p)
+    widened = [f"{g}:{''.join(sorted(p - base.get(g, set())))}" for g, p in now.items() if p - base.get(g, set())]
+    return ", ".join(sorted(widened))
+
+
+def _qident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+# ---------------------------------------------------------------------------- session
+
+
+class PgSession:
+    """One connection; a transaction (or, non-transactional, a session lock) held throughout."""
+
+    def __init__(self, store: PostgisStore, conn: Any, bundle: Bundle, run_id: str) -> None:
+        self.store = store
+        self.conn = conn
+        self.bundle = bundle
+        self.decl: PostgisDeclaration = bundle.declaration  # type: ignore[assignment]
+        self.run_id = run_id
+        self.transactional = self.decl.transactional
+        self._stat0: dict[str, tuple[int, int, int]] = {}
+        self._files0: dict[int, int] = {}
+
+    # The transaction: timeouts and advisory locks come first, so nothing runs unlocked.
+    def open(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        t = self.decl.timeouts
+        conn = self.conn
+        conn.autocommit = not self.transactional
+        scope = "LOCAL " if self.transactional else ""
+        try:
+            with conn.cursor() as cur:
+                cur.execute(sql.SQL("SET " + scope + "lock_timeout = {}").format(sql.Literal(t.lock_timeout)))
+                cur.execute(sql.SQL("SET " + scope + "statement_timeout = {}").format(sql.Literal(t.statement_timeout)))
+                fn = "pg_try_advisory_xact_lock" if self.transactional else "pg_try_advisory_lock"
+                cur.execute(f"SELECT {fn}(%s), {fn}(%s)", (_key("kfm-store"), _key("kfm:" + self.decl.migration_id)))
+                store_lock, mig_lock = cur.fetchone()
+                if not (store_lock and mig_lock):
+                    raise LockedError(
+                        f"another run holds the {'migration' if not mig_lock else 'store'} lock for "
+                        f"{self.decl.migration_id} on {self.store.conn_id}; refusing to run concurrently"
+                    )
+                cur.execute(LEDGER_DDL)
+        except psycopg.Error as exc:
+            raise RefusedError(f"cannot prepare the run on {self.store.conn_id}: {_db_error(exc)}") from None
+
+    def ledger_last(self) -> LedgerRecord | None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"SELECT migration_id, operation, status, bundle_digest, artifacts, environment, run_id, "
+                f"pre_schema_fingerprint, pre_protected_fingerprint, post_schema_fingerprint, "
+                f"post_scope_fingerprint, applied_at::text, receipt_digest FROM {LEDGER_SCHEMA}.ledger "
+                f"WHERE migration_id = %s ORDER BY id DESC LIMIT 1",
+                (self.decl.migration_id,),
+            )
+            row = cur.fetchone()
+        if row is None:
+            return None
+        return LedgerRecord(*row[:4], dict(row[4]), *row[5:])  # type: ignore[arg-type]
+
+    def baseline(self) -> Baseline:
+        with self.conn.cursor() as cur:
+            return self.store.capture(cur, self.decl)
+
+    def _stats(self, cur: Any) -> dict[str, tuple[int, int, int]]:
+        cur.execute(XACT_WRITES_QUERY if self.transactional else SHARED_WRITES_QUERY)
+        return {t: (i, u, d) for t, i, u, d in cur.fetchall()}
+
+    def _filenodes(self, cur: Any) -> dict[int, int]:
+        cur.execute(TABLES_QUERY)
+        return {oid: fn for oid, _s, _t, fn in cur.fetchall()}
+
+    def _snapshot(self) -> None:
+        with self.conn.cursor() as cur:
+            if not self.transactional:
+                cur.execute("SELECT pg_stat_force_next_flush()")
+                cur.execute("SELECT pg_stat_clear_snapshot()")
+            self._stat0 = self._stats(cur)
+            self._files0 = self._filenodes(cur)
+
+    def _writes(self) -> list[WriteCount]:
+        with self.conn.cursor() as cur:
+            if not self.transactional:
+                cur.execute("SELECT pg_stat_force_next_flush()")
+                time.sleep(0.05)
+                cur.execute("SELECT pg_stat_clear_snapshot()")
+            now = self._stats(cur)
+            files = self._filenodes(cur)
+            cur.execute(TABLES_QUERY)
+            names = {oid: f"{s}.{t}" for oid, s, t, _fn in cur.fetchall()}
+        rewritten = {names[o] for o, fn in files.items() if o in self._files0 and self._files0[o] != fn}
+        out = []
+        for table in sorted(set(now) | rewritten):
+            i1, u1, d1 = now.get(table, (0, 0, 0))
+            i0, u0, d0 = self._stat0.get(table, (0, 0, 0))
+            w = WriteCount(
+                table=table,
+                inserted=max(0, i1 - i0),
+                updated=max(0, u1 - u0),
+                deleted=max(0, d1 - d0),
+                rewritten=table in rewritten,
+            )
+            if w.inserted or w.updated or w.deleted or w.rewritten:
+                out.append(w)
+        return out
+
+    def _run(self, artifacts: list[Artifact]) -> ApplyOutcome:
+        import psycopg
+
+        self._snapshot()
+        n = 0
+        started = time.monotonic()
+        try:
+            for art in artifacts:
+                for text, _stmt in plan_sql(art.text, display(art.path)):
+                    n += 1
+                    with self.conn.cursor() as cur:
+                        cur.execute(text.encode(), prepare=False)
+        except psycopg.Error as exc:
+            return ApplyOutcome(ok=False, error=f"statement {n} of {art.rel}: {_db_error(exc)}", statements_run=n - 1)
+        try:
+            writes = self._writes()
+        except psycopg.Error as exc:
+            return ApplyOutcome(ok=False, error=f"after the script: {_db_error(exc)}", statements_run=n)
+        return ApplyOutcome(
+            ok=True, writes=writes, statements_run=n, metrics={"apply_seconds": round(time.monotonic() - started, 3)}
+        )
+
+    def apply(self) -> ApplyOutcome:
+        return self._run(self.bundle.by_role("forward"))
+
+    def rollback(self) -> ApplyOutcome:
+        return self._run(self.bundle.by_role("rollback"))
+
+    def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]:
+        tables = sorted({f"{c.schema_}.{c.table}" for c in diff_objects(pre, post) if c.kind == "index" and c.table})
+        rows: dict[str, int] = {}
+        with self.conn.cursor() as cur:
+            for t in tables:
+                schema, _, name = t.partition(".")
+                cur.execute(
+                    "SELECT GREATEST(c.reltuples, 0)::bigint FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+                    "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+                    (schema, name),
+                )
+                row = cur.fetchone()
+                rows[t] = int(row[0]) if row else 0
+        return {"table_rows": rows}
+
+    def record(self, rec: LedgerRecord) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {LEDGER_SCHEMA}.ledger (migration_id, operation, status, bundle_digest, artifacts, "
+                f"environment, run_id, pre_schema_fingerprint, pre_protected_fingerprint, post_schema_fingerprint, "
+                f"post_scope_fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    rec.migration_id,
+                    rec.operation,
+                    rec.status,
+                    rec.bundle_digest,
+                    json.dumps(rec.artifacts),
+                    rec.environment,
+                    rec.run_id,
+                    rec.pre_schema_fingerprint,
+                    rec.pre_protected_fingerprint,
+                    rec.post_schema_fingerprint,
+                    rec.post_scope_fingerprint,
+                ),
+            )
+
+    def set_receipt_digest(self, run_id: str, digest: str) -> None:
+        """After the receipt is written (outside the migration's transaction)."""
+        conn = self.store._connect()
+        try:
+            conn.autocommit = True
+            conn.execute(f"UPDATE {LEDGER_SCHEMA}.ledger SET receipt_digest = %s WHERE run_id = %s", (digest, run_id))
+        finally:
+            conn.close()
+
+    def commit(self) -> None:
+        if self.transactional:
+            self.conn.commit()
+
+    def abort(self) -> None:
+        if self.transactional:
+            try:
+                self.conn.rollback()
+            except Exception:  # connection lost: the server rolled back already
+                pass

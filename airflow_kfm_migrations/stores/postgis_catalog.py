@@ -1,0 +1,266 @@
+"""Catalog snapshot of a PostgreSQL database: one digest per object, computed in SQL.
+
+Digests are computed server-side (sha256 over a json_build_array of the definition), so
+function bodies, defaults and view texts never leave the server: the baseline carries
+digests and counts only. Objects that belong to an extension are covered by the
+extension's own object (name + version), as pg_dump does. The governance schema that
+holds the ledger is excluded by name.
+"""
+
+from __future__ import annotations
+
+LEDGER_SCHEMA = "kfm_governance"
+
+_SYSTEM = (
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', '" + LEDGER_SCHEMA + "') "
+    "AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"
+)
+
+
+def _not_ext(catalog: str, oid: str) -> str:
+    return (
+        f"NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = '{catalog}'::regclass "
+        f"AND d.objid = {oid} AND d.deptype = 'e')"
+    )
+
+
+def _h(*exprs: str) -> str:
+    return "encode(sha256(convert_to(json_build_array(" + ", ".join(exprs) + ")::text, 'UTF8')), 'hex')"
+
+
+# Each query returns: kind, id, schema, table, digest (ordered by id for stable output).
+QUERIES: dict[str, str] = {
+    "schema": f"""
+        SELECT 'schema', 'schema:' || n.nspname, n.nspname, NULL::text,
+               {
+        _h("n.nspname", "pg_get_userbyid(n.nspowner)", "n.nspacl::text", "obj_description(n.oid, 'pg_namespace')")
+    }
+        FROM pg_catalog.pg_namespace n
+        WHERE {_SYSTEM} AND {_not_ext("pg_namespace", "n.oid")}""",
+    "relation": f"""
+        SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
+                              WHEN 'm' THEN 'matview' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign_table'
+                              WHEN 'c' THEN 'type' END,
+               'relation:' || n.nspname || '.' || c.relname, n.nspname,
+               COALESCE(owner_tbl.relname, c.relname),
+               {
+        _h(
+            "c.relkind",
+            "pg_get_userbyid(c.relowner)",
+            "c.relacl::text",
+            "obj_description(c.oid, 'pg_class')",
+            "c.relpersistence",
+            "c.relrowsecurity",
+            "c.relforcerowsecurity",
+            "c.reloptions::text",
+            "CASE WHEN c.relkind IN ('v', 'm') THEN md5(pg_get_viewdef(c.oid)) END",
+            "c.relispartition",
+            "pg_get_partkeydef(c.oid)",
+            "(SELECT json_build_array(s.seqtypid::regtype::text, s.seqstart, s.seqincrement, "
+            "s.seqmax, s.seqmin, s.seqcache, s.seqcycle) FROM pg_catalog.pg_sequence s "
+            "WHERE s.seqrelid = c.oid)",
+        )
+    }
+        FROM pg_catalog.pg_class c
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN LATERAL (
+            SELECT t.relname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+            WHERE c.relkind = 'S' AND d.classid = 'pg_class'::regclass AND d.objid = c.oid
+              AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') LIMIT 1
+        ) owner_tbl ON true
+        WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f', 'c') AND {_SYSTEM}
+          AND {_not_ext("pg_class", "c.oid")}""",
+    "column": f"""
+        SELECT 'column', 'column:' || n.nspname || '.' || c.relname || '.' || a.attname, n.nspname, c.relname,
+               {
+        _h(
+            "a.attname",
+            "format_type(a.atttypid, a.atttypmod)",
+            "a.attnotnull",
+            "pg_get_expr(ad.adbin, ad.adrelid)",
+            "a.attidentity",
+            "a.attgenerated",
+            "(SELECT co.collname FROM pg_catalog.pg_collation co WHERE co.oid = a.attcollation "
+            "AND a.attcollation <> 100)",
+            "a.attacl::text",
+            "col_description(c.oid, a.attnum)",
+            "a.attnum",
+        )
+    }
+        FROM pg_catalog.pg_attribute a
+        JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+        WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+          AND {_SYSTEM} AND {_not_ext("pg_class", "c.oid")}""",
+    "index": f"""
+        SELECT 'index', 'index:' || n.nspname || '.' || i.relname, n.nspname, t.relname,
+               {
+        _h(
+            "pg_get_indexdef(i.oid)",
+            "obj_description(i.oid, 'pg_class')",
+            "x.indisvalid",
+            "x.indisclustered",
+            "i.reloptions::text",
+        )
+    }
+        FROM pg_catalog.pg_index x
+        JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
+        JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = i.relnamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_class", "t.oid")}""",
+    "constraint": f"""
+        SELECT 'constraint',
+               'constraint:' || n.nspname || '.' || COALESCE(t.relname, ty.typname) || '.' || co.conname,
+               n.nspname, t.relname,
+               {
+        _h(
+            "co.contype",
+            "pg_get_constraintdef(co.oid)",
+            "co.condeferrable",
+            "co.condeferred",
+            "co.convalidated",
+            "obj_description(co.oid, 'pg_constraint')",
+        )
+    }
+        FROM pg_catalog.pg_constraint co
+        JOIN pg_catalog.pg_namespace n ON n.oid = co.connamespace
+        LEFT JOIN pg_catalog.pg_class t ON t.oid = co.conrelid AND co.conrelid <> 0
+        LEFT JOIN pg_catalog.pg_type ty ON ty.oid = co.contypid AND co.contypid <> 0
+        WHERE {_SYSTEM} AND {_not_ext("pg_constraint", "co.oid")}
+          AND (co.conrelid = 0 OR {_not_ext("pg_class", "co.conrelid")})""",
+    "function": f"""
+        SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate' WHEN 'w' THEN 'window'
+                              ELSE 'function' END,
+               'function:' || n.nspname || '.' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')',
+               n.nspname, NULL::text,
+               {
+        _h(
+            "CASE WHEN p.prokind IN ('f', 'p') THEN md5(pg_get_functiondef(p.oid)) "
+            "ELSE md5(COALESCE(p.prosrc, '')) END",
+            "pg_get_userbyid(p.proowner)",
+            "p.proacl::text",
+            "obj_description(p.oid, 'pg_proc')",
+            "p.prosecdef",
+            "p.proconfig::text",
+        )
+    }
+        FROM pg_catalog.pg_proc p
+        JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_proc", "p.oid")}""",
+    "trigger": f"""
+        SELECT 'trigger', 'trigger:' || n.nspname || '.' || c.relname || '.' || tg.tgname, n.nspname, c.relname,
+               {_h("pg_get_triggerdef(tg.oid)", "tg.tgenabled", "obj_description(tg.oid, 'pg_trigger')")}
+        FROM pg_catalog.pg_trigger tg
+        JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE NOT tg.tgisinternal AND {_SYSTEM} AND {_not_ext("pg_class", "c.oid")}""",
+    "policy": f"""
+        SELECT 'policy', 'policy:' || n.nspname || '.' || c.relname || '.' || po.polname, n.nspname, c.relname,
+               {
+        _h(
+            "po.polcmd",
+            "po.polpermissive",
+            "(SELECT array_agg(CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r) END ORDER BY 1) "
+            "FROM unnest(po.polroles) r)::text",
+            "pg_get_expr(po.polqual, po.polrelid)",
+            "pg_get_expr(po.polwithcheck, po.polrelid)",
+        )
+    }
+        FROM pg_catalog.pg_policy po
+        JOIN pg_catalog.pg_class c ON c.oid = po.polrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE {_SYSTEM}""",
+    "extension": f"""
+        SELECT 'extension', 'extension:' || e.extname, n.nspname, NULL::text,
+               {_h("e.extname", "e.extversion", "n.nspname", "e.extrelocatable")}
+        FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname <> 'plpgsql'""",
+    "type": f"""
+        SELECT CASE ty.typtype WHEN 'e' THEN 'enum' WHEN 'd' THEN 'domain' ELSE 'type' END,
+               'type:' || n.nspname || '.' || ty.typname, n.nspname, NULL::text,
+               {
+        _h(
+            "ty.typtype",
+            "format_type(ty.typbasetype, ty.typtypmod)",
+            "ty.typnotnull",
+            "ty.typdefault",
+            "pg_get_userbyid(ty.typowner)",
+            "ty.typacl::text",
+            "obj_description(ty.oid, 'pg_type')",
+            "(SELECT array_agg(en.enumlabel ORDER BY en.enumsortorder) FROM pg_catalog.pg_enum en "
+            "WHERE en.enumtypid = ty.oid)::text",
+        )
+    }
+        FROM pg_catalog.pg_type ty
+        JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
+        WHERE ty.typtype IN ('e', 'd', 'r', 'm') AND {_SYSTEM} AND {_not_ext("pg_type", "ty.oid")}""",
+}
+
+# Policy-enforcement facts kept in clear (role names and privilege letters; no secrets).
+ACL_QUERY = f"""
+    SELECT 'relation:' || n.nspname || '.' || c.relname, c.relacl::text
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relacl IS NOT NULL AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_SYSTEM}
+      AND {_not_ext("pg_class", "c.oid")}
+    UNION ALL
+    SELECT 'schema:' || n.nspname, n.nspacl::text FROM pg_catalog.pg_namespace n
+    WHERE n.nspacl IS NOT NULL AND {_SYSTEM} AND {_not_ext("pg_namespace", "n.oid")}
+    ORDER BY 1"""
+
+RLS_QUERY = f"""
+    SELECT n.nspname || '.' || c.relname, c.relrowsecurity, c.relforcerowsecurity
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p') AND (c.relrowsecurity OR c.relforcerowsecurity) AND {_SYSTEM}
+    ORDER BY 1"""
+
+TABLES_QUERY = """
+    SELECT c.oid, n.nspname, c.relname, c.relfilenode
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+      AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"""
+
+# Writes this backend made: pg_stat_xact_* counts statements, functions, DO blocks and
+# triggers alike (it is per backend, not per statement).
+XACT_WRITES_QUERY = """
+    SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_del
+    FROM pg_catalog.pg_stat_xact_all_tables
+    WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+      AND schemaname NOT LIKE 'pg\\_temp\\_%'"""
+
+SHARED_WRITES_QUERY = """
+    SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_del
+    FROM pg_catalog.pg_stat_all_tables
+    WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+      AND schemaname NOT LIKE 'pg\\_temp\\_%'"""
+
+LEDGER_DDL = f"""
+CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.ledger (
+    id bigserial PRIMARY KEY,
+    migration_id text NOT NULL,
+    operation text NOT NULL,
+    status text NOT NULL,
+    bundle_digest text NOT NULL,
+    artifacts jsonb NOT NULL,
+    environment text NOT NULL,
+    run_id text NOT NULL UNIQUE,
+    pre_schema_fingerprint text NOT NULL,
+    pre_protected_fingerprint text NOT NULL,
+    post_schema_fingerprint text NOT NULL,
+    post_scope_fingerprint text NOT NULL,
+    receipt_digest text,
+    applied_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.backfill_progress (
+    migration_id text NOT NULL,
+    run_key text NOT NULL,
+    batch_no integer NOT NULL,
+    last_key text,
+    rows_total bigint NOT NULL,
+    committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (migration_id, run_key, batch_no)
+);
+REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM PUBLIC;
+"""
