@@ -80,9 +80,10 @@ class Bundle:
 
 def display(path: Path) -> str:
     try:
-        return os.path.relpath(path)
+        rel = os.path.relpath(path)
     except ValueError:
         return str(path)
+    return str(Path(path).absolute()) if rel.startswith("..") else rel
 
 
 def read_text_capped(path: Path, cap: int, *, file_label: str | None = None) -> str:
@@ -126,9 +127,16 @@ def pydantic_problems(exc: ValidationError, file: str, *, tagged: bool) -> list[
         elif kind == "missing":
             reason = "required field is missing"
         elif kind == "union_tag_invalid":
-            reason = "must be one of postgis, search, graph, other"
+            path, reason = "type", f"must be one of postgis, search, graph, other (got {err.get('input', {}).get('type')!r})"
         elif kind == "union_tag_not_found":
             path, reason = "type", "required field is missing (postgis, search, graph or other)"
+        elif kind == "string_pattern_mismatch" and (path.startswith("artifacts.") or path.endswith("ontology_file")):
+            reason = (
+                f"artifact path {err.get('input')!r} must be relative and stay inside the bundle "
+                "(no '..', no absolute path, no hidden names)"
+            )
+        elif kind == "string_pattern_mismatch" and path.startswith("runner.environment"):
+            reason = "environment entries are secret reference NAMES (e.g. KFM_DB_DSN_REF), never values"
         elif kind == "string_pattern_mismatch" and path == "migration_id":
             reason = (
                 "must match <PG|SEARCH|GRAPH|OTHER>-MIG-YYYY-MM-DD-NN with the prefix of its type "
@@ -224,7 +232,9 @@ def load_bundle(path: Path | str, limits: Limits | None = None) -> Bundle:
             InputError(decl_label, "migration_id", f"{decl.migration_id!r} must equal the folder name {root.name!r}")
         )
     root_real = Path(os.path.realpath(root))
-    problems.extend(_check_symlinks(root, root_real))
+    escaping = _check_symlinks(root, root_real)
+    problems.extend(escaping)
+    reported = {p.file for p in escaping}
 
     artifacts = [Artifact("declaration", DECLARATION_FILE, decl_path, sha256_bytes(text.encode()), text)]
     seen: set[str] = set()
@@ -232,6 +242,8 @@ def load_bundle(path: Path | str, limits: Limits | None = None) -> Bundle:
         if rel in seen:
             continue
         seen.add(rel)
+        if display(root / rel) in reported:
+            continue
         try:
             p = resolve_artifact(root, rel, field_name, decl_label)
             body = read_text_capped(p, limits.max_script_bytes)

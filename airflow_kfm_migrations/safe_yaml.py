@@ -69,6 +69,8 @@ def load_yaml_text(text: str, file: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         reason = exc.problem or exc.context or "invalid YAML"
+        if exc.context == "expected a single document in the stream":
+            reason = "expected a single document, found another one"
         raise InputError(file, _where(mark), f"invalid YAML: {reason}") from None
     except yaml.YAMLError as exc:
         raise InputError(file, "-", f"invalid YAML: {exc}") from None
