@@ -22,7 +22,7 @@ from .digest import write_bytes_atomic, write_json
 from .errors import KfmError, LockedError, RefusedError
 from .gate import blocking, verdict
 from .policy import check_bundle
-from .receipts import output_refs, write_receipt
+from .receipts import carried_outputs, output_refs, write_receipt
 from .registry import RUNNABLE_IN, find_entry, find_registry_for, load_registry
 from .stores.base import ApplyOutcome, LedgerRecord, Plan, Store
 
@@ -144,6 +144,11 @@ class _Run:
                 operation=self.operation,
             )
         self.write_outputs()
+        outputs = output_refs(self.dir, self.outputs)
+        if status == "noop" and not outputs:
+            # A no-op produced nothing new: the evidence of the state is still the last
+            # run's outputs, carried forward so that verify keeps guarding them.
+            outputs = carried_outputs(self.dir)
         path, receipt = write_receipt(
             self.dir,
             self.bundle,
@@ -156,7 +161,7 @@ class _Run:
             reason=reason,
             store={"kind": self.bundle.type, "conn_id": self.opts.conn_id},
             registry=self.registry,
-            outputs=output_refs(self.dir, self.outputs),
+            outputs=outputs,
             validation=self.checks,
             policy=self.policy,
             metrics=self.metrics,

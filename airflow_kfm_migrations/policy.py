@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .bundle import DECLARATION_FILE, Bundle, display
+from .bundle import DECLARATION_FILE, OUTPUT_DIRS, Bundle, display
 from .contracts.models import (
     AnyDeclaration,
     GraphDeclaration,
@@ -20,7 +20,7 @@ from .contracts.models import (
     SearchDeclaration,
 )
 from .errors import InputError
-from .secret_scan import scan_file
+from .secret_scan import scan_file, scan_text
 
 
 class PolicyError(InputError):
@@ -191,12 +191,22 @@ def check_bundle(bundle: Bundle) -> list[InputError]:
                 )
             )
 
-    # Secrets in any file of the bundle.
+    # Secrets in any file of the bundle. Run outputs (digest-heavy JSON the tool wrote and
+    # scanned on write) get our DSN/private-key rules only: entropy detectors flag sha256s.
     for dirpath, _dirs, files in os.walk(bundle.root):
         for name in sorted(files):
             p = Path(dirpath) / name
             if p.is_symlink() or not p.is_file():
                 continue
-            for finding in scan_file(p, display(p)):
+            is_output = p.relative_to(bundle.root).parts[0] in OUTPUT_DIRS
+            if is_output:
+                try:
+                    text = p.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):
+                    text = ""
+                found = scan_text(text, display(p))
+            else:
+                found = scan_file(p, display(p))
+            for finding in found:
                 problems.append(PolicyError(finding.file, f"line {finding.line}", finding.message()))
     return problems

@@ -47,6 +47,18 @@ def previous_digest(artifacts_dir: Path) -> str | None:
         return None
 
 
+def carried_outputs(artifacts_dir: Path) -> list[DigestRef]:
+    """The outputs listed by the latest receipt (for a no-op that wrote none of its own)."""
+    path = artifacts_dir / RECEIPT
+    if not path.exists():
+        return []
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        return [DigestRef.model_validate(r) for r in doc.get("outputs", [])]
+    except (OSError, ValueError):
+        return []
+
+
 def input_refs(bundle: Bundle) -> list[DigestRef]:
     return [DigestRef(path=a.rel, sha256=a.sha256, role=a.role) for a in bundle.artifacts]
 

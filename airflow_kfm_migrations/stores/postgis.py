@@ -196,8 +196,13 @@ def classify_statement(stmt: Any, search_path: list[str]) -> tuple[str, list[str
         schema = stmt.relation.schemaname or default_schema
         targets.append(f"{schema}.{stmt.idxname}")
     if isinstance(stmt, ast.DropStmt) and stmt.objects:
+        from pglast.enums.parsenodes import ObjectType
+
+        on_table = stmt.removeType in (ObjectType.OBJECT_POLICY, ObjectType.OBJECT_TRIGGER, ObjectType.OBJECT_RULE)
         for obj in stmt.objects:
             parts = _names(obj)
+            if on_table:  # DROP POLICY/TRIGGER/RULE name ON [schema.]table: the target is the table
+                parts = parts[:-1]
             if len(parts) == 1:
                 targets.append(f"{default_schema}.{parts[0]}")
             elif len(parts) >= 2:

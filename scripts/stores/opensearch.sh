@@ -39,7 +39,8 @@ JAVA="${KFM_OPENSEARCH_JAVA:-java}"
 HEAP="${KFM_OPENSEARCH_HEAP:-1g}"
 JAVA_OPTS="${KFM_OPENSEARCH_JAVA_OPTS--XX:TieredStopAtLevel=1}"
 
-say() { echo "opensearch: $*"; }
+# Progress goes to stderr so that `url=$(opensearch.sh start)` captures just the URL.
+say() { echo "opensearch: $*" >&2; }
 die() { echo "opensearch: ERROR: $*" >&2; exit 1; }
 
 # ---------------------------------------------------------------- HTTP (curl or python3)
@@ -267,17 +268,17 @@ cmd_status() {
   pid="$(our_pid)"
   if [[ -z "$pid" ]]; then
     if healthy; then
-      say "running (no pid file) and healthy at $URL"
+      echo "opensearch: running (no pid file) and healthy at $URL"
       return 0
     fi
-    say "not running"
+    echo "opensearch: not running"
     return 3
   fi
   if healthy; then
-    say "running (pid $pid) and healthy at $URL"
+    echo "opensearch: running (pid $pid) and healthy at $URL"
     return 0
   fi
-  say "running (pid $pid) but not healthy at $URL (see $LOG)"
+  echo "opensearch: running (pid $pid) but not healthy at $URL (see $LOG)"
   return 1
 }
 

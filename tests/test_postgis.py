@@ -1,0 +1,317 @@
+"""The governed PostGIS run against the real server (scripts/stores/postgis.sh)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import rdflib
+
+from airflow_kfm_migrations.bundle import load_bundle
+from airflow_kfm_migrations.cli import main
+from conftest import PgDatabase
+
+pytestmark = pytest.mark.postgis
+
+
+def run(bundle: Path, db: PgDatabase, *extra: str) -> int:
+    return main(["run", str(bundle), "--conn-id", db.conn_id, "--quiet", *extra])
+
+
+def receipt(bundle: Path) -> dict:
+    return json.loads((bundle / "receipts" / "run_receipt.json").read_text())
+
+
+def has_index(db: PgDatabase) -> bool:
+    return bool(db.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'"))
+
+
+def append(bundle: Path, sql: str) -> None:
+    with (bundle / "forward.sql").open("a") as fh:
+        fh.write(sql + "\n")
+
+
+def test_contract_example_end_to_end(example: Path, pgdb: PgDatabase) -> None:
+    assert run(example, pgdb) == 0
+    assert has_index(pgdb)
+    r = receipt(example)
+    assert r["status"] == "succeeded" and r["store"] == {"kind": "postgis", "conn_id": pgdb.conn_id}
+    assert {c["name"]: c["passed"] for c in r["validation"]}["gate"] is True
+    summary = json.loads((example / "diffs" / "summary.json").read_text())
+    assert [(c["change"], c["kind"], c["id"]) for c in summary["changes"]] == [
+        ("added", "index", "index:public.parcels_geom_gist")
+    ]
+    assert {lc["name"]: lc["observed"] for lc in summary["limits"]}["max_index_count_delta"] == 1
+    assert "index,public,parcels" in (example / "diffs" / "touched.csv").read_text().replace('"', "")
+    # The ledger holds exactly one applied entry with every artifact's checksum.
+    rows = pgdb.sql("SELECT operation, artifacts FROM kfm_governance.ledger")
+    assert len(rows) == 1 and rows[0][0] == "apply" and set(rows[0][1]) >= {"forward.sql", "rollback.sql"}
+    # PROV parses as RDF.
+    g = rdflib.Graph().parse(data=(example / "receipts" / "prov.jsonld").read_text(), format="json-ld")
+    assert len(g) > 10
+    # No secret in anything written.
+    for f in example.rglob("*"):
+        if f.is_file():
+            assert "kfm-local-only" not in f.read_text(errors="ignore"), f
+    assert main(["verify", str(example)]) == 0
+
+
+def test_rerun_is_noop_and_changed_artifact_is_refused(example: Path, pgdb: PgDatabase,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(example, pgdb) == 0
+    first = receipt(example)["receipt_digest"]
+    assert run(example, pgdb) == 0
+    second = receipt(example)
+    assert second["status"] == "noop" and second["previous_receipt_digest"] == first
+    append(example, "-- a harmless comment changes the checksum")
+    capsys.readouterr()
+    assert run(example, pgdb) == 1
+    out = capsys.readouterr().out
+    assert "forward.sql changed after PG-MIG-2026-02-28-01 was applied" in out
+    assert receipt(example)["status"] == "failed"
+
+
+def test_baseline_is_byte_identical_and_secret_free(example: Path, pgdb: PgDatabase) -> None:
+    from airflow_kfm_migrations.digest import dump_json
+    from airflow_kfm_migrations.stores.postgis import PostgisStore
+
+    bundle = load_bundle(example)
+    store = PostgisStore(lambda: pgdb.connect(), pgdb.conn_id)
+    blobs = []
+    for _ in range(2):
+        with pgdb.connect() as c, c.cursor() as cur:
+            blobs.append(dump_json(store.capture(cur, bundle.declaration).model_dump(mode="json", by_alias=True)))
+    assert blobs[0] == blobs[1]
+    text = blobs[0].decode()
+    assert "Fort Larned" not in text and "ST_MakeEnvelope" not in text and "kfm-local-only" not in text
+    doc = json.loads(text)
+    kinds = doc["counts"]
+    assert kinds["table"] >= 4 and kinds["column"] >= 8 and kinds["constraint"] >= 3 and kinds["extension"] == 1
+    assert doc["protected_rows"] == {"governance.rules": 1, "public.authority_sites": 2, "audit.events": 0}
+
+
+HARD_FAILS = {
+    # scope violation via dynamic SQL that the static plan cannot see
+    "forbidden_write": "DO $$ BEGIN EXECUTE 'UPDATE public.authority_sites SET name = ''x'''; END $$;",
+    "forbidden_object_changed": "DO $$ BEGIN EXECUTE 'ALTER TABLE governance.rules ADD COLUMN x int'; END $$;",
+    "out_of_scope_change": "DO $$ BEGIN EXECUTE 'CREATE TABLE public.sneaky (id int)'; END $$;",
+    # limits exceeded
+    "limit_exceeded": "CREATE INDEX parcels_name_idx ON parcels (name); CREATE INDEX parcels_id_name ON parcels (id, name);",
+    # a write hidden in a trigger fired by an in-scope update
+    "out_of_scope_write": "UPDATE parcels SET name = name WHERE id = 1;",
+}
+
+
+@pytest.mark.parametrize("code", sorted(HARD_FAILS))
+def test_hard_fails_leave_the_store_unchanged_with_a_failed_receipt(example: Path, pgdb: PgDatabase, code: str) -> None:
+    if code == "out_of_scope_write":
+        pgdb.sql("CREATE TABLE public.shadow (id int);"
+                 "CREATE FUNCTION public.spy() RETURNS trigger LANGUAGE plpgsql AS "
+                 "$$ BEGIN INSERT INTO public.shadow VALUES (NEW.id); RETURN NEW; END $$;"
+                 "CREATE TRIGGER spy AFTER UPDATE ON public.parcels FOR EACH ROW EXECUTE FUNCTION public.spy()")
+        text = (example / "migration.yml").read_text().replace("max_row_backfill: 0", "max_row_backfill: 5")
+        (example / "migration.yml").write_text(text)
+    before = pgdb.fingerprint()
+    append(example, HARD_FAILS[code])
+    assert run(example, pgdb) == 1
+    r = receipt(example)
+    assert r["status"] == "failed"
+    summary = json.loads((example / "diffs" / "summary.json").read_text())
+    assert code in {f["code"] for f in summary["findings"] if f["tier"] == "hard_fail"}
+    assert summary["verdict"] == "fail"
+    assert pgdb.fingerprint() == before
+    assert not has_index(pgdb)
+    # Not even the ledger schema survived the rolled-back transaction.
+    assert pgdb.sql("SELECT to_regclass('kfm_governance.ledger')")[0][0] is None
+    assert main(["verify", str(example)]) == 0
+
+
+def test_static_plan_refuses_forbidden_targets_before_any_write(example: Path, pgdb: PgDatabase) -> None:
+    before = pgdb.fingerprint()
+    append(example, "UPDATE governance.rules SET rule = 'none';")
+    assert main(["plan", str(example)]) == 1
+    assert run(example, pgdb) == 1
+    assert "static plan refused" in receipt(example)["reason"]
+    assert pgdb.fingerprint() == before
+
+
+def test_review_required_needs_a_recorded_approval(example: Path, pgdb: PgDatabase) -> None:
+    pgdb.sql("ALTER TABLE parcels ENABLE ROW LEVEL SECURITY; CREATE POLICY p_read ON parcels USING (true)")
+    append(example, "DROP POLICY p_read ON parcels;")
+    text = (example / "migration.yml").read_text()
+    assert run(example, pgdb) == 1
+    assert "policy_dropped" in receipt(example)["reason"]
+    approved = text.replace("  change_class: governance-critical", "  change_class: governance-critical\n  recorded:\n"
+                            "    - by: kfm-governance\n      at: '2026-03-01T10:00:00+00:00'\n      ref: GOV-7\n"
+                            "      covers: ['review:policy_dropped']")
+    (example / "migration.yml").write_text(approved)
+    assert run(example, pgdb) == 0
+    assert not pgdb.sql("SELECT 1 FROM pg_policies WHERE policyname = 'p_read'")
+
+
+def test_error_in_the_middle_of_forward_rolls_everything_back(example: Path, pgdb: PgDatabase) -> None:
+    before = pgdb.fingerprint()
+    (example / "forward.sql").write_text(
+        "SET search_path = public;\nCREATE INDEX parcels_geom_gist ON parcels USING gist (geom);\n"
+        "SELECT 1/0;\nCREATE INDEX parcels_name_idx ON parcels (name);\n"
+    )
+    assert run(example, pgdb) == 1
+    assert "22012" in receipt(example)["reason"]  # division_by_zero
+    assert pgdb.fingerprint() == before
+    (example / "forward.sql").write_text("SET search_path = public;\n"
+                                         "CREATE INDEX parcels_geom_gist ON parcels USING gist (geom);\n")
+    assert run(example, pgdb) == 0
+
+
+def test_statement_timeout_fails_closed(example: Path, pgdb: PgDatabase) -> None:
+    before = pgdb.fingerprint()
+    text = (example / "migration.yml").read_text() + "timeouts:\n  statement_timeout: 300ms\n"
+    (example / "migration.yml").write_text(text)
+    append(example, "SELECT pg_sleep(2);")
+    assert run(example, pgdb) == 1
+    assert "57014" in receipt(example)["reason"]  # query_canceled
+    assert pgdb.fingerprint() == before
+
+
+def test_backend_killed_mid_apply(example: Path, pgdb: PgDatabase) -> None:
+    before = pgdb.fingerprint()
+    append(example, "SELECT pg_sleep(5);")
+
+    def killer() -> None:
+        for _ in range(100):
+            rows = pgdb.sql("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(5)%%' "
+                            "AND pid <> pg_backend_pid()")
+            if rows:
+                pgdb.sql("SELECT pg_terminate_backend(%s)", (rows[0][0],))
+                return
+            time.sleep(0.1)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    code = run(example, pgdb)
+    t.join()
+    assert code == 1
+    assert receipt(example)["status"] == "failed"
+    assert pgdb.fingerprint() == before
+    (example / "forward.sql").write_text((example / "forward.sql").read_text().replace("SELECT pg_sleep(5);\n", ""))
+    assert run(example, pgdb) == 0
+
+
+def test_runner_sigkilled_mid_apply(example: Path, pgdb: PgDatabase) -> None:
+    before = pgdb.fingerprint()
+    append(example, "SELECT pg_sleep(30);")
+    env = dict(os.environ)
+    p = subprocess.Popen([sys.executable, "-m", "airflow_kfm_migrations.cli", "run", str(example), "--conn-id",
+                          pgdb.conn_id, "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if pgdb.sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"):
+            break
+        time.sleep(0.1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    for _ in range(100):  # the server notices the dead client and rolls back
+        if not pgdb.sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"):
+            break
+        pgdb.sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'")
+        time.sleep(0.1)
+    assert pgdb.fingerprint() == before
+    (example / "forward.sql").write_text((example / "forward.sql").read_text().replace("SELECT pg_sleep(30);\n", ""))
+    assert run(example, pgdb) == 0
+
+
+def test_eight_simultaneous_runs_apply_exactly_once(example: Path, pgdb: PgDatabase, tmp_path: Path) -> None:
+    append(example, "SELECT pg_sleep(0.5);")
+
+    def one(i: int) -> int:
+        return main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet", "--artifacts", str(tmp_path / f"a{i}")])
+
+    with ThreadPoolExecutor(8) as pool:
+        codes = list(pool.map(one, range(8)))
+    statuses = sorted(json.loads((tmp_path / f"a{i}" / "receipts" / "run_receipt.json").read_text())["status"]
+                      for i in range(8))
+    assert statuses.count("succeeded") == 1
+    assert set(statuses) <= {"succeeded", "failed", "noop"}
+    assert pgdb.sql("SELECT count(*) FROM kfm_governance.ledger")[0][0] == 1
+    assert codes.count(0) == statuses.count("succeeded") + statuses.count("noop")
+    failed_reasons = [json.loads((tmp_path / f"a{i}" / "receipts" / "run_receipt.json").read_text())["reason"]
+                      for i in range(8) if codes[i] == 1]
+    assert all("lock" in r for r in failed_reasons)
+
+
+def test_rollback_by_hand_restores_pre(example: Path, pgdb: PgDatabase) -> None:
+    before = pgdb.fingerprint()
+    assert run(example, pgdb) == 0
+    assert main(["rollback", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    assert receipt(example)["status"] == "rolled_back"
+    assert pgdb.fingerprint() == before
+    assert [r[0] for r in pgdb.sql("SELECT operation FROM kfm_governance.ledger ORDER BY id")] == ["apply", "rollback"]
+    assert main(["verify", str(example)]) == 0
+
+
+def test_rollback_that_does_not_restore_pre_is_refused(example: Path, pgdb: PgDatabase) -> None:
+    assert run(example, pgdb) == 0
+    (example / "rollback.sql").write_text("SET search_path = public;\nCREATE INDEX parcels_other ON parcels (name);\n")
+    assert main(["rollback", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 1
+    assert receipt(example)["status"] == "rollback_failed"
+    assert has_index(pgdb)  # the approved post-state stays
+    assert not pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_other'")
+
+
+def test_non_transactional_gate_failure_is_compensated(example: Path, pgdb: PgDatabase) -> None:
+    before = pgdb.fingerprint()
+    text = (example / "migration.yml").read_text().replace("max_index_count_delta: 2", "max_index_count_delta: 0")
+    text += "transactional: false\nnon_transactional_reason: \"CONCURRENTLY keeps parcels writable\"\n"
+    (example / "migration.yml").write_text(text)
+    (example / "forward.sql").write_text("CREATE INDEX CONCURRENTLY parcels_geom_gist ON public.parcels USING gist (geom);\n")
+    (example / "rollback.sql").write_text("DROP INDEX CONCURRENTLY IF EXISTS public.parcels_geom_gist;\n")
+    assert run(example, pgdb) == 1
+    assert receipt(example)["status"] == "rolled_back"
+    assert pgdb.fingerprint() == before
+
+
+def test_concurrent_index_requires_declaring_non_transactional(example: Path, pgdb: PgDatabase) -> None:
+    (example / "forward.sql").write_text("CREATE INDEX CONCURRENTLY parcels_geom_gist ON public.parcels USING gist (geom);\n")
+    assert run(example, pgdb) == 1
+    assert "non-transactional" in receipt(example)["reason"] or "cannot run in a transaction" in receipt(example)["reason"]
+
+
+@pytest.mark.parametrize("artifact", ["forward.sql", "migration.yml", "baselines/pre.json", "diffs/summary.json",
+                                      "receipts/run_receipt.json"])
+def test_flipping_one_byte_makes_verify_fail(example: Path, pgdb: PgDatabase, artifact: str,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(example, pgdb) == 0
+    assert run(example, pgdb) == 0  # a chain of two receipts
+    f = example / artifact
+    data = bytearray(f.read_bytes())
+    i = data.index(b"e") if b"e" in data else 0
+    data[i] ^= 0x01
+    f.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["verify", str(example)]) == 1
+    err = capsys.readouterr().err
+    assert artifact.split("/")[-1] in err
+
+
+def test_prod_run_needs_registry_status_and_approvals(example: Path, pgdb: PgDatabase, tmp_path: Path) -> None:
+    reg = tmp_path / "registry.json"
+    reg.write_text(json.dumps({"schema_version": "migrations.v1", "migrations": [{
+        "migration_id": "PG-MIG-2026-02-28-01", "type": "postgis", "path": "postgis/PG-MIG-2026-02-28-01",
+        "owner": "kfm-platform", "status": "merged",
+        "events": [{"status": "draft", "at": "2026-02-28T09:00:00+00:00", "actor": "a", "ref": "r"},
+                   {"status": "approved", "at": "2026-02-28T10:00:00+00:00", "actor": "a", "ref": "r"},
+                   {"status": "merged", "at": "2026-02-28T11:00:00+00:00", "actor": "a", "ref": "r"}]}]}))
+    assert run(example, pgdb, "--env", "prod", "--registry", str(reg)) == 1
+    assert "registry status 'merged' does not allow a prod run" in receipt(example)["reason"]
+    assert not has_index(pgdb)
+    assert run(example, pgdb, "--env", "stage", "--registry", str(reg)) == 1
+    assert "recorded approvals" in receipt(example)["reason"]
+    assert run(example, pgdb, "--env", "stage") == 1  # outside any registry: dev only
+    assert not has_index(pgdb)
