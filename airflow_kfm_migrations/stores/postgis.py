@@ -289,6 +289,15 @@ class PostgisStore:
 
         return cls(connect_env, conn_id)
 
+    @classmethod
+    def for_planning(cls, conn_id: str) -> PostgisStore:
+        """A store that plans statically and never connects."""
+
+        def refuse() -> Any:
+            raise RefusedError("this store instance only plans; it never connects")
+
+        return cls(refuse, conn_id)
+
     # -- plan -----------------------------------------------------------------
 
     def plan(self, bundle: Bundle) -> Plan:
@@ -447,6 +456,17 @@ class PostgisStore:
             protected_rows=rows,
             extra={"acls": acls, "rls": rls},
         )
+
+    def committed_baseline(self, bundle: Bundle) -> Baseline:
+        """A baseline of the committed state, from a read-only transaction."""
+        assert isinstance(bundle.declaration, PostgisDeclaration)
+        conn = self._connect()
+        try:
+            conn.read_only = True
+            with conn.cursor() as cur:
+                return self.capture(cur, bundle.declaration)
+        finally:
+            conn.close()
 
     def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str:
         decl = bundle.declaration

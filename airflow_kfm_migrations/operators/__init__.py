@@ -1,0 +1,17 @@
+"""Airflow operators: thin shells over the core lifecycle (one code path with the CLI)."""
+
+from .apply import ApplyOperator
+from .baseline import BaselineOperator
+from .diff_gate import DiffGateOperator
+from .preflight import PreflightOperator
+from .receipt import ReceiptOperator
+from .rollback import RollbackOperator
+
+__all__ = [
+    "ApplyOperator",
+    "BaselineOperator",
+    "DiffGateOperator",
+    "PreflightOperator",
+    "ReceiptOperator",
+    "RollbackOperator",
+]

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import Any
+
+from .base import MigrationOperator
+
+
+class ApplyOperator(MigrationOperator):
+    """The governed run. On PostGIS the transactional guard runs whole inside this task:
+    forward statements, in-transaction post-baseline, diff and gate, then COMMIT or ROLLBACK.
+    A receipt is written whatever happens."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from ..lifecycle import run_migration
+        from .common import summary_tables
+
+        _s, bundle, opts = self.run_options(context)
+        result = run_migration(bundle, opts)
+        self.log.info("%s", summary_tables(result))
+        xcom = {
+            "status": result.status,
+            "receipt_digest": result.receipt_digest or "",
+            "bundle_digest": bundle.digest,
+            "pre_schema_fingerprint": result.pre.schema_fingerprint if result.pre else "",
+            "post_schema_fingerprint": result.post.schema_fingerprint if result.post else "",
+            "changes": len(result.summary.changes) if result.summary else 0,
+        }
+        context["ti"].xcom_push(key="apply", value=xcom)
+        if result.exit_code != 0:
+            raise AirflowFailException(f"{bundle.migration_id}: {result.status}: {result.reason}")
+        return xcom

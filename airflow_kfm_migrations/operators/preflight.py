@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+from typing import Any
+
+from .base import MigrationOperator
+
+
+class PreflightOperator(MigrationOperator):
+    """Checks that write nothing: declaration, policy, registry status/approvals, static plan."""
+
+    ui_color = "#e8f4fd"
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from ..errors import KfmError
+        from ..lifecycle import _Run, open_store, preflight
+        from .common import table
+
+        try:
+            _s, bundle, opts = self.run_options(context)
+            run = _Run(bundle, opts, "apply")
+            reason = preflight(run)
+            if reason is None:
+                plan = open_store(bundle.type, opts.conn_id, plan_only=True).plan(bundle)
+                self.log.info("%s", table("plan", [(str(p.index), p.kind, p.statement, ", ".join(p.targets))
+                                                   for p in plan.statements], ("#", "kind", "statement", "targets")))
+                hard = [f for f in plan.findings if f.tier == "hard_fail"]
+                reason = f"static plan refused: {hard[0].message}" if hard else None
+        except KfmError as exc:
+            raise AirflowFailException(f"preflight refused {self.migration_id}: {exc}") from None
+        if reason:
+            raise AirflowFailException(f"preflight refused {self.migration_id}: {reason}")
+        return {"bundle_digest": bundle.digest, "environment": opts.environment}

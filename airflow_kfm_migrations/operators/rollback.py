@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+from typing import Any
+
+from .base import MigrationOperator
+
+
+class RollbackOperator(MigrationOperator):
+    """Runs when an upstream task failed. A refused transactional apply already left the
+    store unchanged; a committed change that failed a later check is rolled back and
+    verified against the pre-baseline."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from ..lifecycle import rollback_migration
+
+        applied = context["ti"].xcom_pull(task_ids="apply", key="apply") or {}
+        if applied.get("status") != "succeeded":
+            self.log.info("nothing was committed (apply status %r): the store is unchanged, no rollback needed",
+                          applied.get("status"))
+            return {"status": "not_needed"}
+        _s, bundle, opts = self.run_options(context)
+        result = rollback_migration(bundle, opts)
+        self.log.info("rollback: %s %s", result.status, result.reason or "")
+        if result.status != "rolled_back":
+            raise AirflowFailException(f"rollback of {bundle.migration_id}: {result.status}: {result.reason}")
+        return {"status": result.status, "receipt_digest": result.receipt_digest or ""}

@@ -1,0 +1,10 @@
+"""Drop this file into your DAGs folder: one DAG per entry of the migration registry.
+
+Configure with the ``[kfm_migrations]`` section of airflow.cfg (bundles_root,
+registry_path, artifacts_root, environment, fail_on_drift) or the environment variables
+KFM_BUNDLES_ROOT, KFM_REGISTRY_PATH, KFM_ARTIFACTS_ROOT, KFM_ENVIRONMENT, KFM_FAIL_ON_DRIFT.
+"""
+
+from airflow_kfm_migrations.dag_factory import build_dags
+
+globals().update(build_dags())
