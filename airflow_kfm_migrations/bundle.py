@@ -127,7 +127,10 @@ def pydantic_problems(exc: ValidationError, file: str, *, tagged: bool) -> list[
         elif kind == "missing":
             reason = "required field is missing"
         elif kind == "union_tag_invalid":
-            path, reason = "type", f"must be one of postgis, search, graph, other (got {err.get('input', {}).get('type')!r})"
+            path, reason = (
+                "type",
+                f"must be one of postgis, search, graph, other (got {err.get('input', {}).get('type')!r})",
+            )
         elif kind == "union_tag_not_found":
             path, reason = "type", "required field is missing (postgis, search, graph or other)"
         elif kind == "string_pattern_mismatch" and (path.startswith("artifacts.") or path.endswith("ontology_file")):

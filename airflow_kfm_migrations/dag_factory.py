@@ -15,8 +15,14 @@ DAG_PREFIX = "kfm_migration__"
 
 
 def _doc_md(entry: Any, decl: Any) -> str:
-    lines = [f"### {entry.migration_id}", "", f"**Intent:** {decl.intent}" if decl else "", "",
-             f"**Status:** `{entry.status}` · **Owner:** {entry.owner} · **Type:** {entry.type}", ""]
+    lines = [
+        f"### {entry.migration_id}",
+        "",
+        f"**Intent:** {decl.intent}" if decl else "",
+        "",
+        f"**Status:** `{entry.status}` · **Owner:** {entry.owner} · **Type:** {entry.type}",
+        "",
+    ]
     if decl is not None:
         lines += ["**Scope**", "", "| field | values |", "|---|---|"]
         for k, v in decl.scope.model_dump().items():
@@ -24,8 +30,11 @@ def _doc_md(entry: Any, decl: Any) -> str:
                 lines.append(f"| {k} | {', '.join(map(str, v)) if isinstance(v, list) else v} |")
         lines += ["", "**Limits**", "", "| limit | declared |", "|---|---|"]
         lines += [f"| {k} | {v} |" for k, v in decl.limits.model_dump().items()]
-        lines += ["", f"**Change class:** {decl.approvals.change_class} · reviewers: "
-                  f"{', '.join(decl.approvals.required_reviewers)}"]
+        lines += [
+            "",
+            f"**Change class:** {decl.approvals.change_class} · reviewers: "
+            f"{', '.join(decl.approvals.required_reviewers)}",
+        ]
     return "\n".join(lines)
 
 
@@ -68,7 +77,7 @@ def build_dag(entry: Any, bundles_root: Path, environment: str) -> Any:
     broken = None
     try:
         decl = load_bundle(bundles_root / entry.path).declaration
-    except Exception as exc:  # noqa: BLE001 - any bundle problem becomes this DAG's preflight failure
+    except Exception as exc:
         broken = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     conn_id = entry.conn_id or (decl.runner.conn_id if decl else None) or f"kfm_{entry.type}"
     tags = ["kfm-migration", entry.type]
@@ -105,8 +114,9 @@ def build_dag(entry: Any, bundles_root: Path, environment: str) -> Any:
     return dag
 
 
-def build_dags(registry_path: str | Path | None = None, bundles_root: str | Path | None = None,
-               environment: str | None = None) -> dict[str, Any]:
+def build_dags(
+    registry_path: str | Path | None = None, bundles_root: str | Path | None = None, environment: str | None = None
+) -> dict[str, Any]:
     """All DAGs of the registry, or only the one a running task needs."""
     from airflow.sdk import get_parsing_context
 

@@ -236,7 +236,8 @@ def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
     )
     if hard:
         return run.finish("failed", f"static plan refused: {hard[0].message}")
-    if opts.dry_run and not bundle.declaration.transactional:
+    # Only a store whose session is one transaction can rehearse a run and roll it back.
+    if opts.dry_run and not (bundle.type == "postgis" and bundle.declaration.transactional):
         return run.finish("succeeded", "plan only: a non-transactional migration cannot be rehearsed")
     try:
         with store.session(bundle, run.run_id) as s:

@@ -7,7 +7,7 @@ bash scripts/stores/postgis.sh start
 if [ -f tests/test_graph.py ]; then bash scripts/stores/neo4j.sh start; fi
 if [ -f tests/test_search.py ]; then bash scripts/stores/opensearch.sh start; fi
 . .venv/bin/activate
-ruff check airflow_kfm_migrations tests dags bench
+ruff check airflow_kfm_migrations tests dags
 python -m airflow_kfm_migrations.contracts.export --check .
 kfm-migrations validate migrations/ >/dev/null
 python -m pytest -p no:cacheprovider "$@"

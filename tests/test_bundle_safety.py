@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import MIGRATIONS
 
 EXAMPLE = MIGRATIONS / "postgis" / "PG-MIG-2026-02-28-01"
@@ -24,8 +23,9 @@ def _bundle(tmp_path: Path) -> Path:
 
 def _run(*args: str) -> tuple[int, str, str, float]:
     t = time.monotonic()
-    p = subprocess.run([sys.executable, "-m", "airflow_kfm_migrations.cli", *args], capture_output=True, text=True,
-                       timeout=60)
+    p = subprocess.run(
+        [sys.executable, "-m", "airflow_kfm_migrations.cli", *args], capture_output=True, text=True, timeout=60
+    )
     return p.returncode, p.stdout, p.stderr, time.monotonic() - t
 
 
@@ -33,11 +33,17 @@ def _snapshot(root: Path) -> dict[str, float]:
     return {str(p): p.lstat().st_mtime for p in root.rglob("*")}
 
 
-BOMB = "\n".join(
-    ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
-    + [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},"
-       f"*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]" for i in range(8)]
-) + "\n"
+BOMB = (
+    "\n".join(
+        ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+        + [
+            f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},"
+            f"*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)},*{chr(97 + i)}]"
+            for i in range(8)
+        ]
+    )
+    + "\n"
+)
 
 
 def _yaml_bomb(b: Path) -> str:
@@ -74,8 +80,9 @@ def _dupes(b: Path) -> str:
     return "duplicate key 'requires_rollback'"
 
 
-@pytest.mark.parametrize("make", [_yaml_bomb, _traversal, _symlink, _huge, _bad_utf8, _dupes],
-                         ids=lambda f: f.__name__.strip("_"))
+@pytest.mark.parametrize(
+    "make", [_yaml_bomb, _traversal, _symlink, _huge, _bad_utf8, _dupes], ids=lambda f: f.__name__.strip("_")
+)
 @pytest.mark.parametrize("command", ["validate", "plan", "run"])
 def test_hostile_input_gets_one_line_and_exit_2(tmp_path: Path, make, command: str) -> None:
     b = _bundle(tmp_path)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import MIGRATIONS, REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +14,6 @@ from airflow_kfm_migrations.bundle import InvalidInput, load_bundle, parse_decla
 from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.contracts import CONTRACTS, adapter, schema_errors, schema_text
 from airflow_kfm_migrations.contracts.export import main as export_main
-from conftest import MIGRATIONS, REPO
 
 CONTRACT_DOC = REPO.parent / "shared" / "spec" / "governed-migrations-contract.md"
 FIXTURES = MIGRATIONS / "registry" / "fixtures"

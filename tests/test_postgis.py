@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 import rdflib
+from conftest import PgDatabase
 
 from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.cli import main
-from conftest import PgDatabase
 
 pytestmark = pytest.mark.postgis
 
@@ -64,8 +64,9 @@ def test_contract_example_end_to_end(example: Path, pgdb: PgDatabase) -> None:
     assert main(["verify", str(example)]) == 0
 
 
-def test_rerun_is_noop_and_changed_artifact_is_refused(example: Path, pgdb: PgDatabase,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_is_noop_and_changed_artifact_is_refused(
+    example: Path, pgdb: PgDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(example, pgdb) == 0
     first = receipt(example)["receipt_digest"]
     assert run(example, pgdb) == 0
@@ -104,7 +105,9 @@ HARD_FAILS = {
     "forbidden_object_changed": "DO $$ BEGIN EXECUTE 'ALTER TABLE governance.rules ADD COLUMN x int'; END $$;",
     "out_of_scope_change": "DO $$ BEGIN EXECUTE 'CREATE TABLE public.sneaky (id int)'; END $$;",
     # limits exceeded
-    "limit_exceeded": "CREATE INDEX parcels_name_idx ON parcels (name); CREATE INDEX parcels_id_name ON parcels (id, name);",
+    "limit_exceeded": (
+        "CREATE INDEX parcels_name_idx ON parcels (name); CREATE INDEX parcels_id_name ON parcels (id, name);"
+    ),
     # a write hidden in a trigger fired by an in-scope update
     "out_of_scope_write": "UPDATE parcels SET name = name WHERE id = 1;",
 }
@@ -113,10 +116,12 @@ HARD_FAILS = {
 @pytest.mark.parametrize("code", sorted(HARD_FAILS))
 def test_hard_fails_leave_the_store_unchanged_with_a_failed_receipt(example: Path, pgdb: PgDatabase, code: str) -> None:
     if code == "out_of_scope_write":
-        pgdb.sql("CREATE TABLE public.shadow (id int);"
-                 "CREATE FUNCTION public.spy() RETURNS trigger LANGUAGE plpgsql AS "
-                 "$$ BEGIN INSERT INTO public.shadow VALUES (NEW.id); RETURN NEW; END $$;"
-                 "CREATE TRIGGER spy AFTER UPDATE ON public.parcels FOR EACH ROW EXECUTE FUNCTION public.spy()")
+        pgdb.sql(
+            "CREATE TABLE public.shadow (id int);"
+            "CREATE FUNCTION public.spy() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN INSERT INTO public.shadow VALUES (NEW.id); RETURN NEW; END $$;"
+            "CREATE TRIGGER spy AFTER UPDATE ON public.parcels FOR EACH ROW EXECUTE FUNCTION public.spy()"
+        )
         text = (example / "migration.yml").read_text().replace("max_row_backfill: 0", "max_row_backfill: 5")
         (example / "migration.yml").write_text(text)
     before = pgdb.fingerprint()
@@ -149,9 +154,12 @@ def test_review_required_needs_a_recorded_approval(example: Path, pgdb: PgDataba
     text = (example / "migration.yml").read_text()
     assert run(example, pgdb) == 1
     assert "policy_dropped" in receipt(example)["reason"]
-    approved = text.replace("  change_class: governance-critical", "  change_class: governance-critical\n  recorded:\n"
-                            "    - by: kfm-governance\n      at: '2026-03-01T10:00:00+00:00'\n      ref: GOV-7\n"
-                            "      covers: ['review:policy_dropped']")
+    approved = text.replace(
+        "  change_class: governance-critical",
+        "  change_class: governance-critical\n  recorded:\n"
+        "    - by: kfm-governance\n      at: '2026-03-01T10:00:00+00:00'\n      ref: GOV-7\n"
+        "      covers: ['review:policy_dropped']",
+    )
     (example / "migration.yml").write_text(approved)
     assert run(example, pgdb) == 0
     assert not pgdb.sql("SELECT 1 FROM pg_policies WHERE policyname = 'p_read'")
@@ -166,8 +174,9 @@ def test_error_in_the_middle_of_forward_rolls_everything_back(example: Path, pgd
     assert run(example, pgdb) == 1
     assert "22012" in receipt(example)["reason"]  # division_by_zero
     assert pgdb.fingerprint() == before
-    (example / "forward.sql").write_text("SET search_path = public;\n"
-                                         "CREATE INDEX parcels_geom_gist ON parcels USING gist (geom);\n")
+    (example / "forward.sql").write_text(
+        "SET search_path = public;\nCREATE INDEX parcels_geom_gist ON parcels USING gist (geom);\n"
+    )
     assert run(example, pgdb) == 0
 
 
@@ -187,8 +196,9 @@ def test_backend_killed_mid_apply(example: Path, pgdb: PgDatabase) -> None:
 
     def killer() -> None:
         for _ in range(100):
-            rows = pgdb.sql("SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(5)%%' "
-                            "AND pid <> pg_backend_pid()")
+            rows = pgdb.sql(
+                "SELECT pid FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(5)%%' AND pid <> pg_backend_pid()"
+            )
             if rows:
                 pgdb.sql("SELECT pg_terminate_backend(%s)", (rows[0][0],))
                 return
@@ -209,8 +219,12 @@ def test_runner_sigkilled_mid_apply(example: Path, pgdb: PgDatabase) -> None:
     before = pgdb.fingerprint()
     append(example, "SELECT pg_sleep(30);")
     env = dict(os.environ)
-    p = subprocess.Popen([sys.executable, "-m", "airflow_kfm_migrations.cli", "run", str(example), "--conn-id",
-                          pgdb.conn_id, "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "airflow_kfm_migrations.cli", "run", str(example), "--conn-id", pgdb.conn_id, "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     for _ in range(200):
         if pgdb.sql("SELECT 1 FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep(30)%%'"):
             break
@@ -235,14 +249,18 @@ def test_eight_simultaneous_runs_apply_exactly_once(example: Path, pgdb: PgDatab
 
     with ThreadPoolExecutor(8) as pool:
         codes = list(pool.map(one, range(8)))
-    statuses = sorted(json.loads((tmp_path / f"a{i}" / "receipts" / "run_receipt.json").read_text())["status"]
-                      for i in range(8))
+    statuses = sorted(
+        json.loads((tmp_path / f"a{i}" / "receipts" / "run_receipt.json").read_text())["status"] for i in range(8)
+    )
     assert statuses.count("succeeded") == 1
     assert set(statuses) <= {"succeeded", "failed", "noop"}
     assert pgdb.sql("SELECT count(*) FROM kfm_governance.ledger")[0][0] == 1
     assert codes.count(0) == statuses.count("succeeded") + statuses.count("noop")
-    failed_reasons = [json.loads((tmp_path / f"a{i}" / "receipts" / "run_receipt.json").read_text())["reason"]
-                      for i in range(8) if codes[i] == 1]
+    failed_reasons = [
+        json.loads((tmp_path / f"a{i}" / "receipts" / "run_receipt.json").read_text())["reason"]
+        for i in range(8)
+        if codes[i] == 1
+    ]
     assert all("lock" in r for r in failed_reasons)
 
 
@@ -268,9 +286,11 @@ def test_rollback_that_does_not_restore_pre_is_refused(example: Path, pgdb: PgDa
 def test_non_transactional_gate_failure_is_compensated(example: Path, pgdb: PgDatabase) -> None:
     before = pgdb.fingerprint()
     text = (example / "migration.yml").read_text().replace("max_index_count_delta: 2", "max_index_count_delta: 0")
-    text += "transactional: false\nnon_transactional_reason: \"CONCURRENTLY keeps parcels writable\"\n"
+    text += 'transactional: false\nnon_transactional_reason: "CONCURRENTLY keeps parcels writable"\n'
     (example / "migration.yml").write_text(text)
-    (example / "forward.sql").write_text("CREATE INDEX CONCURRENTLY parcels_geom_gist ON public.parcels USING gist (geom);\n")
+    (example / "forward.sql").write_text(
+        "CREATE INDEX CONCURRENTLY parcels_geom_gist ON public.parcels USING gist (geom);\n"
+    )
     (example / "rollback.sql").write_text("DROP INDEX CONCURRENTLY IF EXISTS public.parcels_geom_gist;\n")
     assert run(example, pgdb) == 1
     assert receipt(example)["status"] == "rolled_back"
@@ -278,15 +298,22 @@ def test_non_transactional_gate_failure_is_compensated(example: Path, pgdb: PgDa
 
 
 def test_concurrent_index_requires_declaring_non_transactional(example: Path, pgdb: PgDatabase) -> None:
-    (example / "forward.sql").write_text("CREATE INDEX CONCURRENTLY parcels_geom_gist ON public.parcels USING gist (geom);\n")
+    (example / "forward.sql").write_text(
+        "CREATE INDEX CONCURRENTLY parcels_geom_gist ON public.parcels USING gist (geom);\n"
+    )
     assert run(example, pgdb) == 1
-    assert "non-transactional" in receipt(example)["reason"] or "cannot run in a transaction" in receipt(example)["reason"]
+    assert (
+        "non-transactional" in receipt(example)["reason"] or "cannot run in a transaction" in receipt(example)["reason"]
+    )
 
 
-@pytest.mark.parametrize("artifact", ["forward.sql", "migration.yml", "baselines/pre.json", "diffs/summary.json",
-                                      "receipts/run_receipt.json"])
-def test_flipping_one_byte_makes_verify_fail(example: Path, pgdb: PgDatabase, artifact: str,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "artifact",
+    ["forward.sql", "migration.yml", "baselines/pre.json", "diffs/summary.json", "receipts/run_receipt.json"],
+)
+def test_flipping_one_byte_makes_verify_fail(
+    example: Path, pgdb: PgDatabase, artifact: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert run(example, pgdb) == 0
     assert run(example, pgdb) == 0  # a chain of two receipts
     f = example / artifact
@@ -302,12 +329,27 @@ def test_flipping_one_byte_makes_verify_fail(example: Path, pgdb: PgDatabase, ar
 
 def test_prod_run_needs_registry_status_and_approvals(example: Path, pgdb: PgDatabase, tmp_path: Path) -> None:
     reg = tmp_path / "registry.json"
-    reg.write_text(json.dumps({"schema_version": "migrations.v1", "migrations": [{
-        "migration_id": "PG-MIG-2026-02-28-01", "type": "postgis", "path": "postgis/PG-MIG-2026-02-28-01",
-        "owner": "kfm-platform", "status": "merged",
-        "events": [{"status": "draft", "at": "2026-02-28T09:00:00+00:00", "actor": "a", "ref": "r"},
-                   {"status": "approved", "at": "2026-02-28T10:00:00+00:00", "actor": "a", "ref": "r"},
-                   {"status": "merged", "at": "2026-02-28T11:00:00+00:00", "actor": "a", "ref": "r"}]}]}))
+    reg.write_text(
+        json.dumps(
+            {
+                "schema_version": "migrations.v1",
+                "migrations": [
+                    {
+                        "migration_id": "PG-MIG-2026-02-28-01",
+                        "type": "postgis",
+                        "path": "postgis/PG-MIG-2026-02-28-01",
+                        "owner": "kfm-platform",
+                        "status": "merged",
+                        "events": [
+                            {"status": "draft", "at": "2026-02-28T09:00:00+00:00", "actor": "a", "ref": "r"},
+                            {"status": "approved", "at": "2026-02-28T10:00:00+00:00", "actor": "a", "ref": "r"},
+                            {"status": "merged", "at": "2026-02-28T11:00:00+00:00", "actor": "a", "ref": "r"},
+                        ],
+                    }
+                ],
+            }
+        )
+    )
     assert run(example, pgdb, "--env", "prod", "--registry", str(reg)) == 1
     assert "registry status 'merged' does not allow a prod run" in receipt(example)["reason"]
     assert not has_index(pgdb)

@@ -236,9 +236,7 @@ _CONDITIONAL = [
     },
     {
         "if": {"properties": {"requires_rollback": {"const": True}}},
-        "then": {
-            "properties": {"artifacts": {"required": ["rollback"], "properties": {"rollback": {"minItems": 1}}}}
-        },
+        "then": {"properties": {"artifacts": {"required": ["rollback"], "properties": {"rollback": {"minItems": 1}}}}},
     },
 ]
 

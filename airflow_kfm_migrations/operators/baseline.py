@@ -29,7 +29,16 @@ class BaselineOperator(MigrationOperator):
         baseline = store.committed_baseline(bundle)
         path = opts.artifacts_dir / "baselines" / f"committed-{self.phase}.json"
         digest = write_json(path, baseline.model_dump(mode="json", by_alias=True))
-        self.log.info("%s baseline: %d objects, schema %s, protected %s", self.phase, len(baseline.objects),
-                      baseline.schema_fingerprint[:16], baseline.protected_fingerprint[:16])
-        return {"sha256": digest, "schema_fingerprint": baseline.schema_fingerprint,
-                "protected_fingerprint": baseline.protected_fingerprint, "objects": len(baseline.objects)}
+        self.log.info(
+            "%s baseline: %d objects, schema %s, protected %s",
+            self.phase,
+            len(baseline.objects),
+            baseline.schema_fingerprint[:16],
+            baseline.protected_fingerprint[:16],
+        )
+        return {
+            "sha256": digest,
+            "schema_fingerprint": baseline.schema_fingerprint,
+            "protected_fingerprint": baseline.protected_fingerprint,
+            "objects": len(baseline.objects),
+        }

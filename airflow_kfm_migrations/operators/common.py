@@ -112,12 +112,30 @@ def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> s
 def summary_tables(result: Any) -> str:
     parts = []
     if result.plan is not None:
-        parts.append(table("plan", [(str(p.index), p.kind, p.statement, ", ".join(p.targets)) for p in
-                                    result.plan.statements], ("#", "kind", "statement", "targets")))
+        parts.append(
+            table(
+                "plan",
+                [(str(p.index), p.kind, p.statement, ", ".join(p.targets)) for p in result.plan.statements],
+                ("#", "kind", "statement", "targets"),
+            )
+        )
     if result.summary is not None:
-        parts.append(table("limits", [(lc.name, str(lc.declared), str(lc.observed), "ok" if lc.ok else "EXCEEDED")
-                                      for lc in result.summary.limits], ("limit", "declared", "observed", "")))
-        parts.append(table("findings", [(f.tier, f.code, f.object or "", f.message) for f in result.summary.findings],
-                           ("tier", "code", "object", "message")))
+        parts.append(
+            table(
+                "limits",
+                [
+                    (lc.name, str(lc.declared), str(lc.observed), "ok" if lc.ok else "EXCEEDED")
+                    for lc in result.summary.limits
+                ],
+                ("limit", "declared", "observed", ""),
+            )
+        )
+        parts.append(
+            table(
+                "findings",
+                [(f.tier, f.code, f.object or "", f.message) for f in result.summary.findings],
+                ("tier", "code", "object", "message"),
+            )
+        )
     parts.append(f"verdict: {result.status}" + (f" ({result.reason})" if result.reason else ""))
     return "\n".join(parts)

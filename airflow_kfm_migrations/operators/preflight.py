@@ -23,8 +23,14 @@ class PreflightOperator(MigrationOperator):
             reason = preflight(run)
             if reason is None:
                 plan = open_store(bundle.type, opts.conn_id, plan_only=True).plan(bundle)
-                self.log.info("%s", table("plan", [(str(p.index), p.kind, p.statement, ", ".join(p.targets))
-                                                   for p in plan.statements], ("#", "kind", "statement", "targets")))
+                self.log.info(
+                    "%s",
+                    table(
+                        "plan",
+                        [(str(p.index), p.kind, p.statement, ", ".join(p.targets)) for p in plan.statements],
+                        ("#", "kind", "statement", "targets"),
+                    ),
+                )
                 hard = [f for f in plan.findings if f.tier == "hard_fail"]
                 reason = f"static plan refused: {hard[0].message}" if hard else None
         except KfmError as exc:

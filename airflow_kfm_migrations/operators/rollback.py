@@ -17,8 +17,10 @@ class RollbackOperator(MigrationOperator):
 
         applied = context["ti"].xcom_pull(task_ids="apply", key="apply") or {}
         if applied.get("status") != "succeeded":
-            self.log.info("nothing was committed (apply status %r): the store is unchanged, no rollback needed",
-                          applied.get("status"))
+            self.log.info(
+                "nothing was committed (apply status %r): the store is unchanged, no rollback needed",
+                applied.get("status"),
+            )
             return {"status": "not_needed"}
         _s, bundle, opts = self.run_options(context)
         result = rollback_migration(bundle, opts)

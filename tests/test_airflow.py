@@ -1,0 +1,160 @@
+"""The provider through real Airflow 3: DagBag import, and `airflow dags test` against PostGIS."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import MIGRATIONS, REPO, PgDatabase
+
+from airflow_kfm_migrations import get_provider_info
+
+pytestmark = pytest.mark.airflow
+PG_ID = "PG-MIG-2026-02-28-01"
+DAG_ID = "kfm_migration__" + PG_ID
+
+
+def test_provider_info_declares_config_and_operators() -> None:
+    info = get_provider_info()
+    assert info["package-name"] == "airflow-kfm-migrations"
+    assert set(info["config"]["kfm_migrations"]["options"]) == {
+        "environment",
+        "artifacts_root",
+        "registry_path",
+        "bundles_root",
+        "fail_on_drift",
+    }
+    assert info["operators"][0]["python-modules"] == ["airflow_kfm_migrations.operators"]
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("airflow-home")
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        }
+    )
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True, timeout=300
+    )
+    return env
+
+
+def test_dagbag_imports_with_zero_errors_and_no_deprecation_warnings(airflow_env: dict[str, str]) -> None:
+    env = dict(airflow_env, KFM_BUNDLES_ROOT=str(MIGRATIONS))
+    code = (
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "b = DagBag(dag_folder='dags')\n"
+        "import json; print(json.dumps({'errors': {k: str(v) for k, v in b.import_errors.items()},"
+        " 'dags': sorted(b.dag_ids)}))\n"
+    )
+    p = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout.strip().splitlines()[-1])
+    registry = json.loads((MIGRATIONS / "registry" / "migrations.v1.json").read_text())
+    assert doc["errors"] == {}
+    assert doc["dags"] == sorted("kfm_migration__" + e["migration_id"] for e in registry["migrations"])
+
+
+def _world(
+    tmp_path: Path, db: PgDatabase, env: dict[str, str], *, extra_sql: str = "", status: str = "merged"
+) -> dict[str, str]:
+    root = tmp_path / "migrations"
+    shutil.copytree(
+        MIGRATIONS / "postgis" / PG_ID,
+        root / "postgis" / PG_ID,
+        ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"),
+    )
+    if extra_sql:
+        with (root / "postgis" / PG_ID / "forward.sql").open("a") as fh:
+            fh.write(extra_sql + "\n")
+    reg = json.loads((MIGRATIONS / "registry" / "migrations.v1.json").read_text())
+    entry = next(e for e in reg["migrations"] if e["migration_id"] == PG_ID)
+    entry["conn_id"] = db.conn_id
+    entry["status"] = status
+    entry["events"] = [ev for ev in entry["events"] if ev["status"] in ("draft", "approved", "merged")]
+    (root / "registry").mkdir(parents=True)
+    (root / "registry" / "migrations.v1.json").write_text(
+        json.dumps({"schema_version": "migrations.v1", "migrations": [entry]})
+    )
+    out = dict(env, KFM_BUNDLES_ROOT=str(root), KFM_ARTIFACTS_ROOT=str(tmp_path / "artifacts"))
+    out[f"AIRFLOW_CONN_{db.conn_id.upper()}"] = db.dsn
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "reserialize"], env=out, check=True, capture_output=True, timeout=300
+    )
+    return out
+
+
+def _dags_test(env: dict[str, str], *conf: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", DAG_ID, *conf],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def _receipt(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "artifacts" / PG_ID / "receipts" / "run_receipt.json").read_text())
+
+
+def test_dag_succeeds_then_reruns_as_noop(pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path) -> None:
+    env = _world(tmp_path, pgdb, airflow_env)
+    p = _dags_test(env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert _receipt(tmp_path)["status"] == "succeeded"
+    assert pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'")
+    log = p.stdout + p.stderr
+    assert "max_index_count_delta" in log and "verdict: succeeded" in log  # tables in the task log
+    assert "kfm-local-only" not in log  # never the password
+    p = _dags_test(env)
+    assert p.returncode == 0
+    assert _receipt(tmp_path)["status"] == "noop"
+
+
+def test_scope_violation_fails_the_dag_run_and_changes_nothing(
+    pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    before = pgdb.fingerprint()
+    env = _world(
+        tmp_path,
+        pgdb,
+        airflow_env,
+        extra_sql="DO $$ BEGIN EXECUTE 'UPDATE public.authority_sites SET name = ''x'''; END $$;",
+    )
+    p = _dags_test(env)
+    assert p.returncode != 0
+    assert "state=failed" in p.stdout + p.stderr
+    r = _receipt(tmp_path)
+    assert r["status"] == "failed" and "gate refused" in r["reason"] and "store unchanged" in r["reason"]
+    assert pgdb.fingerprint() == before
+
+
+def test_prod_run_of_a_merged_entry_is_refused_in_preflight(
+    pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    before = pgdb.fingerprint()
+    env = _world(tmp_path, pgdb, airflow_env)
+    p = _dags_test(env, "-c", json.dumps({"environment": "prod"}))
+    assert p.returncode != 0
+    r = _receipt(tmp_path)
+    assert r["status"] == "failed" and r["environment"] == "prod" and "preflight" in r["reason"]
+    assert pgdb.fingerprint() == before

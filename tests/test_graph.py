@@ -1,0 +1,404 @@
+"""The governed Neo4j run against the real server (scripts/stores/neo4j.sh), plus the
+Cypher splitter and the static plan (those need no server)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import MIGRATIONS, port_open, server_missing
+
+from airflow_kfm_migrations.bundle import load_bundle
+from airflow_kfm_migrations.cli import main
+from airflow_kfm_migrations.errors import InputError, LockedError
+from airflow_kfm_migrations.stores.cypher import classify, mentions, schema_name, split_cypher
+from airflow_kfm_migrations.stores.graph import GraphStore
+
+pytestmark = pytest.mark.neo4j
+
+BOLT_PORT = int(os.environ.get("KFM_NEO4J_BOLT_PORT", "7687"))
+URI = f"neo4j://127.0.0.1:{BOLT_PORT}"
+CONN_ID = "kfm_graph_test"
+MIG = "GRAPH-MIG-2026-03-03-01"
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def neo4j_server() -> Iterator[Any]:
+    if not port_open(BOLT_PORT):
+        server_missing("Neo4j", "bash scripts/stores/neo4j.sh start")
+    import neo4j
+
+    driver = neo4j.GraphDatabase.driver(URI, auth=None)
+    yield driver
+    driver.close()
+
+
+class Graph:
+    def __init__(self, driver: Any) -> None:
+        self.driver = driver
+
+    def q(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        with self.driver.session(notifications_min_severity="OFF") as s:
+            return [r.data() for r in s.run(query, params)]
+
+    def clean(self) -> None:
+        self.q("MATCH (n) DETACH DELETE n")
+        for r in self.q("SHOW CONSTRAINTS YIELD name"):
+            self.q(f"DROP CONSTRAINT `{r['name']}`")
+        for r in self.q("SHOW INDEXES YIELD name, type WHERE type <> 'LOOKUP'"):
+            self.q(f"DROP INDEX `{r['name']}`")
+
+    def count(self, label: str) -> int:
+        return int(self.q(f"MATCH (n:`{label}`) RETURN count(n) AS c")[0]["c"])
+
+    def constraints(self) -> set[str]:
+        return {r["name"] for r in self.q("SHOW CONSTRAINTS YIELD name")}
+
+    def baseline(self, bundle: Path) -> Any:
+        """The product's own baseline of the live graph (no lock taken)."""
+        b = load_bundle(bundle)
+        return GraphStore.for_planning(CONN_ID).capture(self.q, b.declaration)
+
+
+@pytest.fixture
+def graph(neo4j_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Graph]:
+    """A clean graph holding the example's world: legacy datasets and a protected site."""
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", URI)
+    g = Graph(neo4j_server)
+    g.clean()
+    g.q("UNWIND range(1, 5) AS i CREATE (:LegacyDataset {dataset_id: 'ds-' + i, name: 'legacy ' + i})")
+    g.q(
+        "CREATE (s:AuthoritySite {name: 'Fort Larned', since: 1859})-[:PROV_GENERATED_BY]->(:Activity {name: 'survey'})"
+    )
+    yield g
+    g.clean()
+
+
+@pytest.fixture
+def gexample(tmp_path: Path) -> Path:
+    src = MIGRATIONS / "graph" / MIG
+    dst = tmp_path / "graph" / MIG
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"))
+    return dst
+
+
+def run(bundle: Path, out: Path, *extra: str, conn_id: str = CONN_ID) -> int:
+    return main(["run", str(bundle), "--conn-id", conn_id, "--artifacts", str(out), "--quiet", *extra])
+
+
+def receipt(out: Path) -> dict[str, Any]:
+    return json.loads((out / "receipts" / "run_receipt.json").read_text())
+
+
+def summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "diffs" / "summary.json").read_text())
+
+
+def baseline_file(out: Path, which: str) -> dict[str, Any]:
+    return json.loads((out / "baselines" / f"{which}.json").read_text())
+
+
+def append(bundle: Path, name: str, cypher: str) -> None:
+    with (bundle / name).open("a") as fh:
+        fh.write(cypher + "\n")
+
+
+def codes(out: Path) -> set[str]:
+    return {f["code"] for f in summary(out)["findings"]}
+
+
+# ------------------------------------------------------------------------ end to end
+
+
+def test_example_end_to_end(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run(gexample, out) == 0
+    assert "dataset_id_unique" in graph.constraints()
+    assert graph.count("LegacyDataset") == 0 and graph.count("Dataset") == 5
+    r = receipt(out)
+    assert r["status"] == "succeeded" and r["store"] == {"kind": "graph", "conn_id": CONN_ID}
+    assert {c["name"]: c["passed"] for c in r["validation"]}["gate"] is True
+    s = summary(out)
+    assert s["verdict"] == "pass"
+    assert {lc["name"]: lc["observed"] for lc in s["limits"]} == {
+        "max_nodes_changed": 5,
+        "max_relationships_changed": 0,
+        "max_schema_delta": 1,
+    }
+    changed = {c["id"] for c in s["changes"]}
+    assert "constraint:dataset_id_unique" in changed and "label_count:Dataset" in changed
+    assert not any("Kfm" in c["id"] for c in s["changes"])
+    # Baselines carry counts and digests, never property values.
+    pre = baseline_file(out, "pre")
+    assert pre["store"] == "graph" and pre["protected_rows"] == {"AuthoritySite": 1}
+    assert "Fort Larned" not in (out / "baselines" / "pre.json").read_text()
+    assert any(o["id"] == "nodes:AuthoritySite" and o["protected"] for o in pre["objects"])
+    # Ledger: one apply node with the artifact checksums; the lock is gone.
+    ledger = graph.q("MATCH (m:KfmMigration) RETURN m")
+    assert len(ledger) == 1 and ledger[0]["m"]["operation"] == "apply"
+    assert set(json.loads(ledger[0]["m"]["artifacts"])) >= {"forward.cypher", "rollback.cypher"}
+    assert ledger[0]["m"]["receipt_digest"] == r["receipt_digest"]
+    assert graph.count("KfmLock") == 0
+    assert main(["verify", str(out)]) == 0
+    # Rerun: no-op, no drift.
+    assert run(gexample, out) == 0
+    again = receipt(out)
+    assert again["status"] == "noop" and again["previous_receipt_digest"] == r["receipt_digest"]
+    assert {c["name"]: c["passed"] for c in again["validation"]}["drift"] is True
+    assert main(["verify", str(out)]) == 0
+
+
+def test_changed_artifact_after_apply_is_refused(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert run(gexample, out) == 0
+    append(gexample, "forward.cypher", "// harmless, but the checksum changes")
+    assert run(gexample, out) == 1
+    assert receipt(out)["status"] == "failed" and "forward.cypher changed" in receipt(out)["reason"]
+
+
+def test_protected_label_touched_dynamically_is_compensated(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    """The label hides in a string, so only the observed diff can catch it."""
+    out = tmp_path / "out"
+    before = graph.baseline(gexample)
+    append(gexample, "forward.cypher", "MATCH (a) WHERE 'AuthoritySite' IN labels(a) SET a.touched = true;")
+    append(gexample, "rollback.cypher", "MATCH (a) WHERE 'AuthoritySite' IN labels(a) REMOVE a.touched;")
+    assert run(gexample, out) == 1
+    r = receipt(out)
+    assert r["status"] == "rolled_back", r["reason"]
+    assert "protected_domain_changed" in codes(out)
+    assert baseline_file(out, "post")["protected_fingerprint"] == baseline_file(out, "pre")["protected_fingerprint"]
+    after = graph.baseline(gexample)
+    assert after.protected_fingerprint == before.protected_fingerprint
+    assert after.schema_fingerprint == before.schema_fingerprint
+    assert graph.q("MATCH (a:AuthoritySite) RETURN a.touched AS t") == [{"t": None}]
+    assert graph.count("LegacyDataset") == 5 and "dataset_id_unique" not in graph.constraints()
+    assert graph.count("KfmMigration") == 0  # a compensated run records nothing
+
+
+def test_protected_label_in_the_script_is_refused_by_the_plan(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    append(gexample, "forward.cypher", "MATCH (a:AuthoritySite) SET a.touched = true;")
+    assert run(gexample, out) == 1
+    r = receipt(out)
+    assert r["status"] == "failed" and "static plan refused" in r["reason"]
+    assert "dataset_id_unique" not in graph.constraints() and graph.count("LegacyDataset") == 5
+
+
+def test_protected_label_with_approval_passes_the_plan(gexample: Path) -> None:
+    decl = (gexample / "migration.yml").read_text()
+    decl = decl.replace(
+        "  change_class: standard\n",
+        "  change_class: standard\n  recorded:\n    - by: kfm-governance\n      at: 2026-03-03T10:00:00Z\n"
+        "      ref: https://example.org/adr/42\n      covers: ['protected:AuthoritySite']\n",
+    )
+    (gexample / "migration.yml").write_text(decl)
+    append(gexample, "forward.cypher", "MATCH (a:AuthoritySite) SET a.touched = true;")
+    plan = GraphStore.for_planning("x").plan(load_bundle(gexample))
+    assert not plan.refused, plan.findings
+
+
+def test_max_nodes_changed_exceeded_is_rolled_back(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    before = graph.baseline(gexample)
+    decl = (gexample / "migration.yml").read_text()
+    (gexample / "migration.yml").write_text(decl.replace("max_nodes_changed: 1000", "max_nodes_changed: 3"))
+    assert run(gexample, out) == 1
+    r = receipt(out)
+    assert r["status"] == "rolled_back", r["reason"]
+    assert "limit_exceeded" in r["reason"]
+    lim = {lc["name"]: (lc["observed"], lc["ok"]) for lc in summary(out)["limits"]}
+    assert lim["max_nodes_changed"] == (5, False)
+    after = graph.baseline(gexample)
+    assert after.schema_fingerprint == before.schema_fingerprint
+    assert graph.count("LegacyDataset") == 5 and graph.count("Dataset") == 0
+    assert main(["verify", str(out)]) == 0
+
+
+def test_exclusive_labels_invariant(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    append(gexample, "forward.cypher", "MATCH (n:Dataset) WHERE n.dataset_id = 'ds-1' SET n:LegacyDataset;")
+    append(gexample, "rollback.cypher", "MATCH (n:LegacyDataset) WHERE n.dataset_id = 'ds-1' REMOVE n:Dataset;")
+    assert run(gexample, out) == 1
+    assert "invariant_exclusive_labels" in codes(out)
+    assert receipt(out)["status"] == "rolled_back", receipt(out)["reason"]
+    assert graph.count("LegacyDataset") == 5 and graph.count("Dataset") == 0
+
+
+def test_required_constraint_invariant(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    decl = (gexample / "migration.yml").read_text()
+    (gexample / "migration.yml").write_text(decl.replace("- dataset_id_unique", "- dataset_id_unique\n    - nope"))
+    assert run(gexample, out) == 1
+    assert "invariant_required_constraint" in codes(out)
+    assert receipt(out)["status"] == "rolled_back"
+
+
+def test_failing_statement_is_compensated(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    """Duplicate ids: the constraint cannot be created; the run fails closed and compensates."""
+    out = tmp_path / "out"
+    graph.q("CREATE (:Dataset {dataset_id: 'dup'}), (:Dataset {dataset_id: 'dup'})")
+    assert run(gexample, out) == 1
+    r = receipt(out)
+    assert r["status"] == "rolled_back", r["reason"]
+    assert "forward failed: statement 1 of forward.cypher" in r["reason"]
+    assert "dataset_id_unique" not in graph.constraints() and graph.count("LegacyDataset") == 5
+
+
+def test_out_of_scope_change_seen_only_in_the_diff(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    append(gexample, "forward.cypher", "CALL { CREATE (n) SET n:$('Sneaky') };")
+    append(gexample, "rollback.cypher", "MATCH (n) WHERE 'Sneaky' IN labels(n) DELETE n;")
+    assert run(gexample, out) == 1
+    assert "out_of_scope_change" in codes(out)
+    assert receipt(out)["status"] == "rolled_back", receipt(out)["reason"]
+    assert graph.count("Sneaky") == 0
+
+
+def test_manual_rollback_restores_the_pre_schema(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    assert main(["rollback", str(gexample), "--conn-id", CONN_ID, "--artifacts", str(out), "--quiet"]) == 0
+    assert receipt(out)["status"] == "noop"  # nothing applied yet
+    assert run(gexample, out) == 0
+    pre = baseline_file(out, "pre")
+    assert main(["rollback", str(gexample), "--conn-id", CONN_ID, "--artifacts", str(out), "--quiet"]) == 0
+    r = receipt(out)
+    assert r["status"] == "rolled_back" and r["operation"] == "rollback"
+    live = graph.baseline(gexample)
+    assert live.schema_fingerprint == pre["schema_fingerprint"]
+    assert live.protected_fingerprint == pre["protected_fingerprint"]
+    assert graph.count("LegacyDataset") == 5 and "dataset_id_unique" not in graph.constraints()
+    ops = [x["op"] for x in graph.q("MATCH (m:KfmMigration) RETURN m.operation AS op ORDER BY m.applied_at")]
+    assert ops == ["apply", "rollback"]
+    # Applied again after a rollback: a fresh apply, not a no-op.
+    assert run(gexample, out) == 0 and receipt(out)["status"] == "succeeded"
+    assert main(["verify", str(out)]) == 0
+
+
+def test_two_concurrent_sessions(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    bundle = load_bundle(gexample)
+    a = GraphStore.from_conn_id(CONN_ID)
+    b = GraphStore.from_conn_id(CONN_ID)
+    with a.session(bundle, "a" * 32):
+        assert graph.count("KfmLock") == 1
+        with pytest.raises(LockedError), b.session(bundle, "b" * 32):
+            pass
+        # The CLI reports the held lock as a failed run with a receipt.
+        out = tmp_path / "out"
+        assert run(gexample, out) == 1
+        assert receipt(out)["status"] == "failed" and "lock" in receipt(out)["reason"]
+    assert graph.count("KfmLock") == 0
+    with b.session(bundle, "b" * 32) as s:
+        assert s.ledger_last() is None
+    assert graph.count("KfmLock") == 0
+
+
+def test_stale_lock_is_broken(gexample: Path, graph: Graph) -> None:
+    bundle = load_bundle(gexample)
+    store = GraphStore.from_conn_id(CONN_ID)
+    with store.session(bundle, "a" * 32):
+        pass
+    graph.q(
+        "CREATE (:KfmLock {key: 'store', migration_id: 'GRAPH-MIG-2020-01-01-01', run_id: 'old', "
+        "acquired_at: timestamp() - 7200 * 1000})"
+    )
+    with store.session(bundle, "c" * 32):
+        assert graph.q("MATCH (l:KfmLock) RETURN l.run_id AS r") == [{"r": "c" * 32}]
+    assert graph.count("KfmLock") == 0
+
+
+def test_unreachable_server_fails_closed(gexample: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_KFM_GRAPH_DOWN", "neo4j://kfm:s3cret-pass@127.0.0.1:9")
+    out = tmp_path / "out"
+    assert run(gexample, out, conn_id="kfm_graph_down") == 1
+    r = receipt(out)
+    assert r["status"] == "failed" and "cannot prepare the run on kfm_graph_down" in r["reason"]
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert "s3cret-pass" not in f.read_text(errors="ignore"), f
+
+
+# --------------------------------------------------------------- static (no server)
+
+
+def test_split_cypher_handles_strings_comments_and_backticks() -> None:
+    text = (
+        "// leading comment; with a semicolon\n"
+        'MATCH (a:A {name: \'x;y:Fake\'}) /* block; :NotMe */ SET a.v = "q\\";:No";\n'
+        "\n"
+        "CREATE (:`Odd;``Label`) // trailing ; :Nope\n"
+        ";\n"
+        "/* only a comment */ ;\n"
+        "DROP INDEX `my;index` IF EXISTS"
+    )
+    parts = split_cypher(text)
+    assert len(parts) == 3
+    assert parts[0].text.endswith('SET a.v = "q\\";:No"') and parts[0].line == 2
+    assert parts[1].line == 4 and parts[1].text.startswith("CREATE (:`Odd;``Label`)")
+    assert mentions(parts[0].masked)[0] == {"A"}
+    assert mentions(parts[1].masked)[0] == {"Odd;`Label"}
+    assert classify(parts[2].masked) == ("schema", "drop_index") and schema_name(parts[2].masked) == "my;index"
+    assert [p.kind for p in parts] == ["data", "data", "schema"]
+
+
+@pytest.mark.parametrize("bad", ["MATCH (n) SET n.x = 'open", "MATCH (n) /* open", "MATCH (`open) RETURN 1"])
+def test_split_cypher_rejects_unterminated(bad: str) -> None:
+    with pytest.raises(InputError):
+        split_cypher(bad, "f.cypher")
+
+
+def test_mentions_labels_types_and_maps() -> None:
+    labels, types, dynamic = mentions(
+        "MATCH (a:Site {k:v.x, other: 1})-[r:HAS|:OWNS]->(b:X:Y) WHERE a:P|Q "
+        "WITH [x IN nodes WHERE x:Z] AS l SET a:$(lbl)"
+    )
+    assert labels == {"Site", "X", "Y", "P", "Q", "Z"}
+    assert types == {"HAS", "OWNS"}
+    assert dynamic
+
+
+def test_plan_example_and_scope_findings(gexample: Path) -> None:
+    store = GraphStore.for_planning("kfm_graph")
+    plan = store.plan(load_bundle(gexample))
+    assert not plan.refused
+    assert [(s.kind, s.statement) for s in plan.statements] == [("DDL", "create_constraint"), ("DML", "write")]
+    assert "constraint:dataset_id_unique" in plan.statements[0].targets
+    append(gexample, "forward.cypher", "MATCH (a:Dataset)-[:PROV_GENERATED_BY]->(b:Activity) RETURN a;")
+    append(gexample, "forward.cypher", "MATCH (m:KfmMigration) DETACH DELETE m;")
+    append(gexample, "forward.cypher", "CREATE DATABASE other;")
+    plan = store.plan(load_bundle(gexample))
+    found = {(f.code, f.object) for f in plan.findings}
+    assert ("plan_forbidden_target", "rel:PROV_GENERATED_BY") in found
+    assert ("plan_out_of_scope", "label:Activity") in found
+    assert ("plan_forbidden_target", "label:KfmMigration") in found
+    assert any(code == "plan_admin_command" for code, _ in found)
+    assert plan.refused
+
+
+def test_plan_cli_never_connects(gexample: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["plan", str(gexample), "--conn-id", "nowhere", "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["store"] == "graph" and len(doc["statements"]) == 2 and not doc["refused"]
+
+
+def test_tampering_with_the_ledger_is_a_hard_fail(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    assert run(gexample, tmp_path / "first") == 0
+    other_id = "GRAPH-MIG-2026-03-03-02"
+    other = gexample.parent / other_id
+    other.mkdir()
+    decl = (gexample / "migration.yml").read_text().replace(MIG, other_id)
+    (other / "migration.yml").write_text(decl)
+    (other / "notes.md").write_text((gexample / "notes.md").read_text())
+    (other / "forward.cypher").write_text("MATCH (m) WHERE 'KfmMigration' IN labels(m) SET m.status = 'tampered';\n")
+    (other / "rollback.cypher").write_text("MATCH (m) WHERE 'KfmMigration' IN labels(m) SET m.status = 'succeeded';\n")
+    out = tmp_path / "second"
+    assert run(other, out) == 1
+    assert "governance_ledger_touched" in codes(out)
+    assert graph.q("MATCH (m:KfmMigration) RETURN m.status AS s") == [{"s": "succeeded"}]
