@@ -236,9 +236,11 @@ def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
     )
     if hard:
         return run.finish("failed", f"static plan refused: {hard[0].message}")
-    # Only a store whose session is one transaction can rehearse a run and roll it back.
-    if opts.dry_run and not (bundle.type == "postgis" and bundle.declaration.transactional):
-        return run.finish("succeeded", "plan only: a non-transactional migration cannot be rehearsed")
+    # Only a store that can undo a run without a trace rehearses it (PostgreSQL in one
+    # transaction; blue/green search before the flip). Others stop after the plan.
+    rehearsable = getattr(store, "rehearsable", None)
+    if opts.dry_run and not (rehearsable and rehearsable(bundle)):
+        return run.finish("succeeded", "plan only: this migration cannot be rehearsed without side effects")
     try:
         with store.session(bundle, run.run_id) as s:
             run.check("lock", True)

@@ -113,6 +113,10 @@ class Store(Protocol):
     conn_id: str
 
     def plan(self, bundle: Bundle) -> Plan: ...
+    def rehearsable(self, bundle: Bundle) -> bool:
+        """True when ``abort`` after ``apply`` leaves no trace, so --dry-run may apply."""
+        ...
+
     def session(self, bundle: Bundle, run_id: str) -> AbstractContextManager[StoreSession]: ...
     def evaluate(
         self, bundle: Bundle, pre: Baseline, post: Baseline, writes: list[WriteCount], facts: dict[str, Any]

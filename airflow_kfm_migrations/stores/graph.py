@@ -163,6 +163,9 @@ class GraphStore:
 
     # -- construction ---------------------------------------------------------
 
+    def rehearsable(self, bundle: Bundle) -> bool:
+        return False  # Neo4j schema changes cannot be rolled back: dry runs stop after the plan
+
     @classmethod
     def for_planning(cls, conn_id: str) -> GraphStore:
         """A store that plans only and never connects."""

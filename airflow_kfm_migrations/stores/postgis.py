@@ -289,6 +289,9 @@ class PostgisStore:
 
         return cls(connect_env, conn_id)
 
+    def rehearsable(self, bundle: Bundle) -> bool:
+        return bool(bundle.declaration.transactional)
+
     @classmethod
     def for_planning(cls, conn_id: str) -> PostgisStore:
         """A store that plans statically and never connects."""
