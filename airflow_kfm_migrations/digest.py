@@ -53,6 +53,12 @@ def merkle_root(leaves: Iterable[str]) -> str:
     return level[0].hex()
 
 
+def leaf(object_id: str, digest: str) -> str:
+    """The Merkle leaf of one object: sha256 over its id and digest, NUL-separated
+    (an id never contains NUL), so neither can be shifted into the other."""
+    return hashlib.sha256(object_id.encode() + b"\x00" + digest.encode()).hexdigest()
+
+
 def dump_json(obj: Any) -> bytes:
     """Stable, human-readable JSON bytes (sorted keys, two-space indent, trailing newline)."""
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")

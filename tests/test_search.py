@@ -6,8 +6,10 @@ indices the run created and never touches an alias.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -40,12 +42,23 @@ MIG = "SEARCH-MIG-2026-03-02-01"
 
 
 @pytest.fixture(scope="module")
-def os_client() -> Any:
+def os_client() -> Iterator[Any]:
     if not port_open(OS_PORT):
         server_missing("OpenSearch", "bash scripts/stores/opensearch.sh start")
     from opensearchpy import OpenSearch
 
-    return OpenSearch(hosts=[{"host": "127.0.0.1", "port": OS_PORT}], timeout=60)
+    # These tests wipe the node's indices: a second pytest process on the same node waits.
+    with open(Path(tempfile.gettempdir()) / f"kfm-opensearch-{OS_PORT}.lock", "w") as fh:
+        deadline = time.monotonic() + 900
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    pytest.fail("another test run kept the OpenSearch node busy for 15 minutes", pytrace=False)
+                time.sleep(1)
+        yield OpenSearch(hosts=[{"host": "127.0.0.1", "port": OS_PORT}], timeout=60)
 
 
 @pytest.fixture
@@ -92,6 +105,9 @@ def cluster(os_client: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def _wipe(c: Any) -> None:
+    for t in c.indices.get_index_template().get("index_templates", []):
+        if t["name"].startswith("kfm-test-"):
+            c.indices.delete_index_template(name=t["name"])
     names = [n for n in c.indices.get(index="*", params={"expand_wildcards": "all"}) if not n.startswith(".")]
     for n in [*names, GOVERNANCE_INDEX]:
         if c.indices.exists(index=n):
@@ -146,6 +162,8 @@ def edit_forward(bundle: Path, fn: Any) -> None:
 
 
 def ledger(c: Any) -> list[dict[str, Any]]:
+    if not c.indices.exists(index=GOVERNANCE_INDEX):
+        return []
     c.indices.refresh(index=GOVERNANCE_INDEX)
     hits = c.search(
         index=GOVERNANCE_INDEX, body={"size": 100, "query": {"term": {"type": "ledger"}}, "sort": ["applied_ns"]}
@@ -221,10 +239,41 @@ def test_plan_json(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert not plan["refused"]
 
 
-def test_dry_run_rehearses_and_leaves_nothing(example: Path, cluster: Any, tmp_path: Path) -> None:
-    assert run(example, tmp_path / "out", "--dry-run") == 0
+def test_dry_run_rehearses_and_leaves_nothing(
+    example: Path, cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    applied: list[bool] = []
+    original = search_mod.SearchSession.apply
+
+    def spy(self: Any) -> Any:
+        outcome = original(self)
+        applied.append(cluster.indices.exists(index="parcels_v2"))
+        return outcome
+
+    monkeypatch.setattr(search_mod.SearchSession, "apply", spy)
+    assert SearchStore.for_planning("-").rehearsable(load_bundle(example))
+    assert main(["run", str(example), "--conn-id", CONN_ID, "--quiet", "--dry-run"]) == 0
+    assert applied == [True]  # really built and reindexed, then deleted by the abort
     assert_untouched(cluster)
     assert ledger(cluster) == []
+    assert not (example / "receipts").exists()  # a dry run writes nothing
+
+
+def test_in_place_changes_are_not_rehearsable(example: Path) -> None:
+    p = example / "migration.yml"
+    p.write_text(
+        p.read_text().replace(
+            "requires_rollback: true",
+            "requires_rollback: true\ntransactional: false\n"
+            "non_transactional_reason: refresh interval is tuned in place on the live index",
+        )
+    )
+    edit_forward(
+        example, lambda a: a.append({"put_settings": {"index": "parcels_v1", "settings": {"refresh_interval": "5s"}}})
+    )
+    bundle = load_bundle(example)
+    store = SearchStore.for_planning("-")
+    assert not store.plan(bundle).refused and not store.rehearsable(bundle)
 
 
 # ------------------------------------------------------------------ refusals
@@ -250,8 +299,22 @@ def test_forward_touching_forbidden_index_is_refused_by_the_plan(example: Path, 
     )
 
 
-def test_forbidden_change_seen_by_the_gate_before_the_flip(
-    example: Path, cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+SIDE_EFFECTS = {
+    "forbidden_object_changed": lambda c: c.indices.put_mapping(
+        index="authority_sites_v1", body={"properties": {"x": {"type": "keyword"}}}
+    ),
+    "protected_domain_changed": lambda c: c.index(
+        index="authority_sites_v1", id="3", body={"name": "x"}, params={"refresh": "true"}
+    ),
+    "out_of_scope_change": lambda c: c.indices.put_index_template(
+        name="kfm-test-sneaky", body={"index_patterns": ["sneaky-*"], "template": {"settings": {"number_of_shards": 1}}}
+    ),
+}
+
+
+@pytest.mark.parametrize("code", sorted(SIDE_EFFECTS))
+def test_hidden_change_is_seen_by_the_gate_before_the_flip(
+    example: Path, cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: str
 ) -> None:
     """A side effect the static plan cannot see (simulated) is caught on the post-baseline,
     before the alias flip: the new index is deleted and the alias stays on v1."""
@@ -259,19 +322,36 @@ def test_forbidden_change_seen_by_the_gate_before_the_flip(
 
     def sneaky(self: Any) -> Any:
         outcome = original(self)
-        cluster.indices.put_mapping(index="authority_sites_v1", body={"properties": {"x": {"type": "keyword"}}})
+        SIDE_EFFECTS[code](cluster)
         return outcome
 
     monkeypatch.setattr(search_mod.SearchSession, "apply", sneaky)
     out = tmp_path / "out"
     assert run(example, out) == 1
     codes = {f["code"] for f in summary(out)["findings"] if f["tier"] == "hard_fail"}
-    assert "forbidden_object_changed" in codes
+    assert code in codes
     r = receipt(out)
-    # The forbidden change itself cannot be undone by the rollback artifact: reported, not hidden.
+    # The hidden change itself cannot be undone by the rollback artifact: reported, not hidden.
     assert r["status"] == "rollback_failed" and "gate refused" in r["reason"]
-    assert_untouched(cluster)
+    assert alias_on(cluster) == ["parcels_v1"] and not cluster.indices.exists(index="parcels_v2")
     assert ledger(cluster) == []
+
+
+def test_lock_taken_over_during_the_run_stops_it(example: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search_mod, "HEARTBEAT_SECONDS", 0.0)
+    bundle = load_bundle(example)
+    with SearchStore.from_conn_id(CONN_ID).session(bundle, "4" * 32) as s:
+        cluster.index(
+            index=GOVERNANCE_INDEX,
+            id=f"lock:{MIG}",
+            body={"type": "lock", "owner": "5" * 32, "ts": time.time(), "at": "now"},
+            params={"refresh": "true"},
+        )
+        with pytest.raises(LockedError, match="taken over"):
+            s.apply()
+    assert_untouched(cluster)
+    # The other owner's lock is not released by the loser.
+    assert cluster.get(index=GOVERNANCE_INDEX, id=f"lock:{MIG}")["_source"]["owner"] == "5" * 32
 
 
 def test_limit_exceeded_is_compensated(example: Path, cluster: Any, tmp_path: Path) -> None:
@@ -528,3 +608,28 @@ def test_put_mapping_additive_check() -> None:
     assert _additive_problem(current, {"geo": {"properties": {"lon": {"type": "double"}}}}) is None
     assert _additive_problem(current, {"name": {"type": "keyword"}}) == "name"
     assert _additive_problem(current, {"geo": {"properties": {"lat": {"type": "float"}}}}) == "geo.lat"
+
+
+def test_unreachable_cluster_fails_with_a_receipt_and_no_secret(
+    example: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_KFM_SEARCH_DOWN", "opensearch://kfm:s3cr3t-pw@127.0.0.1:1?timeout=2")
+    out = tmp_path / "out"
+    assert main(["run", str(example), "--conn-id", "kfm_search_down", "--artifacts", str(out), "--quiet"]) == 1
+    r = receipt(out)
+    assert r["status"] == "failed" and "did not answer" in r["reason"]
+    for f in out.rglob("*"):
+        if f.is_file():
+            assert "s3cr3t-pw" not in f.read_text(errors="ignore"), f
+
+
+def test_client_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_kfm_migrations.stores.search import opensearch_client_from_env
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_KFM_SEARCH_TLS",
+        'opensearch://u:p@search.example:9243?__extra__={"use_ssl": true}',
+    )
+    c = opensearch_client_from_env("kfm_search_tls")
+    conn = c.transport.get_connection()
+    assert conn.host == "https://search.example:9243" and conn.use_ssl

@@ -25,7 +25,6 @@ from pglast import ast
 from ..bundle import Artifact, Bundle, display
 from ..contracts.models import (
     Baseline,
-    BaselineObject,
     DiffSummary,
     Finding,
     LimitCheck,
@@ -33,7 +32,7 @@ from ..contracts.models import (
     WriteCount,
 )
 from ..diff import diff_objects, index
-from ..digest import digest_json, merkle_root
+from ..digest import digest_json, leaf, merkle_root
 from ..errors import InputError, LockedError, RefusedError
 from ..policy import approval_covers
 from ..secret_scan import redact
@@ -397,19 +396,23 @@ class PostgisStore:
         cur.execute("SELECT set_config('search_path', 'pg_catalog', true)")
         try:
             scope = PgScope(decl)
-            objects: list[BaselineObject] = []
+            objects: list[dict[str, Any]] = []
             union = " UNION ALL ".join(f"({q})" for q in QUERIES.values())
             cur.execute(f"SELECT * FROM ({union}) o ORDER BY 2")
+            guarded: dict[tuple[str | None, str | None], bool] = {}
             for kind, oid, schema, table, dig in cur.fetchall():
+                key = (schema, table)
+                if key not in guarded:
+                    guarded[key] = scope.guarded(schema, table)
                 objects.append(
-                    BaselineObject(
-                        id=oid,
-                        kind=kind,
-                        schema=schema,
-                        table=table,
-                        digest=dig,
-                        protected=scope.guarded(schema, table),
-                    )
+                    {
+                        "id": oid,
+                        "kind": kind,
+                        "schema": schema,
+                        "table": table,
+                        "digest": dig,
+                        "protected": guarded[key],
+                    }
                 )
             rows: dict[str, int] = {}
             cur.execute(TABLES_QUERY)
@@ -430,9 +433,14 @@ class PostgisStore:
                     dig = digest_json(["over-cap", n])
                 rows[f"{schema}.{table}"] = min(n, cap)
                 objects.append(
-                    BaselineObject(
-                        id=f"rows:{schema}.{table}", kind="rows", schema=schema, table=table, digest=dig, protected=True
-                    )
+                    {
+                        "id": f"rows:{schema}.{table}",
+                        "kind": "rows",
+                        "schema": schema,
+                        "table": table,
+                        "digest": dig,
+                        "protected": True,
+                    }
                 )
             cur.execute(ACL_QUERY)
             acls = {k: v for k, v in cur.fetchall()}
@@ -440,24 +448,27 @@ class PostgisStore:
             rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
         finally:
             cur.execute("SELECT set_config('search_path', %s, true)", (old_path,))
-        objects.sort(key=lambda o: o.id)
+        objects.sort(key=lambda o: o["id"])
         counts: dict[str, int] = {}
         for o in objects:
-            counts[o.kind] = counts.get(o.kind, 0) + 1
-        leaves = [digest_json([o.id, o.digest]) for o in objects if o.kind != "rows"]
-        protected = [digest_json([o.id, o.digest]) for o in objects if o.protected]
-        return Baseline(
-            schema_version="baseline.v1",
-            store="postgis",
-            migration_id=decl.migration_id,
-            store_version=f"PostgreSQL {version}",
-            scope_digest=digest_json(decl.scope.model_dump(mode="json")),
-            counts=counts,
-            objects=objects,
-            schema_fingerprint=merkle_root(leaves),
-            protected_fingerprint=merkle_root(protected),
-            protected_rows=rows,
-            extra={"acls": acls, "rls": rls},
+            counts[o["kind"]] = counts.get(o["kind"], 0) + 1
+        leaves = [leaf(o["id"], o["digest"]) for o in objects if o["kind"] != "rows"]
+        protected = [leaf(o["id"], o["digest"]) for o in objects if o["protected"]]
+        # Validated in one pass by pydantic-core (fast even for 100k+ objects).
+        return Baseline.model_validate(
+            {
+                "schema_version": "baseline.v1",
+                "store": "postgis",
+                "migration_id": decl.migration_id,
+                "store_version": f"PostgreSQL {version}",
+                "scope_digest": digest_json(decl.scope.model_dump(mode="json")),
+                "counts": counts,
+                "objects": objects,
+                "schema_fingerprint": merkle_root(leaves),
+                "protected_fingerprint": merkle_root(protected),
+                "protected_rows": rows,
+                "extra": {"acls": acls, "rls": rls},
+            }
         )
 
     def committed_baseline(self, bundle: Bundle) -> Baseline:
@@ -475,7 +486,7 @@ class PostgisStore:
         decl = bundle.declaration
         assert isinstance(decl, PostgisDeclaration)
         scope = PgScope(decl)
-        return merkle_root(digest_json([o.id, o.digest]) for o in baseline.objects if scope.allowed(o.schema_, o.table))
+        return merkle_root(leaf(o.id, o.digest) for o in baseline.objects if scope.allowed(o.schema_, o.table))
 
     # -- session --------------------------------------------------------------
 

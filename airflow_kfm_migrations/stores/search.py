@@ -128,8 +128,9 @@ class OpenSearchBinding:
             return CallError(0, type(exc).__name__, "the cluster did not answer (refused, timed out or TLS failed)")
         if isinstance(exc, ex.TransportError):
             status = exc.status_code if isinstance(exc.status_code, int) else 0
-            info = exc.info if isinstance(exc.info, dict) else {}
-            err = info.get("error") if isinstance(info.get("error"), dict) else {}
+            info: dict[str, Any] = exc.info if isinstance(exc.info, dict) else {}
+            raw = info.get("error")
+            err: dict[str, Any] = raw if isinstance(raw, dict) else {}
             kind = str(err.get("type") or exc.error or type(exc).__name__)
             reason = str(err.get("reason") or (exc.error if isinstance(exc.error, str) else "") or kind)
             return CallError(status, kind, reason)
@@ -536,6 +537,20 @@ class SearchStore:
             return cls(hook_client, conn_id)
         return cls(lambda: OpenSearchBinding(opensearch_client_from_env(conn_id)), conn_id)
 
+    def rehearsable(self, bundle: Bundle) -> bool:
+        """True when the forward is pure blue/green: every write lands in an index it creates
+        and aliases only move at commit, so ``abort`` after ``apply`` deletes every trace
+        (the reindex task result kept in the system index ``.tasks`` aside)."""
+        made: set[str] = set()
+        for act in load_actions(bundle.by_role("forward")):
+            if act.name == "create_index":
+                made.add(act.body["index"])
+                continue
+            written = act.body["dest"] if act.name == "reindex" else act.body.get("index")
+            if act.name != "aliases" and written not in made:
+                return False
+        return True
+
     @classmethod
     def for_planning(cls, conn_id: str) -> SearchStore:
         """A store that can plan and evaluate but never connects."""
@@ -781,7 +796,11 @@ class SearchStore:
         decl = bundle.declaration
         assert isinstance(decl, SearchDeclaration)
         s = SearchSession(self, bundle, run_id)
-        s.open()
+        try:
+            s.open()
+        except BaseException:
+            s.release_if_ours()  # a lock taken just before a later step of open() failed
+            raise
         try:
             yield s
         finally:
@@ -1136,17 +1155,18 @@ class SearchSession:
         finally:
             self._release()
 
+    def release_if_ours(self) -> None:
+        self._release()
+
     def _release(self) -> None:
-        if self._lock_seq is None:
-            return
         try:
             cur = self.client.get_doc(GOVERNANCE_INDEX, self.lock_id)
             if cur is not None and cur.get("_source", {}).get("owner") == self.run_id:
                 self.client.delete_doc(
                     GOVERNANCE_INDEX, self.lock_id, if_seq_no=cur["_seq_no"], if_primary_term=cur["_primary_term"]
                 )
-        except CallError as exc:  # the lock goes stale after an hour in the worst case
-            log.warning("could not release the lock %s: %s", self.lock_id, exc.line())
+        except RefusedError as exc:  # the lock goes stale after an hour in the worst case
+            log.warning("could not release the lock %s: %s", self.lock_id, exc)
         self._lock_seq = None
 
     # -- ledger ---------------------------------------------------------------
@@ -1263,7 +1283,7 @@ class SearchSession:
                     else:
                         self._flip_now(act)
                 elif act.name == "create_index":
-                    body = {k: b[k] for k in ("settings", "mappings") if k in b}
+                    body: dict[str, Any] = {k: b[k] for k in ("settings", "mappings") if k in b}
                     self.client.create_index(b["index"], body)
                     if forward:
                         self._created.append(b["index"])

@@ -1,0 +1,126 @@
+"""Benchmark (run by hand): baseline capture and a governed run vs `pg_dump --schema-only`.
+
+    python bench/pg_baseline_bench.py [--schemas 10] [--tables 1000] [--rebuild]
+
+Builds (once) database kfm_bench: SCHEMAS x TABLES tables, each with a primary key, a
+geometry column with a GiST index, a btree index, a CHECK and an FK to the previous table.
+Then, in the same run, measures
+  (a) full baseline capture         vs pg_dump --schema-only   (target <= 0.2x)
+  (b) a governed one-index run       vs pg_dump --schema-only   (target <= 1x)
+and checks that two baseline captures are byte-identical. Prints a Markdown row for
+bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from airflow_kfm_migrations.bundle import load_bundle  # noqa: E402
+from airflow_kfm_migrations.cli import main as cli  # noqa: E402
+from airflow_kfm_migrations.digest import dump_json  # noqa: E402
+from airflow_kfm_migrations.stores.postgis import PostgisStore  # noqa: E402
+
+PORT = int(os.environ.get("KFM_PG_PORT", "55432"))
+PASSWORD = os.environ.get("KFM_PG_PASSWORD", "kfm-local-only")
+DSN = f"host=127.0.0.1 port={PORT} user=kfm password={PASSWORD}"
+DB = "kfm_bench"
+
+
+def build(schemas: int, tables: int, rebuild: bool) -> None:
+    with psycopg.connect(DSN + " dbname=postgres", autocommit=True) as c:
+        exists = c.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone()
+        if exists and not rebuild:
+            return
+        c.execute(f"DROP DATABASE IF EXISTS {DB}")
+        c.execute(f"CREATE DATABASE {DB} TEMPLATE kfm_template")
+    t = time.monotonic()
+    with psycopg.connect(DSN + f" dbname={DB}", autocommit=True) as c:
+        for s in range(schemas):
+            c.execute(f"CREATE SCHEMA s{s}")
+            with c.transaction():
+                for i in range(tables):
+                    prev = f", prev_id int REFERENCES s{s}.t{i - 1}(id)" if i else ""
+                    c.execute(
+                        f"CREATE TABLE s{s}.t{i} (id int PRIMARY KEY, name text, "
+                        f"geom geometry(Point, 4326), qty int CHECK (qty >= 0){prev});"
+                        f"CREATE INDEX t{i}_geom ON s{s}.t{i} USING gist (geom);"
+                        f"CREATE INDEX t{i}_name ON s{s}.t{i} (name);"
+                    )
+            print(f"  schema s{s}: {tables} tables ({time.monotonic() - t:.0f}s)", flush=True)
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--schemas", type=int, default=10)
+    ap.add_argument("--tables", type=int, default=1000)
+    ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    print(f"building {args.schemas} x {args.tables} tables in {DB} (cached after the first time)...")
+    build(args.schemas, args.tables, args.rebuild)
+
+    example = ROOT / "migrations" / "postgis" / "PG-MIG-2026-02-28-01"
+    bundle = load_bundle(example)
+    store = PostgisStore(lambda: psycopg.connect(DSN + f" dbname={DB}"), "kfm_bench")
+    env = dict(os.environ, PGPASSWORD=PASSWORD)
+    dump = ["pg_dump", "--schema-only", "-h", "127.0.0.1", "-p", str(PORT), "-U", "kfm", "-f", os.devnull, DB]
+
+    def baseline() -> bytes:
+        with psycopg.connect(DSN + f" dbname={DB}") as c, c.cursor() as cur:
+            return dump_json(store.capture(cur, bundle.declaration).model_dump(mode="json", by_alias=True))
+
+    blobs: list[bytes] = []
+    dumps, caps = [], []
+    for _ in range(args.repeat):
+        dumps.append(timed(lambda: subprocess.run(dump, env=env, check=True)))
+        caps.append(timed(lambda: blobs.append(baseline())))
+    identical = len(set(blobs)) == 1
+    n_objects = blobs[0].count(b'"digest"')
+
+    # (b) a governed run of a one-index migration, in a database that has the parcels table.
+    with psycopg.connect(DSN + f" dbname={DB}", autocommit=True) as c:
+        c.execute("CREATE TABLE IF NOT EXISTS public.parcels (id serial PRIMARY KEY, name text, geom geometry)")
+    os.environ["AIRFLOW_CONN_KFM_BENCH"] = f"postgresql://kfm:{PASSWORD}@127.0.0.1:{PORT}/{DB}"
+    runs = []
+    for _ in range(args.repeat):
+        with tempfile.TemporaryDirectory() as tmp:
+            b = Path(tmp) / example.name
+            shutil.copytree(example, b, ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"))
+            runs.append(timed(lambda b=b: cli(["run", str(b), "--conn-id", "kfm_bench", "--quiet"])))
+        store_conn = psycopg.connect(DSN + f" dbname={DB}", autocommit=True)
+        store_conn.execute("DROP INDEX IF EXISTS public.parcels_geom_gist")
+        store_conn.execute("DELETE FROM kfm_governance.ledger")
+        store_conn.close()
+
+    med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    d, c_, r = med(dumps), med(caps), med(runs)
+    print(f"objects in baseline: {n_objects}; byte-identical across {len(blobs)} captures: {identical}")
+    print(f"pg_dump --schema-only: {d:.2f}s  baseline: {c_:.2f}s  governed run: {r:.2f}s (medians of {args.repeat})")
+    print(f"(a) baseline / pg_dump = {c_ / d:.3f}  (target <= 0.2)")
+    print(f"(b) governed run / pg_dump = {r / d:.3f}  (target <= 1)")
+    print(f"| {time.strftime('%Y-%m-%d')} | {platform.node()} {os.cpu_count()} cores | {args.schemas}x{args.tables} tables, "
+          f"{n_objects} objects | {d:.2f}s | {c_:.2f}s ({c_ / d:.3f}x) | {r:.2f}s ({r / d:.3f}x) | {identical} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
