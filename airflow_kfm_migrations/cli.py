@@ -160,11 +160,71 @@ def _report(result: Any) -> int:
     return int(result.exit_code)
 
 
+class _BackfillBar:
+    """A rich progress bar for backfill batches (batches, rows, rate, ETA) on stderr."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __call__(self, ev: Any) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self.progress is None:
+            self.progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("rows · batch {task.fields[batch]} · {task.fields[written]} written"),
+                TextColumn("· {task.fields[rate]} rows/s · ETA {task.fields[eta]}"),
+                TimeElapsedColumn(),
+                console=_console(stderr=True),
+                transient=False,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(
+                f"{ev.phase} backfill", total=ev.estimate, batch=0, written=0, rate="-", eta="?"
+            )
+        eta = f"{ev.eta_s:.0f}s" if ev.eta_s is not None else "?"
+        self.progress.update(
+            self.task,
+            completed=ev.keys,
+            total=ev.estimate,
+            batch=ev.batch_no,
+            written=ev.rows_total,
+            rate=f"{ev.rate:,.0f}",
+            eta=eta,
+        )
+        if ev.final:
+            self.close()
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from .backfill import run_backfill
     from .lifecycle import run_migration
 
     bundle = _load(args.bundle)
-    return _report(run_migration(bundle, _options(args)))
+    opts = _options(args)
+    bar = None
+    if getattr(bundle.declaration, "backfill", None) is not None and not args.quiet:
+        bar = opts.progress = _BackfillBar()
+    result = run_migration(bundle, opts)
+    if getattr(bundle.declaration, "backfill", None) is None or result.status not in {"succeeded", "noop"}:
+        return _report(result)
+    # The schema part is committed (or was already): the backfill runs, resumes or is a no-op.
+    try:
+        filled = run_backfill(bundle, opts)
+    finally:
+        if bar is not None:
+            bar.close()
+    if filled.receipt_path is None and filled.status in {"noop", "succeeded"}:
+        return _report(result)  # already complete, or a dry run: the schema run's outcome stands
+    return _report(filled)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:

@@ -66,6 +66,7 @@ def build_dag(entry: Any, bundles_root: Path, environment: str) -> Any:
     from .bundle import load_bundle
     from .operators import (
         ApplyOperator,
+        BackfillOperator,
         BaselineOperator,
         DiffGateOperator,
         PreflightOperator,
@@ -107,9 +108,12 @@ def build_dag(entry: Any, bundles_root: Path, environment: str) -> Any:
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED, **common)
     receipt = ReceiptOperator(task_id="receipt", trigger_rule=TriggerRule.ALL_DONE, **common)
     chain = [pre, b_pre, apply, b_post, gate]
+    if decl is not None and getattr(decl, "backfill", None) is not None:
+        # Batches commit one by one with their progress: a retry resumes, never repeats a batch.
+        chain.insert(3, BackfillOperator(task_id="backfill", **common))
     for a, b in zip(chain, chain[1:], strict=False):
         a >> b
-    [apply, b_post, gate] >> rollback
+    chain[2:] >> rollback
     [gate, rollback] >> receipt
     return dag
 

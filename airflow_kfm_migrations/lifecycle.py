@@ -61,6 +61,7 @@ class RunOptions:
     use_hook: bool = False
     prov: bool = True
     log: Callable[[str], None] = print
+    progress: Callable[[Any], None] | None = None  # backfill.BatchEvent after each batch
 
 
 @dataclass
@@ -76,6 +77,7 @@ class RunResult:
     checks: list[ValidationCheck] = field(default_factory=list)
     assets: list[str] = field(default_factory=list)
     operation: str = "apply"
+    resumable: bool = False  # a backfill interrupted with its progress kept: a re-run resumes
 
     @property
     def exit_code(self) -> int:
@@ -193,6 +195,13 @@ def preflight(run: _Run) -> str | None:
     run.check("policy", not problems, "; ".join(p.line() for p in problems[:3]) or None)
     if problems:
         return problems[0].line()
+    if getattr(bundle.declaration, "backfill", None) is not None:
+        from .backfill import static_problems
+
+        bf_problems = static_problems(bundle)
+        run.check("backfill_plan", not bf_problems, "; ".join(bf_problems[:3]) or None)
+        if bf_problems:
+            return bf_problems[0]
     reg_path = opts.registry_path or find_registry_for(bundle.root)
     entry = None
     if reg_path is not None and reg_path.exists():
@@ -284,6 +293,16 @@ def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
                     return _compensate(run, store, s, f"forward failed: {outcome.error}")
                 return run.finish("failed", f"forward failed, transaction rolled back: {outcome.error}")
             run.check("apply", True, f"{outcome.statements_run} statements")
+            bf = getattr(bundle.declaration, "backfill", None)
+            if bf is not None:  # checked in the guard's transaction: the schema part may create the key
+                from .backfill import check_key
+
+                with s.conn.cursor() as cur:  # type: ignore[attr-defined]
+                    problem, key_type = check_key(cur, bf)
+                run.check("backfill_key", problem is None, problem or f"{bf.key_column} ({key_type}) unique, not null")
+                if problem:
+                    s.abort()
+                    return run.finish("failed", f"{problem}; transaction rolled back, store unchanged")
             run.post = s.baseline()
             run.summary = verdict(bundle, store, run.pre, run.post, outcome.writes, s.facts(run.pre, run.post))
             _log_summary(run)
@@ -301,7 +320,9 @@ def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
             if opts.dry_run:
                 s.abort()
                 return run.finish("succeeded", "rehearsed in a transaction that was rolled back")
-            s.record(_ledger(run, store, "apply", "succeeded"))
+            # With a backfill the entry stays pending until its last batch commits.
+            pending = getattr(bundle.declaration, "backfill", None) is not None
+            s.record(_ledger(run, store, "apply", "backfill_pending" if pending else "succeeded"))
             s.commit()
             run.assets = store.assets(bundle, run.summary)
             result = run.finish("succeeded", None)
@@ -366,12 +387,81 @@ def _compensate(run: _Run, store: Store, s: Any, why: str) -> RunResult:
 
 
 def rollback_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
-    """Run the rollback artifact by hand; verify the store returns to the apply's pre-baseline."""
+    """Run the rollback by hand; verify the store returns to the apply's pre-baseline.
+
+    With a declared backfill, committed batches are first reversed (``rollback_set``,
+    batched) and the ``verify_columns`` digest must equal its pre-backfill value."""
     run = _Run(bundle, opts, "rollback")
-    if not bundle.by_role("rollback"):
+    has_reverse = bool(getattr(getattr(bundle.declaration, "backfill", None), "rollback_set", None))
+    if not bundle.by_role("rollback") and not has_reverse:
         run.check("rollback_artifact", False)
         return run.finish("failed", "the bundle has no rollback artifact")
     store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+    status, reason, session = rollback_core(run, store, None)
+    result = run.finish(status, reason)
+    if status == "rolled_back" and session is not None:
+        _note_receipt(session, run, result)
+    return result
+
+
+def rollback_core(run: _Run, store: Store, why: str | None, eng: Any = None) -> tuple[str, str | None, Any]:
+    """Undo an applied migration: reverse its backfill batches (when declared), then run the
+    rollback artifact through the guard. Returns (status, reason, guard session or None).
+
+    Shared by ``rollback`` and by a backfill that stopped (``why`` is then its reason)."""
+    bundle, opts = run.bundle, run.opts
+    bf = getattr(bundle.declaration, "backfill", None)
+
+    def say(text: str | None) -> str | None:
+        return f"{why}; {text}" if why and text else (why or text)
+
+    own = None
+    if bf is not None:
+        import time as _time
+
+        from .backfill import Engine, Totals, _metrics, reverse, verify_after_reverse
+
+        if eng is None:
+            conn = store._connect()  # type: ignore[attr-defined]
+            conn.autocommit = False
+            own = eng = Engine(conn, bundle, opts.log, opts.progress)
+        try:
+            try:
+                eng.lock()
+            except LockedError as exc:
+                run.check("lock", False, str(exc))
+                return "failed", str(exc), None
+            led = eng.ledger()
+            if led is None or led[1] != "apply":
+                run.check("ledger", False, "no applied run to roll back")
+                return "noop", say("nothing to roll back (not applied, or already rolled back)"), None
+            t0 = _time.monotonic()
+            totals = Totals()
+            ok, problem, _n = reverse(eng, totals, t0)
+            if totals.batches:
+                _metrics(run, totals, t0, "reverse")
+            if bf.rollback_set:
+                run.check("reverse_backfill", ok, problem or f"{totals.batches} reverse batch(es)")
+            if not ok:
+                return "rollback_failed", say(f"{problem}; reverse progress kept, a re-run resumes it"), None
+            if bf.rollback_set:
+                same, detail = verify_after_reverse(eng)
+                run.check("verify_columns", same, detail)
+                if not same:
+                    return "rollback_failed", say(f"after the reverse backfill the {detail}"), None
+            if not bundle.by_role("rollback"):
+                with eng.conn.cursor() as cur:
+                    eng.retire(cur, run.run_id)
+                    eng.set_ledger_status(cur, "backfill_rolled_back")
+                eng.conn.commit()
+                return "rolled_back", say("backfill reversed; the schema part stays (no rollback artifact)"), None
+        finally:
+            eng.unlock()
+            if own is not None:
+                try:
+                    own.conn.close()
+                except Exception:
+                    pass
     try:
         with store.session(bundle, run.run_id) as s:
             run.check("lock", True)
@@ -379,33 +469,68 @@ def rollback_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
             if last is None or last.operation != "apply":
                 s.abort()
                 run.check("ledger", False, "no applied run to roll back")
-                return run.finish("noop", "nothing to roll back (not applied, or already rolled back)")
+                return "noop", say("nothing to roll back (not applied, or already rolled back)"), None
             run.check("ledger", True, f"rolling back run {last.run_id[:12]}")
             run.pre = s.baseline()
             outcome = s.rollback()
             if not outcome.ok:
                 run.check("rollback", False, outcome.error)
                 s.abort()
-                return run.finish("rollback_failed", f"rollback script failed: {outcome.error}")
+                return "rollback_failed", say(f"rollback script failed: {outcome.error}"), None
             run.post = s.baseline()
             same_schema = run.post.schema_fingerprint == last.pre_schema_fingerprint
             same_protected = run.post.protected_fingerprint == last.pre_protected_fingerprint
             run.check("schema_equals_pre", same_schema)
             run.check("protected_equals_pre", same_protected)
-            if not (same_schema and same_protected):
+            same_rows = True
+            if bf is not None:
+                same_rows = _backfill_rollback_checks(run, s, bf)
+            if not (same_schema and same_protected and same_rows):
                 s.abort()
-                return run.finish(
+                return (
                     "rollback_failed",
-                    "after rollback the store does not equal the apply's pre-baseline; rollback not committed",
+                    say("after rollback the store does not equal the apply's pre-baseline; rollback not committed"),
+                    None,
                 )
             s.record(_ledger(run, store, "rollback", "rolled_back"))
             s.commit()
-            result = run.finish("rolled_back", None)
-            _note_receipt(s, run, result)
-            return result
+            return "rolled_back", say("compensated: store equals the apply's pre-baseline" if why else None), s
     except LockedError as exc:
         run.check("lock", False, str(exc))
-        return run.finish("failed", str(exc))
+        return "failed", say(str(exc)), None
+
+
+def _backfill_rollback_checks(run: _Run, s: Any, bf: Any) -> bool:
+    """Inside the rollback transaction: verify_columns (when no rollback_set reversed them
+    already) and retiring the backfill's progress, atomically with the rollback."""
+    import psycopg
+
+    from .backfill import Engine
+
+    eng = Engine(s.conn, run.bundle, run.opts.log, None)
+    try:
+        with s.conn.cursor() as cur:
+            if bf.verify_columns and not bf.rollback_set:
+                from .stores.postgis_catalog import LEDGER_SCHEMA
+
+                cur.execute(
+                    f"SELECT last_key FROM {LEDGER_SCHEMA}.backfill_progress WHERE migration_id = %s "
+                    "AND run_key = %s AND batch_no = 0",
+                    (run.bundle.migration_id, eng.key),
+                )
+                row = cur.fetchone()
+                if row is not None:
+                    same = eng.verify_digest(cur) == row[0]
+                    run.check("verify_columns", same, "digest equals pre" if same else "digest differs from pre")
+                    if not same:
+                        return False
+            eng.retire(cur, run.run_id)
+    except psycopg.Error as exc:
+        from .stores.postgis import _db_error
+
+        run.check("verify_columns", False, _db_error(exc))
+        return False
+    return True
 
 
 def _log_summary(run: _Run) -> None:

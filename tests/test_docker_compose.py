@@ -8,7 +8,6 @@ import subprocess
 
 import pytest
 import yaml
-
 from conftest import REPO
 
 COMPOSE = REPO / "docker" / "compose.yml"

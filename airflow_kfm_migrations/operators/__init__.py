@@ -1,6 +1,7 @@
 """Airflow operators: thin shells over the core lifecycle (one code path with the CLI)."""
 
 from .apply import ApplyOperator
+from .backfill import BackfillOperator
 from .baseline import BaselineOperator
 from .diff_gate import DiffGateOperator
 from .preflight import PreflightOperator
@@ -9,6 +10,7 @@ from .rollback import RollbackOperator
 
 __all__ = [
     "ApplyOperator",
+    "BackfillOperator",
     "BaselineOperator",
     "DiffGateOperator",
     "PreflightOperator",
