@@ -1,15 +1,32 @@
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from .base import MigrationOperator
 
 
-class BaselineOperator(MigrationOperator):
-    """Capture a baseline (``phase`` pre or post) from the committed state of the store.
+def committed_view(bundle: Any, opts: Any) -> tuple[Any, Any]:
+    """(baseline of the committed state, last ledger record), read under the store's lock.
 
-    The transactional guard takes its own pre/post inside the apply transaction; these
-    are the out-of-transaction views a reviewer (and the diff gate) compares against.
+    The session is always aborted: reading changes nothing (PostgreSQL reads inside a
+    transaction that is rolled back; search and graph take and release their lock).
+    """
+    from ..lifecycle import open_store
+
+    store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+    with store.session(bundle, uuid.uuid4().hex) as s:
+        try:
+            return s.baseline(), s.ledger_last()
+        finally:
+            s.abort()
+
+
+class BaselineOperator(MigrationOperator):
+    """Capture a baseline (``phase`` pre or post) of the committed state of the store.
+
+    The governed run takes its own pre/post inside the apply step (in-transaction on
+    PostgreSQL); these are the out-of-run views reviewers and the diff gate compare with.
     """
 
     template_fields = (*MigrationOperator.template_fields, "phase")
@@ -22,11 +39,9 @@ class BaselineOperator(MigrationOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from ..digest import write_json
-        from ..lifecycle import open_store
 
         _s, bundle, opts = self.run_options(context)
-        store: Any = open_store(bundle.type, opts.conn_id, use_hook=True)
-        baseline = store.committed_baseline(bundle)
+        baseline, _ledger = committed_view(bundle, opts)
         path = opts.artifacts_dir / "baselines" / f"committed-{self.phase}.json"
         digest = write_json(path, baseline.model_dump(mode="json", by_alias=True))
         self.log.info(

@@ -6,26 +6,32 @@ from .base import MigrationOperator
 
 
 class DiffGateOperator(MigrationOperator):
-    """Re-check from the committed state: the store after commit must equal the post-state
-    the guard approved (or, for a no-op, the recorded one). Anything else is drift."""
+    """Re-check from the committed state: the live schema fingerprint must equal the
+    post-state the ledger recorded for the last successful run (after a search alias flip
+    that is the flipped state). Anything else is drift since the guarded commit."""
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        ti = context["ti"]
-        applied = ti.xcom_pull(task_ids="apply", key="apply") or {}
-        post = ti.xcom_pull(task_ids="baseline_post") or {}
-        expected = applied.get("post_schema_fingerprint")
-        observed = post.get("schema_fingerprint")
-        if applied.get("status") == "noop" or (context.get("params") or {}).get("dry_run"):
-            self.log.info("nothing committed by this run (%s); committed state %s", applied.get("status"), observed)
-            return {"verdict": "pass", "schema_fingerprint": observed or ""}
-        if not expected or not observed:
-            raise AirflowFailException("diff gate: missing fingerprints from apply or baseline_post")
+        from .baseline import committed_view
+
+        applied = context["ti"].xcom_pull(task_ids="apply", key="apply") or {}
+        if (context.get("params") or {}).get("dry_run"):
+            self.log.info("dry run: nothing was committed")
+            return {"verdict": "pass"}
+        _s, bundle, opts = self.run_options(context)
+        baseline, record = committed_view(bundle, opts)
+        if record is None:
+            raise AirflowFailException("diff gate: the ledger has no record of this migration")
+        expected, observed = record.post_schema_fingerprint, baseline.schema_fingerprint
         if expected != observed:
-            raise AirflowFailException(
-                f"diff gate: committed schema fingerprint {observed[:16]} differs from the approved post-state "
-                f"{expected[:16]}: something changed the store after the guarded commit"
+            msg = (
+                f"diff gate: committed schema fingerprint {observed[:16]} differs from the recorded post-state "
+                f"{expected[:16]} (run {record.run_id[:12]}): the store changed after the governed commit"
             )
-        self.log.info("committed state equals the approved post-state (%s)", observed[:16])
+            if applied.get("status") == "noop" and not opts.fail_on_drift:
+                self.log.warning("%s; reported as drift (fail_on_drift is off)", msg)
+                return {"verdict": "drift", "schema_fingerprint": observed}
+            raise AirflowFailException(msg)
+        self.log.info("committed state equals the recorded post-state (%s)", observed[:16])
         return {"verdict": "pass", "schema_fingerprint": observed}

@@ -471,17 +471,6 @@ class PostgisStore:
             }
         )
 
-    def committed_baseline(self, bundle: Bundle) -> Baseline:
-        """A baseline of the committed state, from a read-only transaction."""
-        assert isinstance(bundle.declaration, PostgisDeclaration)
-        conn = self._connect()
-        try:
-            conn.read_only = True
-            with conn.cursor() as cur:
-                return self.capture(cur, bundle.declaration)
-        finally:
-            conn.close()
-
     def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str:
         decl = bundle.declaration
         assert isinstance(decl, PostgisDeclaration)
