@@ -12,28 +12,32 @@ bash scripts/setup.sh
 . .venv/bin/activate
 
 step "2/5 Local stores"
-bash scripts/stores/postgis.sh start
 export PGPASSWORD=${KFM_PG_PASSWORD:-kfm-local-only}
+bash scripts/stores/postgis.sh start
 PSQL=(psql -X -q -h 127.0.0.1 -p "${KFM_PG_PORT:-55432}" -U "${KFM_PG_USER:-kfm}")
 if ! "${PSQL[@]}" -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'kfm_demo'" | grep -q 1; then
   "${PSQL[@]}" -d postgres -c "CREATE DATABASE kfm_demo TEMPLATE kfm_template"
-  "${PSQL[@]}" -d kfm_demo <<'SQL'
-CREATE TABLE public.parcels (id serial PRIMARY KEY, name text NOT NULL, geom geometry(Polygon, 4326));
-INSERT INTO public.parcels (name, geom)
-SELECT 'parcel-' || g, ST_MakeEnvelope(g, g, g + 1, g + 1, 4326) FROM generate_series(1, 1000) g;
-CREATE TABLE public.authority_sites (id int PRIMARY KEY, name text NOT NULL);
-INSERT INTO public.authority_sites VALUES (1, 'Fort Larned');
-SQL
 fi
 export AIRFLOW_CONN_KFM_POSTGIS="postgresql://${KFM_PG_USER:-kfm}:${PGPASSWORD}@127.0.0.1:${KFM_PG_PORT:-55432}/kfm_demo"
+export AIRFLOW_CONN_KFM_SEARCH="opensearch://127.0.0.1:${KFM_OPENSEARCH_PORT:-9200}"
+export AIRFLOW_CONN_KFM_GRAPH="neo4j://127.0.0.1:${KFM_NEO4J_BOLT_PORT:-7687}"
+python scripts/demo/seed.py postgis
 DAGS=(kfm_migration__PG-MIG-2026-02-28-01)
-for store in search graph; do
-  if [ -f "airflow_kfm_migrations/stores/$store.py" ]; then
-    echo "note: the $store store ships in this version but the demo runs PostGIS only for now"
+if command -v java >/dev/null && command -v mvn >/dev/null; then
+  echo "starting OpenSearch and Neo4j (first start downloads their jars from Maven Central)..."
+  if bash scripts/stores/opensearch.sh start >/dev/null; then
+    python scripts/demo/seed.py search && DAGS+=(kfm_migration__SEARCH-MIG-2026-03-02-01)
   else
-    echo "note: the $store store is not in this version yet; its DAG is listed but not run"
+    echo "note: OpenSearch did not start; the search example is skipped (see its log above)"
   fi
-done
+  if bash scripts/stores/neo4j.sh start >/dev/null; then
+    python scripts/demo/seed.py graph && DAGS+=(kfm_migration__GRAPH-MIG-2026-03-03-01)
+  else
+    echo "note: Neo4j did not start; the graph example is skipped (see its log above)"
+  fi
+else
+  echo "note: no Java/Maven here, so only the PostGIS example runs (install openjdk-17-jdk-headless and maven)"
+fi
 
 step "3/5 Airflow metadata DB (SQLite)"
 export AIRFLOW_HOME=${AIRFLOW_HOME:-$STATE/airflow-home}
