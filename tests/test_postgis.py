@@ -357,3 +357,52 @@ def test_prod_run_needs_registry_status_and_approvals(example: Path, pgdb: PgDat
     assert "recorded approvals" in receipt(example)["reason"]
     assert run(example, pgdb, "--env", "stage") == 1  # outside any registry: dev only
     assert not has_index(pgdb)
+
+
+def test_index_on_a_large_table_needs_review(example: Path, pgdb: PgDatabase, monkeypatch: pytest.MonkeyPatch) -> None:
+    pgdb.sql("ANALYZE public.parcels")  # reltuples = 200
+    monkeypatch.setenv("KFM_REVIEW_INDEX_ROWS", "100")
+    assert run(example, pgdb) == 1
+    assert "index_on_large_table" in receipt(example)["reason"]
+    assert not has_index(pgdb)
+    monkeypatch.setenv("KFM_REVIEW_INDEX_ROWS", "1000")
+    assert run(example, pgdb) == 0
+
+
+def test_drift_is_reported_and_refused_with_fail_on_drift(example: Path, pgdb: PgDatabase) -> None:
+    assert run(example, pgdb) == 0
+    pgdb.sql("COMMENT ON TABLE public.parcels IS 'edited by hand after the migration'")
+    assert run(example, pgdb) == 0
+    r = receipt(example)
+    assert r["status"] == "noop" and r["metrics"]["drift"] == 1
+    assert any("drift" in p for p in r["policy"])
+    assert run(example, pgdb, "--fail-on-drift") == 1
+    assert receipt(example)["reason"] == "drift detected and --fail-on-drift is set"
+
+
+def test_dev_run_outside_a_registry_says_so(example: Path, pgdb: PgDatabase) -> None:
+    assert run(example, pgdb) == 0
+    r = receipt(example)
+    assert r["registry"]["in_registry"] is False
+    assert "outside any registry" in r["registry"]["note"]
+
+
+def test_dry_run_rehearses_in_a_transaction_and_changes_nothing(example: Path, pgdb: PgDatabase,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    before = pgdb.fingerprint()
+    assert run(example, pgdb, "--dry-run") == 0
+    assert "rehearsed in a transaction that was rolled back" in capsys.readouterr().out
+    assert pgdb.fingerprint() == before
+    assert not (example / "receipts").exists()
+
+
+def test_connection_failure_fails_closed_without_leaking(example: Path, pgdb: PgDatabase,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_KFM_WRONG", "postgresql://kfm:not-the-password-42@127.0.0.1:55432/nope")
+    assert main(["run", str(example), "--conn-id", "kfm_wrong", "--quiet"]) == 1
+    out = capsys.readouterr()
+    assert "not-the-password-42" not in out.out + out.err
+    text = (example / "receipts" / "run_receipt.json").read_text()
+    assert "not-the-password-42" not in text and "127.0.0.1" not in text
+    assert json.loads(text)["status"] == "failed"

@@ -48,8 +48,16 @@ from .postgis_catalog import (
     XACT_WRITES_QUERY,
 )
 
-REVIEW_INDEX_ROWS = int(os.environ.get("KFM_REVIEW_INDEX_ROWS", "1000000"))
-REVIEW_BACKFILL_ROWS = int(os.environ.get("KFM_REVIEW_BACKFILL_ROWS", "100000"))
+
+
+def review_thresholds() -> tuple[int, int]:
+    """(rows above which an index build needs review, rows above which a backfill does).
+
+    Read at gate time from KFM_REVIEW_INDEX_ROWS / KFM_REVIEW_BACKFILL_ROWS."""
+    return (
+        int(os.environ.get("KFM_REVIEW_INDEX_ROWS", "1000000")),
+        int(os.environ.get("KFM_REVIEW_BACKFILL_ROWS", "100000")),
+    )
 
 Connect = Callable[[], Any]  # -> psycopg.Connection
 
@@ -506,6 +514,7 @@ class PostgisStore:
         decl = bundle.declaration
         assert isinstance(decl, PostgisDeclaration)
         scope = PgScope(decl)
+        review_index_rows, review_backfill_rows = review_thresholds()
         findings: list[Finding] = []
         changes = diff_objects(pre, post)
         before, after = index(pre), index(post)
@@ -574,13 +583,13 @@ class PostgisStore:
                 )
             if c.kind == "index" and c.change == "added":
                 rows = int(facts.get("table_rows", {}).get(f"{c.schema_}.{c.table}", 0))
-                if rows > REVIEW_INDEX_ROWS:
+                if rows > review_index_rows:
                     findings.append(
                         Finding(
                             code="index_on_large_table",
                             tier="review_required",
                             object=c.id,
-                            message=f"index build on a table of ~{rows} rows (review above {REVIEW_INDEX_ROWS})",
+                            message=f"index build on a table of ~{rows} rows (review above {review_index_rows})",
                         )
                     )
         del before, after
@@ -663,12 +672,12 @@ class PostgisStore:
                         message="table storage replaced (TRUNCATE or rewrite)",
                     )
                 )
-        if total_rows > REVIEW_BACKFILL_ROWS:
+        if total_rows > review_backfill_rows:
             findings.append(
                 Finding(
                     code="large_backfill",
                     tier="review_required",
-                    message=f"{total_rows} rows written (review above {REVIEW_BACKFILL_ROWS})",
+                    message=f"{total_rows} rows written (review above {review_backfill_rows})",
                 )
             )
         lim = decl.limits
