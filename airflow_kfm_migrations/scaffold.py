@@ -19,7 +19,11 @@ FORWARD = {
         "SET search_path = public;\n-- e.g. CREATE INDEX ... ON my_table (...);\n",
     ),
     "search": ("forward.json", '{\n  "actions": []\n}\n'),
-    "graph": ("forward.cypher", "// Forward change. Schema and data statements run in separate transactions.\n"),
+    "graph": (
+        "forward.cypher",
+        "// Forward change. Schema and data statements run in separate transactions.\n"
+        "RETURN 'replace this placeholder with the forward change' AS todo;\n",
+    ),
 }
 ROLLBACK = {
     "postgis": (
@@ -28,7 +32,11 @@ ROLLBACK = {
         "SET search_path = public;\n-- e.g. DROP INDEX IF EXISTS ...;\n",
     ),
     "search": ("rollback.json", '{\n  "actions": []\n}\n'),
-    "graph": ("rollback.cypher", "// Undo forward.cypher exactly; verified against the pre-baseline.\n"),
+    "graph": (
+        "rollback.cypher",
+        "// Undo forward.cypher exactly; verified against the pre-baseline.\n"
+        "RETURN 'replace this placeholder with the rollback' AS todo;\n",
+    ),
 }
 SCOPE = {
     "postgis": {
