@@ -212,6 +212,18 @@ def declared_inputs(decl: AnyDeclaration) -> list[tuple[str, str, str]]:
     return out
 
 
+def load_declaration(path: Path | str, limits: Limits | None = None) -> AnyDeclaration:
+    """Only the declaration of a bundle folder: for parse time (DAG files), where artifact
+    digests and containment checks would be wasted work. Runs always use ``load_bundle``."""
+    limits = limits or Limits()
+    decl_path = Path(path) / DECLARATION_FILE
+    try:
+        text = read_text_capped(decl_path, limits.max_declaration_bytes)
+    except InputError as exc:
+        raise InvalidInput([exc]) from None
+    return parse_declaration(text, display(decl_path))[0]
+
+
 def load_bundle(path: Path | str, limits: Limits | None = None) -> Bundle:
     """Load and check one bundle folder; raise :class:`InvalidInput` listing every problem."""
     limits = limits or Limits()

@@ -2,8 +2,8 @@
 
     python bench/dagbag_bench.py [--entries 1000] [--repeat 3]
 
-Both sides have the same shape: seven tasks per DAG with the factory's dependencies. The
-factory side also reads the registry and each bundle's declaration. Targets: ratio <= 1.5
+Both sides have the same shape: seven tasks per DAG with the factory's dependencies and
+the same two params. The factory side also reads the registry and each bundle's declaration. Targets: ratio <= 1.5
 and <= 2 s. Prints a Markdown row for bench/RESULTS.md.
 """
 
@@ -24,11 +24,13 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "migrations" / "postgis" / "PG-MIG-2026-02-28-01"
 
 HAND = '''
-from airflow.sdk import DAG
+from airflow.sdk import DAG, Param
 from airflow.providers.standard.operators.empty import EmptyOperator
 
 for i in range({n}):
-    with DAG(dag_id=f"hand_{{i:04d}}", schedule=None, catchup=False, max_active_runs=1, tags=["x"]) as dag:
+    with DAG(dag_id=f"hand_{{i:04d}}", schedule=None, catchup=False, max_active_runs=1, tags=["x"],
+             params={{"environment": Param("dev", enum=["dev", "stage", "prod"]),
+                     "dry_run": Param(False, type="boolean")}}) as dag:
         t = [EmptyOperator(task_id=name) for name in
              ("preflight", "baseline_pre", "apply", "baseline_post", "diff_gate", "rollback", "receipt")]
         t[0] >> t[1] >> t[2] >> t[3] >> t[4]

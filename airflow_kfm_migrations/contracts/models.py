@@ -201,7 +201,7 @@ class Backfill(Strict):
     model_config = ConfigDict(
         extra="forbid",
         frozen=True,
-        json_schema_extra={"oneOf": [{"required": ["set"]}, {"required": ["sql_template"]}]},
+        json_schema_extra={"oneOf": [{"required": ["set"]}, {"required": ["sql_template"]}]},  # type: ignore[dict-item]
     )
 
     @model_validator(mode="after")

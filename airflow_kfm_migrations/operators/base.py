@@ -8,7 +8,7 @@ from airflow.sdk import BaseOperator
 class MigrationOperator(BaseOperator):
     """Common fields: which migration, which connection (default: registry / runner)."""
 
-    template_fields = ("migration_id", "conn_id")
+    template_fields: tuple[str, ...] = ("migration_id", "conn_id")
 
     def __init__(self, *, migration_id: str, conn_id: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -140,7 +140,7 @@ def _range_vars(node: Any) -> list[ast.RangeVar]:
         if isinstance(n, ast.RangeVar):
             found.append(n)
         if isinstance(n, ast.Node):
-            for name in n.__slots__:
+            for name in n.__slots__:  # type: ignore[attr-defined]
                 walk(getattr(n, name, None))
         elif isinstance(n, (list, tuple)):
             for x in n:
@@ -264,7 +264,7 @@ class PostgisStore:
             def connect_hook() -> Any:
                 from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-                conn = PostgresHook(postgres_conn_id=conn_id).get_conn()
+                conn: Any = PostgresHook(postgres_conn_id=conn_id).get_conn()
                 conn.autocommit = False
                 return conn
 
@@ -811,7 +811,7 @@ class PgSession:
             row = cur.fetchone()
         if row is None:
             return None
-        return LedgerRecord(*row[:4], dict(row[4]), *row[5:])  # type: ignore[arg-type]
+        return LedgerRecord(*row[:4], dict(row[4]), *row[5:])  # type: ignore[arg-type,call-arg]
 
     def baseline(self) -> Baseline:
         with self.conn.cursor() as cur:
