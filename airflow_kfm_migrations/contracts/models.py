@@ -243,7 +243,10 @@ _CONDITIONAL = [
 
 class _DeclarationBase(Strict):
     model_config = ConfigDict(
-        extra="forbid", frozen=True, populate_by_name=True, json_schema_extra={"allOf": _CONDITIONAL}
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        json_schema_extra={"allOf": _CONDITIONAL},  # type: ignore[dict-item]
     )
 
     intent: Annotated[str, StringConstraints(min_length=10, max_length=2000)]
