@@ -167,6 +167,9 @@ def verify(target: Path) -> list[str]:
     checked: list[str] = []
     if receipt_digest(doc) != doc.get("receipt_digest"):
         raise VerifyMismatch("receipt_digest does not match the receipt's content", file=display(path))
+    stored = artifacts_dir / HISTORY / f"{doc['receipt_digest']}.json"
+    if not stored.is_file() or stored.read_bytes() != path.read_bytes():
+        raise VerifyMismatch("the receipt is not the one kept in its content-addressed history", file=display(path))
     checked.append(f"receipt {doc['receipt_digest'][:12]}")
     bundle_dir = (artifacts_dir / doc["bundle_path"]).resolve()
     manifest_artifacts = {}

@@ -104,6 +104,16 @@ HARD_FAILS = {
     "forbidden_write": "DO $$ BEGIN EXECUTE 'UPDATE public.authority_sites SET name = ''x'''; END $$;",
     "forbidden_object_changed": "DO $$ BEGIN EXECUTE 'ALTER TABLE governance.rules ADD COLUMN x int'; END $$;",
     "out_of_scope_change": "DO $$ BEGIN EXECUTE 'CREATE TABLE public.sneaky (id int)'; END $$;",
+    # a function nobody declared, in an allowed schema whose tables are listed one by one
+    "out_of_scope_change:function": (
+        "DO $$ BEGIN EXECUTE 'CREATE FUNCTION public.backdoor() RETURNS int LANGUAGE sql AS ''SELECT 1'''; END $$;"
+    ),
+    # a renamed allowed table is a new, undeclared table
+    "out_of_scope_change:rename": "ALTER TABLE parcels RENAME TO parcels_old;",
+    # roles are cluster-wide: no scope can allow them, and the static plan cannot see this one
+    "cluster_object_changed": "DO $$ BEGIN EXECUTE 'CREATE ROLE sneaky SUPERUSER'; END $$;",
+    # cascades reach tables the script never names
+    "forbidden_write:cascade": "DELETE FROM parcels WHERE id = 1;",
     # limits exceeded
     "limit_exceeded": (
         "CREATE INDEX parcels_name_idx ON parcels (name); CREATE INDEX parcels_id_name ON parcels (id, name);"
@@ -124,13 +134,20 @@ def test_hard_fails_leave_the_store_unchanged_with_a_failed_receipt(example: Pat
         )
         text = (example / "migration.yml").read_text().replace("max_row_backfill: 0", "max_row_backfill: 5")
         (example / "migration.yml").write_text(text)
+    if code == "forbidden_write:cascade":
+        pgdb.sql("ALTER TABLE public.authority_sites ADD COLUMN parcel_id int REFERENCES public.parcels(id) "
+                 "ON DELETE CASCADE; UPDATE public.authority_sites SET parcel_id = 1")
+        text = (example / "migration.yml").read_text().replace("max_row_backfill: 0", "max_row_backfill: 5")
+        (example / "migration.yml").write_text(text)
     before = pgdb.fingerprint()
+    roles_before = pgdb.sql("SELECT count(*) FROM pg_roles")
     append(example, HARD_FAILS[code])
     assert run(example, pgdb) == 1
+    assert pgdb.sql("SELECT count(*) FROM pg_roles") == roles_before
     r = receipt(example)
     assert r["status"] == "failed"
     summary = json.loads((example / "diffs" / "summary.json").read_text())
-    assert code in {f["code"] for f in summary["findings"] if f["tier"] == "hard_fail"}
+    assert code.split(":")[0] in {f["code"] for f in summary["findings"] if f["tier"] == "hard_fail"}
     assert summary["verdict"] == "fail"
     assert pgdb.fingerprint() == before
     assert not has_index(pgdb)
@@ -406,3 +423,30 @@ def test_connection_failure_fails_closed_without_leaking(example: Path, pgdb: Pg
     text = (example / "receipts" / "run_receipt.json").read_text()
     assert "not-the-password-42" not in text and "127.0.0.1" not in text
     assert json.loads(text)["status"] == "failed"
+
+
+@pytest.mark.parametrize("sql", ["ALTER ROLE kfm CONNECTION LIMIT 3;", "CREATE ROLE sneaky;",
+                                 "COPY public.parcels TO PROGRAM 'cat > /tmp/x';", "ALTER SYSTEM SET work_mem = '1GB';"])
+def test_cluster_level_statements_are_refused_by_the_plan(example: Path, pgdb: PgDatabase, sql: str) -> None:
+    before = pgdb.fingerprint()
+    append(example, sql)
+    assert main(["plan", str(example), "--format", "json"]) == 1
+    assert run(example, pgdb) == 1
+    assert "static plan refused" in receipt(example)["reason"]
+    assert pgdb.fingerprint() == before
+
+
+def test_a_forged_receipt_without_its_content_addressed_copy_fails_verify(example: Path, pgdb: PgDatabase,
+                                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from airflow_kfm_migrations.digest import dump_json
+    from airflow_kfm_migrations.receipts import receipt_digest
+
+    assert run(example, pgdb) == 0
+    path = example / "receipts" / "run_receipt.json"
+    doc = json.loads(path.read_text())
+    doc["actor"] = "someone-else"
+    doc["receipt_digest"] = receipt_digest(doc)  # a self-consistent forgery
+    path.write_bytes(dump_json(doc))
+    capsys.readouterr()
+    assert main(["verify", str(example)]) == 1
+    assert "content-addressed" in capsys.readouterr().err

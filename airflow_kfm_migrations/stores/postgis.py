@@ -39,6 +39,7 @@ from ..secret_scan import redact
 from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
 from .postgis_catalog import (
     ACL_QUERY,
+    CLUSTER_KINDS,
     LEDGER_DDL,
     LEDGER_SCHEMA,
     QUERIES,
@@ -49,7 +50,6 @@ from .postgis_catalog import (
 )
 
 
-
 def review_thresholds() -> tuple[int, int]:
     """(rows above which an index build needs review, rows above which a backfill does).
 
@@ -58,6 +58,7 @@ def review_thresholds() -> tuple[int, int]:
         int(os.environ.get("KFM_REVIEW_INDEX_ROWS", "1000000")),
         int(os.environ.get("KFM_REVIEW_BACKFILL_ROWS", "100000")),
     )
+
 
 Connect = Callable[[], Any]  # -> psycopg.Connection
 
@@ -117,6 +118,32 @@ _NON_TRANSACTIONAL = {
     "ReindexStmt",
     "CreateSubscriptionStmt",
     "DropSubscriptionStmt",
+}
+_CLUSTER_STATEMENTS = {
+    "CreateRoleStmt",
+    "AlterRoleStmt",
+    "AlterRoleSetStmt",
+    "DropRoleStmt",
+    "GrantRoleStmt",
+    "ReassignOwnedStmt",
+    "AlterSystemStmt",
+    "CreatedbStmt",
+    "DropdbStmt",
+    "AlterDatabaseStmt",
+    "AlterDatabaseSetStmt",
+    "AlterDatabaseRefreshCollStmt",
+    "CreateTableSpaceStmt",
+    "DropTableSpaceStmt",
+    "AlterTableSpaceOptionsStmt",
+    "LoadStmt",
+    "CreateEventTrigStmt",
+    "AlterEventTrigStmt",
+    "CreateSubscriptionStmt",
+    "AlterSubscriptionStmt",
+    "DropSubscriptionStmt",
+    "CreateUserMappingStmt",
+    "AlterUserMappingStmt",
+    "DropUserMappingStmt",
 }
 _DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt", "TruncateStmt", "SelectStmt"}
 _OTHER = {
@@ -327,6 +354,18 @@ class PostgisStore:
                         search_path = sp
                 kind, targets, transactional, note = classify_statement(stmt, search_path)
                 statements.append(PlannedStatement(i, kind, type(stmt).__name__, tuple(targets), transactional, note))
+                if type(stmt).__name__ in _CLUSTER_STATEMENTS or (
+                    isinstance(stmt, ast.CopyStmt) and getattr(stmt, "is_program", False)
+                ):
+                    findings.append(
+                        Finding(
+                            code="cluster_statement",
+                            tier="hard_fail",
+                            object=f"statement {i}",
+                            message=f"{type(stmt).__name__} acts outside any schema (roles, databases, system "
+                            "settings, server programs); a migration may not run it",
+                        )
+                    )
                 if isinstance(stmt, ast.TransactionStmt):
                     findings.append(
                         Finding(
@@ -529,7 +568,17 @@ class PostgisStore:
                 index_delta += 1
             if c.kind == "constraint":
                 constraint_delta += 1
-            if scope.forbidden(c.schema_, c.table):
+            owner = c.table or _object_name(c.id, c.kind)
+            if c.kind in CLUSTER_KINDS or (c.schema_ is None and c.kind != "schema"):
+                findings.append(
+                    Finding(
+                        code="cluster_object_changed",
+                        tier="hard_fail",
+                        object=c.id,
+                        message=f"{c.kind} {c.change}: database- and cluster-level objects are outside any scope",
+                    )
+                )
+            elif scope.forbidden(c.schema_, c.table):
                 findings.append(
                     Finding(
                         code="forbidden_object_changed",
@@ -538,7 +587,7 @@ class PostgisStore:
                         message=f"{c.kind} {c.change} in forbidden scope",
                     )
                 )
-            elif not scope.allowed(c.schema_, c.table) and not scope.protected(c.schema_, c.table):
+            elif not scope.allowed(c.schema_, owner) and not scope.protected(c.schema_, c.table):
                 findings.append(
                     Finding(
                         code="out_of_scope_change",
@@ -723,6 +772,15 @@ class PostgisStore:
         tables = {f"{c.schema_}/{c.table}" for c in summary.changes if c.table and c.kind != "rows"}
         tables |= {w.table.replace(".", "/", 1) for w in summary.writes}
         return sorted(f"postgis://{self.conn_id}/{t}" for t in tables)
+
+
+def _object_name(object_id: str, kind: str) -> str | None:
+    """The name of a schema-level object without a table (function, type, ...), for matching
+    it against ``allowed_tables``: 'function:public.f(int)' -> 'f'."""
+    if kind == "schema":
+        return None
+    qualified = object_id.split(":", 1)[-1].split("(", 1)[0]
+    return qualified.split(".", 1)[1] if "." in qualified else qualified
 
 
 def _acl_items(acl: str | None) -> list[tuple[str, str, set[str]]]:

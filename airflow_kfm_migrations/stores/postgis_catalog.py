@@ -196,7 +196,44 @@ QUERIES: dict[str, str] = {
         FROM pg_catalog.pg_type ty
         JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
         WHERE ty.typtype IN ('e', 'd', 'r', 'm') AND {_SYSTEM} AND {_not_ext("pg_type", "ty.oid")}""",
+    # Database- and cluster-level objects no schema scope can allow: any change is out of scope.
+    "event_trigger": f"""
+        SELECT 'event_trigger', 'event_trigger:' || e.evtname, NULL::text, NULL::text,
+               {_h("e.evtevent", "e.evtenabled", "e.evttags::text", "e.evtfoid::regprocedure::text",
+                   "pg_get_userbyid(e.evtowner)")}
+        FROM pg_catalog.pg_event_trigger e
+        WHERE {_not_ext('pg_event_trigger', 'e.oid')}""",
+    "default_acl": f"""
+        SELECT 'default_acl', 'default_acl:' || pg_get_userbyid(d.defaclrole) || '.' || COALESCE(n.nspname, '*')
+               || '.' || d.defaclobjtype::text, n.nspname, NULL::text,
+               {_h("d.defaclacl::text")}
+        FROM pg_catalog.pg_default_acl d
+        LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace""",
+    "role": f"""
+        SELECT 'role', 'role:' || r.rolname, NULL::text, NULL::text,
+               {_h("r.rolsuper", "r.rolinherit", "r.rolcreaterole", "r.rolcreatedb", "r.rolcanlogin",
+                   "r.rolreplication", "r.rolbypassrls", "r.rolconnlimit", "r.rolvaliduntil::text",
+                   "(SELECT array_agg(g.rolname ORDER BY g.rolname) FROM pg_catalog.pg_auth_members m "
+                   "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid)::text")}
+        FROM pg_catalog.pg_roles r
+        WHERE r.rolname NOT LIKE 'pg\\_%'""",
+    "publication": f"""
+        SELECT 'publication', 'publication:' || p.pubname, NULL::text, NULL::text,
+               {_h("p.puballtables", "p.pubinsert", "p.pubupdate", "p.pubdelete", "p.pubtruncate",
+                   "(SELECT array_agg(pr.prrelid::regclass::text ORDER BY 1) FROM pg_catalog.pg_publication_rel pr "
+                   "WHERE pr.prpubid = p.oid)::text")}
+        FROM pg_catalog.pg_publication p""",
+    "foreign_server": f"""
+        SELECT 'foreign_server', 'foreign_server:' || s.srvname, NULL::text, NULL::text,
+               {_h("s.srvtype", "s.srvversion", "s.srvoptions::text", "pg_get_userbyid(s.srvowner)",
+                   "(SELECT array_agg(um.umuser::text ORDER BY 1) FROM pg_catalog.pg_user_mapping um "
+                   "WHERE um.umserver = s.oid)::text")}
+        FROM pg_catalog.pg_foreign_server s
+        WHERE {_not_ext('pg_foreign_server', 's.oid')}""",
 }
+
+# Kinds that live outside any schema: a migration's scope can never allow changing them.
+CLUSTER_KINDS = {"event_trigger", "role", "publication", "foreign_server"}
 
 # Policy-enforcement facts kept in clear (role names and privilege letters; no secrets).
 ACL_QUERY = f"""
