@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .bundle import Bundle
-from .contracts.models import Baseline, DiffSummary, Finding, WriteCount
+from .contracts.models import Baseline, DiffSummary, Finding, LimitCheck, WriteCount
 from .diff import diff_objects, index
 from .policy import approval_covers
 from .stores.base import Store
@@ -101,3 +101,23 @@ def verdict(
 
 def blocking(summary: DiffSummary) -> list[Finding]:
     return [f for f in summary.findings if f.tier == "hard_fail" or (f.tier == "review_required" and not f.approved_by)]
+
+
+def limit_checks(limits: Any, observed: dict[str, int]) -> tuple[list[LimitCheck], list[Finding]]:
+    """Declared vs observed for each limit in ``observed`` (names are the limits model's
+    fields); every exceeded limit is a hard fail. Shared by all store kinds."""
+    checks = [
+        LimitCheck(name=name, declared=getattr(limits, name), observed=value, ok=value <= getattr(limits, name))
+        for name, value in observed.items()
+    ]
+    failed = [
+        Finding(
+            code="limit_exceeded",
+            tier="hard_fail",
+            object=c.name,
+            message=f"{c.name}: observed {c.observed} > declared {c.declared}",
+        )
+        for c in checks
+        if not c.ok
+    ]
+    return checks, failed

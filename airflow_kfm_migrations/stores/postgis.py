@@ -34,6 +34,7 @@ from ..contracts.models import (
 from ..diff import diff_objects, index
 from ..digest import digest_json, leaf, merkle_root
 from ..errors import InputError, LockedError, RefusedError
+from ..gate import limit_checks
 from ..policy import approval_covers
 from ..secret_scan import redact
 from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
@@ -729,43 +730,16 @@ class PostgisStore:
                     message=f"{total_rows} rows written (review above {review_backfill_rows})",
                 )
             )
-        lim = decl.limits
-        limits = [
-            LimitCheck(
-                name="max_table_count_touched",
-                declared=lim.max_table_count_touched,
-                observed=len(tables),
-                ok=len(tables) <= lim.max_table_count_touched,
-            ),
-            LimitCheck(
-                name="max_index_count_delta",
-                declared=lim.max_index_count_delta,
-                observed=index_delta,
-                ok=index_delta <= lim.max_index_count_delta,
-            ),
-            LimitCheck(
-                name="max_constraint_delta",
-                declared=lim.max_constraint_delta,
-                observed=constraint_delta,
-                ok=constraint_delta <= lim.max_constraint_delta,
-            ),
-            LimitCheck(
-                name="max_row_backfill",
-                declared=lim.max_row_backfill,
-                observed=total_rows,
-                ok=total_rows <= lim.max_row_backfill,
-            ),
-        ]
-        for lc in limits:
-            if not lc.ok:
-                findings.append(
-                    Finding(
-                        code="limit_exceeded",
-                        tier="hard_fail",
-                        object=lc.name,
-                        message=f"{lc.name}: observed {lc.observed} > declared {lc.declared}",
-                    )
-                )
+        limits, exceeded = limit_checks(
+            decl.limits,
+            {
+                "max_table_count_touched": len(tables),
+                "max_index_count_delta": index_delta,
+                "max_constraint_delta": constraint_delta,
+                "max_row_backfill": total_rows,
+            },
+        )
+        findings.extend(exceeded)
         return findings, limits
 
     def assets(self, bundle: Bundle, summary: DiffSummary) -> list[str]:
