@@ -168,30 +168,30 @@ class _BackfillBar:
         self.task: Any = None
 
     def __call__(self, ev: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         if self.progress is None:
             self.progress = Progress(
                 TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("rows · batch {task.fields[batch]} · {task.fields[written]} written"),
-                TextColumn("· {task.fields[rate]} rows/s · ETA {task.fields[eta]}"),
+                BarColumn(bar_width=24),
+                TextColumn("{task.fields[keys]} rows · batch {task.fields[batch]} · {task.fields[rate]} rows/s"),
+                TextColumn("· ETA {task.fields[eta]} ·"),
                 TimeElapsedColumn(),
                 console=_console(stderr=True),
                 transient=False,
             )
             self.progress.start()
             self.task = self.progress.add_task(
-                f"{ev.phase} backfill", total=ev.estimate, batch=0, written=0, rate="-", eta="?"
+                f"{ev.phase} backfill", total=ev.estimate, keys="0", batch=0, rate="-", eta="?"
             )
         eta = f"{ev.eta_s:.0f}s" if ev.eta_s is not None else "?"
+        of = f"/{ev.estimate:,}" if ev.estimate is not None else ""
         self.progress.update(
             self.task,
             completed=ev.keys,
             total=ev.estimate,
+            keys=f"{ev.keys:,}{of}",
             batch=ev.batch_no,
-            written=ev.rows_total,
             rate=f"{ev.rate:,.0f}",
             eta=eta,
         )

@@ -322,7 +322,9 @@ def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
                 return run.finish("succeeded", "rehearsed in a transaction that was rolled back")
             # With a backfill the entry stays pending until its last batch commits.
             pending = getattr(bundle.declaration, "backfill", None) is not None
-            s.record(_ledger(run, store, "apply", "backfill_pending" if pending else "succeeded"))
+            from .backfill import PENDING
+
+            s.record(_ledger(run, store, "apply", PENDING if pending else "succeeded"))
             s.commit()
             run.assets = store.assets(bundle, run.summary)
             result = run.finish("succeeded", None)
@@ -419,7 +421,7 @@ def rollback_core(run: _Run, store: Store, why: str | None, eng: Any = None) -> 
     if bf is not None:
         import time as _time
 
-        from .backfill import Engine, Totals, _metrics, reverse, verify_after_reverse
+        from .backfill import ROLLED_BACK, Engine, Totals, _metrics, reverse, verify_after_reverse
 
         if eng is None:
             conn = store._connect()  # type: ignore[attr-defined]
@@ -437,14 +439,14 @@ def rollback_core(run: _Run, store: Store, why: str | None, eng: Any = None) -> 
                 return "noop", say("nothing to roll back (not applied, or already rolled back)"), None
             t0 = _time.monotonic()
             totals = Totals()
-            ok, problem, _n = reverse(eng, totals, t0)
+            ok, problem, forward_batches = reverse(eng, totals, t0)
             if totals.batches:
                 _metrics(run, totals, t0, "reverse")
             if bf.rollback_set:
                 run.check("reverse_backfill", ok, problem or f"{totals.batches} reverse batch(es)")
             if not ok:
                 return "rollback_failed", say(f"{problem}; reverse progress kept, a re-run resumes it"), None
-            if bf.rollback_set:
+            if bf.rollback_set and forward_batches:
                 same, detail = verify_after_reverse(eng)
                 run.check("verify_columns", same, detail)
                 if not same:
@@ -452,7 +454,7 @@ def rollback_core(run: _Run, store: Store, why: str | None, eng: Any = None) -> 
             if not bundle.by_role("rollback"):
                 with eng.conn.cursor() as cur:
                     eng.retire(cur, run.run_id)
-                    eng.set_ledger_status(cur, "backfill_rolled_back")
+                    eng.set_ledger_status(cur, ROLLED_BACK)
                 eng.conn.commit()
                 return "rolled_back", say("backfill reversed; the schema part stays (no rollback artifact)"), None
         finally:

@@ -158,3 +158,50 @@ def test_prod_run_of_a_merged_entry_is_refused_in_preflight(
     r = _receipt(tmp_path)
     assert r["status"] == "failed" and r["environment"] == "prod" and "preflight" in r["reason"]
     assert pgdb.fingerprint() == before
+
+
+def test_factory_shapes_each_dag_and_isolates_a_broken_bundle(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    root = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, root, ignore=shutil.ignore_patterns("fixtures", "baselines", "diffs", "receipts"))
+    reg_path = root / "registry" / "migrations.v1.json"
+    reg = json.loads(reg_path.read_text())
+    for e in reg["migrations"]:
+        if e["type"] == "search":
+            e["schedule"] = "0 3 * * *"
+    reg_path.write_text(json.dumps(reg))
+    (root / "graph" / "GRAPH-MIG-2026-03-03-01" / "migration.yml").write_text("type: [unclosed\n")
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "b = DagBag(dag_folder='dags')\n"
+        "out = {'errors': {k: str(v) for k, v in b.import_errors.items()}, 'dags': {}}\n"
+        "for dag_id, dag in b.dags.items():\n"
+        "    apply = dag.get_task('apply')\n"
+        "    out['dags'][dag_id] = {'tags': sorted(dag.tags), 'owner': dag.owner, 'doc': dag.doc_md,\n"
+        "        'schedule': str(getattr(dag.timetable, 'expression', None)), 'max_active_runs': dag.max_active_runs,\n"
+        "        'tasks': sorted(dag.task_ids), 'params': sorted(dag.params.keys()),\n"
+        "        'outlets': sorted(a.uri for a in apply.outlets),\n"
+        "        'rollback_rule': str(dag.get_task('rollback').trigger_rule),\n"
+        "        'receipt_rule': str(dag.get_task('receipt').trigger_rule)}\n"
+        "print(json.dumps(out))\n"
+    )
+    env = dict(airflow_env, KFM_BUNDLES_ROOT=str(root))
+    p = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", code], env=env, cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    doc = json.loads(p.stdout.strip().splitlines()[-1])
+    assert doc["errors"] == {}
+    dags = doc["dags"]
+    assert len(dags) == 3
+    pg = dags["kfm_migration__PG-MIG-2026-02-28-01"]
+    assert pg["tags"] == ["governance-critical", "kfm-migration", "postgis"]
+    assert pg["owner"] == "kfm-platform" and pg["max_active_runs"] == 1
+    assert pg["params"] == ["dry_run", "environment"]
+    assert pg["outlets"] == ["postgis://kfm_postgis/public/parcels"]
+    assert "Add spatial index to parcels" in pg["doc"] and "max_index_count_delta" in pg["doc"]
+    assert pg["tasks"] == sorted(["preflight", "baseline_pre", "apply", "baseline_post", "diff_gate", "rollback",
+                                  "receipt"])
+    assert pg["rollback_rule"].lower().endswith("one_failed") and pg["receipt_rule"].lower().endswith("all_done")
+    assert "0 3 * * *" in dags["kfm_migration__SEARCH-MIG-2026-03-02-01"]["schedule"]
+    broken = dags["kfm_migration__GRAPH-MIG-2026-03-03-01"]
+    assert "Broken bundle" in broken["doc"] and "invalid YAML" in broken["doc"]

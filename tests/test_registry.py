@@ -8,11 +8,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import MIGRATIONS
 
 from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.errors import RefusedError
 from airflow_kfm_migrations.registry import TRANSITIONS, load_registry, record_transition
-from conftest import MIGRATIONS
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ def test_validate_base_refuses_deleting_or_rewriting_history(root: Path, capsys:
     reg_path = root / "registry" / "migrations.v1.json"
     reg = json.loads(reg_path.read_text())
     reg["migrations"][0]["events"][0]["ref"] = "rewritten"
-    reg["migrations"] = [reg["migrations"][0]] + reg["migrations"][2:]
+    reg["migrations"] = [reg["migrations"][0], *reg["migrations"][2:]]
     reg_path.write_text(json.dumps(reg))
     shutil.rmtree(root / "search" / "SEARCH-MIG-2026-03-02-01")
     capsys.readouterr()
