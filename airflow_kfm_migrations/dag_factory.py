@@ -63,7 +63,7 @@ def _assets(entry: Any, decl: Any, conn_id: str) -> list[Any]:
 def build_dag(entry: Any, bundles_root: Path, environment: str) -> Any:
     from airflow.sdk import DAG, Param, TriggerRule
 
-    from .bundle import load_bundle
+    from .bundle import load_declaration
     from .operators import (
         ApplyOperator,
         BackfillOperator,
@@ -77,7 +77,7 @@ def build_dag(entry: Any, bundles_root: Path, environment: str) -> Any:
     decl = None
     broken = None
     try:
-        decl = load_bundle(bundles_root / entry.path).declaration
+        decl = load_declaration(bundles_root / entry.path)
     except Exception as exc:
         broken = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     conn_id = entry.conn_id or (decl.runner.conn_id if decl else None) or f"kfm_{entry.type}"

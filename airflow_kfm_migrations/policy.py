@@ -180,8 +180,12 @@ def check_bundle(bundle: Bundle) -> list[InputError]:
                 )
             )
 
-    # Backfill bounds (postgis).
+    # Backfill bounds and statements (postgis): the same static checks a run makes.
     if isinstance(decl, PostgisDeclaration) and decl.backfill is not None:
+        from .backfill import static_problems
+
+        for reason in static_problems(bundle):
+            problems.append(PolicyError(f, "backfill", reason))
         if decl.backfill.max_rows > decl.limits.max_row_backfill:
             problems.append(
                 PolicyError(

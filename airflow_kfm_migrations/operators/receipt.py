@@ -22,6 +22,7 @@ class ReceiptOperator(MigrationOperator):
         applied = ti.xcom_pull(task_ids="apply", key="apply") or {}
         gate = ti.xcom_pull(task_ids="diff_gate")
         rolled = ti.xcom_pull(task_ids="rollback") or {}
+        backfill = ti.xcom_pull(task_ids="backfill", key="backfill")
         s, bundle, opts = self.run_options(context)
         status = applied.get("status")
         problems = []
@@ -30,6 +31,9 @@ class ReceiptOperator(MigrationOperator):
             if not opts.dry_run:
                 _Run(bundle, opts, "apply").finish("failed", "refused before apply: " + problems[0])
             status = "failed"
+        elif backfill is not None and backfill.get("status") not in {"succeeded", "noop"}:
+            status = backfill.get("status") or "failed"
+            problems.append(f"the backfill ended {status}")
         elif status == "succeeded" and gate is None:
             problems.append("the diff gate did not pass on the committed state")
         if rolled.get("status") == "rolled_back":
