@@ -326,7 +326,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+def _register_admin(sub: Any) -> None:
+    from .search_admin import register
+
+    register(sub)
+
+
+# Subcommands that live in their own modules (gc and break-lock for the lock-holding stores).
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_admin]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

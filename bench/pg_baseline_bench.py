@@ -117,8 +117,10 @@ def main() -> int:
     print(f"pg_dump --schema-only: {d:.2f}s  baseline: {c_:.2f}s  governed run: {r:.2f}s (medians of {args.repeat})")
     print(f"(a) baseline / pg_dump = {c_ / d:.3f}  (target <= 0.2)")
     print(f"(b) governed run / pg_dump = {r / d:.3f}  (target <= 1)")
-    print(f"| {time.strftime('%Y-%m-%d')} | {platform.node()} {os.cpu_count()} cores | {args.schemas}x{args.tables} tables, "
-          f"{n_objects} objects | {d:.2f}s | {c_:.2f}s ({c_ / d:.3f}x) | {r:.2f}s ({r / d:.3f}x) | {identical} |")
+    print(
+        f"| {time.strftime('%Y-%m-%d')} | {platform.node()} {os.cpu_count()} cores | {args.schemas}x{args.tables} tables, "
+        f"{n_objects} objects | {d:.2f}s | {c_:.2f}s ({c_ / d:.3f}x) | {r:.2f}s ({r / d:.3f}x) | {identical} |"
+    )
     return 0
 
 

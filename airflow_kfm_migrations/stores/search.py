@@ -12,8 +12,14 @@ durable before the gate, so a declaration that keeps the default ``transactional
 may not contain them (the plan refuses).
 
 The cluster client sits behind :class:`SearchClient`, a handful of calls; the opensearch-py
-binding is :class:`OpenSearchBinding`. Another binding (elasticsearch-py) only needs the
-same methods and the same error translation (:class:`CallError`).
+binding is :class:`OpenSearchBinding`, the elasticsearch-py one :class:`ElasticsearchBinding`
+(chosen when the connection's type is ``elasticsearch``). Both translate errors into
+:class:`CallError`.
+
+Old indices an apply moves an alias away from stay for ``old_index_retention_days`` (a
+rollback needs them). The apply's ledger document and receipt metrics name them and the
+time they are kept until; :meth:`SearchSession.collect_garbage` (``kfm-migrations gc``)
+deletes them once that time passed, never while an alias points to them.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ import logging
 import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from ..bundle import Artifact, Bundle, display
@@ -43,6 +50,7 @@ from ..contracts.models import (
 from ..diff import diff_objects
 from ..digest import digest_json, merkle_root
 from ..errors import InputError, LockedError, RefusedError
+from ..gate import limit_checks
 from ..policy import approval_covers
 from ..secret_scan import redact
 from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
@@ -252,6 +260,239 @@ class OpenSearchBinding:
 
     def search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
         return list(self._do(self.c.search, index=index, body=body)["hits"]["hits"])
+
+
+class ElasticsearchBinding:
+    """:class:`SearchClient` over an ``elasticsearch.Elasticsearch`` (elasticsearch-py 9) client.
+
+    elasticsearch-py checks the ``X-Elastic-Product`` header of every answer (so it refuses
+    OpenSearch) and sends ``compatible-with=9`` media types; :func:`elasticsearch_client_from_env`
+    can lower that to the server's major version (extra ``compatible_with``)."""
+
+    def __init__(self, client: Any) -> None:
+        self.c = client
+
+    @staticmethod
+    def _translate(exc: Exception) -> CallError:
+        import elasticsearch as es
+
+        if isinstance(exc, es.ApiError):
+            status = exc.meta.status if isinstance(getattr(exc.meta, "status", None), int) else 0
+            body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+            raw = body.get("error")
+            err: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            if isinstance(raw, str):  # e.g. 405 {"error": "Incorrect HTTP method ...", "status": 405}
+                kind, reason = "error", raw
+            else:
+                kind = str(err.get("type") or exc.message or type(exc).__name__)
+                reason = str(err.get("reason") or exc.message or kind)
+            if isinstance(exc, es.UnsupportedProductError):
+                kind, reason = "unsupported_product", "the server is not Elasticsearch (product header check failed)"
+            return CallError(status, kind, reason)
+        if isinstance(exc, es.TransportError):  # connection refused, timeout, TLS; str() names the host
+            return CallError(0, type(exc).__name__, "the cluster did not answer (refused, timed out or TLS failed)")
+        return CallError(0, type(exc).__name__, "client error")
+
+    def _do(self, fn: Callable[..., Any], **kw: Any) -> Any:
+        import elasticsearch as es
+
+        try:
+            res = fn(**kw)
+        except (es.ApiError, es.TransportError) as exc:
+            raise self._translate(exc) from None
+        return getattr(res, "body", res)
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return dict(self._do(self.c.info))
+        except CallError as exc:
+            if exc.status not in (404, 405):
+                raise
+        # A node without the rest-root module (the integ-test distribution) has no GET /.
+        nodes = self._do(self.c.nodes.info, node_id="_local", metric="_none").get("nodes", {})
+        number = next((n.get("version") for n in nodes.values()), "?")
+        return {"version": {"number": number, "build_flavor": "default"}}
+
+    def get_indices(self, pattern: str) -> dict[str, Any]:
+        return dict(self._do(self.c.indices.get, index=pattern, expand_wildcards="all"))
+
+    def index_exists(self, index: str) -> bool:
+        return bool(self._do(self.c.indices.exists, index=index))
+
+    def create_index(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.create, index=index, body=body)
+
+    def put_mapping(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.put_mapping, index=index, body=body)
+
+    def put_settings(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.put_settings, index=index, body=body)
+
+    def delete_index(self, index: str) -> None:
+        self._do(self.c.indices.delete, index=index)
+
+    def refresh(self, index: str) -> None:
+        self._do(
+            self.c.indices.refresh,
+            index=index,
+            ignore_unavailable=True,
+            allow_no_indices=True,
+            expand_wildcards="open,hidden",
+        )
+
+    def get_alias(self) -> dict[str, Any]:
+        return dict(self._do(self.c.indices.get_alias, expand_wildcards="all"))
+
+    def update_aliases(self, actions: list[dict[str, Any]]) -> None:
+        self._do(self.c.indices.update_aliases, body={"actions": actions})
+
+    def get_index_templates(self) -> dict[str, Any]:
+        try:
+            res = self._do(self.c.indices.get_index_template)
+        except CallError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+        return {t["name"]: t["index_template"] for t in res.get("index_templates", [])}
+
+    def get_legacy_templates(self) -> dict[str, Any]:
+        try:
+            return dict(self._do(self.c.indices.get_template))
+        except CallError as exc:
+            if exc.status == 404:
+                return {}
+            raise
+
+    def reindex_async(self, body: dict[str, Any], *, slices: int | str | None, rps: float | None) -> str:
+        kw: dict[str, Any] = {"wait_for_completion": False, "refresh": True}
+        if slices is not None:
+            kw["slices"] = slices
+        if rps is not None:
+            kw["requests_per_second"] = rps
+        return str(self._do(self.c.reindex, body=body, **kw)["task"])
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        with warnings.catch_warnings():  # the task API is "technical preview" in elasticsearch-py
+            warnings.simplefilter("ignore", category=Warning)
+            return dict(self._do(self.c.tasks.get, task_id=task_id))
+
+    def cancel_task(self, task_id: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=Warning)
+            self._do(self.c.tasks.cancel, task_id=task_id)
+
+    def count(self, index: str, query: dict[str, Any] | None = None) -> int:
+        body = {"query": query} if query else None
+        return int(self._do(self.c.count, index=index, body=body)["count"])
+
+    def index_doc(
+        self,
+        index: str,
+        doc_id: str,
+        body: dict[str, Any],
+        *,
+        create: bool = False,
+        if_seq_no: int | None = None,
+        if_primary_term: int | None = None,
+        refresh: bool = False,
+    ) -> None:
+        kw: dict[str, Any] = {}
+        if create:
+            kw["op_type"] = "create"
+        if if_seq_no is not None and if_primary_term is not None:
+            kw["if_seq_no"] = if_seq_no
+            kw["if_primary_term"] = if_primary_term
+        if refresh:
+            kw["refresh"] = True
+        self._do(self.c.index, index=index, id=doc_id, document=body, **kw)
+
+    def get_doc(self, index: str, doc_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(self._do(self.c.get, index=index, id=doc_id))
+        except CallError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def delete_doc(
+        self, index: str, doc_id: str, *, if_seq_no: int | None = None, if_primary_term: int | None = None
+    ) -> None:
+        kw: dict[str, Any] = {}
+        if if_seq_no is not None and if_primary_term is not None:
+            kw = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
+        self._do(self.c.delete, index=index, id=doc_id, **kw)
+
+    def search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(self._do(self.c.search, index=index, body=body)["hits"]["hits"])
+
+
+def _compat_node_class(major: int) -> Any:
+    """An urllib3 node that sends ``compatible-with=<major>`` instead of the client's own
+    major: elasticsearch-py 9 asks for 9, which an 8.x server rejects (media_type_header_exception)."""
+    from elastic_transport import HttpHeaders, Urllib3HttpNode
+    from elastic_transport._models import DEFAULT, DefaultType
+    from elastic_transport._node._base import NodeApiResponse
+
+    class CompatNode(Urllib3HttpNode):
+        def perform_request(
+            self,
+            method: str,
+            target: str,
+            body: bytes | None = None,
+            headers: HttpHeaders | None = None,
+            request_timeout: DefaultType | float | None = DEFAULT,
+        ) -> NodeApiResponse:
+            if headers:
+                headers = headers.copy()
+                for h in ("accept", "content-type"):
+                    v = headers.get(h)
+                    if v:
+                        headers[h] = re.sub(r"compatible-with=\d+", f"compatible-with={major}", v)
+            return super().perform_request(method, target, body=body, headers=headers, request_timeout=request_timeout)
+
+    return CompatNode
+
+
+def elasticsearch_client_from_env(conn_id: str) -> Any:
+    """An ``elasticsearch.Elasticsearch`` client from ``AIRFLOW_CONN_<ID>`` (or Airflow's lookup).
+
+    Extras: ``use_ssl``, ``verify_certs``, ``ca_certs``, ``timeout``, ``api_key`` and
+    ``compatible_with`` (the server's major version when it is older than the client's)."""
+    from elasticsearch import Elasticsearch
+
+    from ..connections import resolve
+
+    info = resolve(conn_id)
+    extra = info.extra
+    use_ssl = _truthy(extra.get("use_ssl")) or info.conn_type == "https"
+    kwargs: dict[str, Any] = {
+        "hosts": [
+            {"host": info.host or "localhost", "port": info.port or 9200, "scheme": "https" if use_ssl else "http"}
+        ],
+        "request_timeout": int(extra.get("timeout", 30)),
+    }
+    if use_ssl:
+        kwargs["verify_certs"] = not ("verify_certs" in extra and not _truthy(extra["verify_certs"]))
+        if extra.get("ca_certs"):
+            kwargs["ca_certs"] = extra["ca_certs"]
+    if extra.get("api_key"):
+        kwargs["api_key"] = str(extra["api_key"])
+    elif info.login:
+        kwargs["basic_auth"] = (info.login, info.password or "")
+    compat = extra.get("compatible_with")
+    if compat not in (None, ""):
+        kwargs["node_class"] = _compat_node_class(int(compat))
+    return Elasticsearch(**kwargs)
+
+
+def is_elasticsearch_conn(conn_id: str) -> bool:
+    from ..connections import resolve
+
+    try:
+        conn_type = resolve(conn_id).conn_type or ""
+    except Exception:  # an unknown connection fails later, inside the run (with a receipt)
+        return False
+    return conn_type in {"elasticsearch", "elastic"}
 
 
 def _truthy(v: Any) -> bool:
@@ -527,6 +768,10 @@ class SearchStore:
 
     @classmethod
     def from_conn_id(cls, conn_id: str, *, use_hook: bool = False) -> SearchStore:
+        if is_elasticsearch_conn(conn_id):
+            # ElasticsearchPythonHook takes hosts, not a connection id: the client is built
+            # from the connection (AIRFLOW_CONN_<ID> or Airflow's lookup) in both modes.
+            return cls(lambda: ElasticsearchBinding(elasticsearch_client_from_env(conn_id)), conn_id)
         if use_hook:
 
             def hook_client() -> SearchClient:
@@ -935,31 +1180,10 @@ class SearchStore:
                     )
                 )
         docs = int(facts.get("docs_reindexed", 0))
-        lim = decl.limits
-        limits = [
-            LimitCheck(
-                name="max_index_count_delta",
-                declared=lim.max_index_count_delta,
-                observed=index_delta,
-                ok=index_delta <= lim.max_index_count_delta,
-            ),
-            LimitCheck(
-                name="max_docs_reindexed",
-                declared=lim.max_docs_reindexed,
-                observed=docs,
-                ok=docs <= lim.max_docs_reindexed,
-            ),
-        ]
-        for lc in limits:
-            if not lc.ok:
-                findings.append(
-                    Finding(
-                        code="limit_exceeded",
-                        tier="hard_fail",
-                        object=lc.name,
-                        message=f"{lc.name}: observed {lc.observed} > declared {lc.declared}",
-                    )
-                )
+        limits, exceeded = limit_checks(
+            decl.limits, {"max_index_count_delta": index_delta, "max_docs_reindexed": docs}
+        )
+        findings.extend(exceeded)
         return findings, limits
 
     def assets(self, bundle: Bundle, summary: DiffSummary) -> list[str]:
@@ -1022,6 +1246,65 @@ class _Reindexed:
     writes: list[WriteCount] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class GcDecision:
+    index: str
+    keep_until: str
+    action: str  # deleted | would_delete | kept | gone
+    why: str
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    owner: str
+    since: str
+    age_seconds: float
+    stale: bool
+
+
+def read_lock(client: SearchClient, migration_id: str) -> tuple[LockHolder, tuple[int, int]] | None:
+    """The lock document of ``migration_id`` (holder, (seq_no, primary_term)), or None."""
+    cur = client.get_doc(GOVERNANCE_INDEX, f"lock:{migration_id}")
+    if cur is None:
+        return None
+    src = cur.get("_source", {})
+    age = max(0.0, time.time() - float(src.get("ts", 0) or 0))
+    holder = LockHolder(str(src.get("owner", "?")), str(src.get("at", "?")), round(age, 1), age > LOCK_STALE_SECONDS)
+    return holder, (int(cur["_seq_no"]), int(cur["_primary_term"]))
+
+
+def break_lock(
+    client: SearchClient, migration_id: str, holder: LockHolder, seq: tuple[int, int], *, run_id: str, reason: str
+) -> None:
+    """Delete the lock document seen at ``seq`` (a lock renewed or replaced since is left
+    alone: 409) and leave a ``break_lock`` document in the governance index."""
+    try:
+        client.delete_doc(GOVERNANCE_INDEX, f"lock:{migration_id}", if_seq_no=seq[0], if_primary_term=seq[1])
+    except CallError as exc:
+        if exc.status == 409:
+            raise LockedError(
+                f"the lock for {migration_id} changed since it was read (renewed or taken over); not broken"
+            ) from None
+        raise
+    client.index_doc(
+        GOVERNANCE_INDEX,
+        f"break_lock:{migration_id}:{run_id}",
+        {
+            "type": "break_lock",
+            "migration_id": migration_id,
+            "run_id": run_id,
+            "operation": "break_lock",
+            "applied_at": _now_iso(),
+            "applied_ns": time.time_ns(),
+            "reason": redact(reason)[:500],
+            "previous_owner": holder.owner,
+            "held_since": holder.since,
+            "lock_age_seconds": holder.age_seconds,
+        },
+        refresh=True,
+    )
+
+
 class SearchSession:
     """Holds the migration lock document; applies blue/green; flips at ``commit``."""
 
@@ -1041,6 +1324,7 @@ class SearchSession:
         self._pending: list[dict[str, Any]] = []
         self._records: list[LedgerRecord] = []
         self._facts: dict[str, Any] = {"docs_reindexed": 0, "pending_aliases": []}
+        self._retained: list[dict[str, str]] = []  # old indices kept for a rollback, and until when
         self._state = "open"  # open | applied | aborted | committed
 
     @property
@@ -1219,6 +1503,9 @@ class SearchSession:
                 "type": "ledger",
                 "flipped_aliases": [dict(a) for a in self._pending] if rec.operation == "apply" else [],
             }
+            if rec.operation == "apply":
+                doc["old_index_retention_days"] = self.decl.old_index_retention_days
+                doc["retained_indices"] = [dict(r) for r in self._retained]
             self.client.index_doc(GOVERNANCE_INDEX, f"ledger:{rec.migration_id}:{rec.run_id}", doc, refresh=True)
         self._records = []
 
@@ -1317,12 +1604,20 @@ class SearchSession:
                 if problem:
                     return self._failed(act, n, problem, started, total)
                 self._facts = {"docs_reindexed": total.docs, "pending_aliases": list(self._pending)}
+                self._retained = self._retention()
         except CallError as exc:
             assert act is not None
             return self._failed(act, n, exc.line(), started, total)
         metrics: dict[str, int | float | str] = {"apply_seconds": round(time.monotonic() - started, 3)}
         if forward:
             metrics.update(docs_reindexed=total.docs, aliases_held_back=len(self._pending))
+            metrics.update(
+                old_index_retention_days=self.decl.old_index_retention_days,
+                old_indices_kept=len(self._retained),
+            )
+            if self._retained:
+                metrics["old_indices_kept_names"] = ",".join(r["index"] for r in self._retained)
+                metrics["old_indices_kept_until"] = self._retained[0]["keep_until"]
         return ApplyOutcome(
             ok=True,
             writes=total.writes,
@@ -1434,6 +1729,110 @@ class SearchSession:
                 " matching the query" if "query" in b else ""
             )
         return None
+
+    # -- retention / gc -------------------------------------------------------
+
+    def _retention(self) -> list[dict[str, str]]:
+        """The old indices the held-back flip moves an alias away from (not built by this run):
+        a rollback needs them, so they are kept for ``old_index_retention_days``."""
+        until = (datetime.now(UTC) + timedelta(days=self.decl.old_index_retention_days)).isoformat()
+        old: list[str] = []
+        for spec in self._pending:
+            ((op, body),) = spec.items()
+            ix = body["index"]
+            if op == "remove" and ix not in self._built and ix not in old:
+                old.append(ix)
+        return [{"index": ix, "keep_until": until} for ix in old]
+
+    def last_entry(self) -> dict[str, Any] | None:
+        """The raw last ledger document of this migration (apply or rollback)."""
+        if not self.client.index_exists(GOVERNANCE_INDEX):
+            return None
+        self.client.refresh(GOVERNANCE_INDEX)
+        hits = self.client.search(
+            GOVERNANCE_INDEX,
+            {
+                "size": 1,
+                "query": {
+                    "bool": {
+                        "filter": [
+                            {"term": {"type": "ledger"}},
+                            {"term": {"migration_id": self.decl.migration_id}},
+                        ]
+                    }
+                },
+                "sort": [
+                    {"applied_at": {"order": "desc", "unmapped_type": "date"}},
+                    {"applied_ns": {"order": "desc", "unmapped_type": "long"}},
+                ],
+            },
+        )
+        return dict(hits[0]["_source"]) if hits else None
+
+    def collect_garbage(self, now: datetime, *, dry_run: bool = False) -> list[GcDecision]:
+        """Delete the old indices the last apply kept whose retention expired at ``now``.
+
+        Never an index an alias points to, a forbidden or protected one, one outside the
+        allowed patterns or one this migration's forward creates. Call it holding the lock
+        (inside :meth:`SearchStore.session`). Records a ``gc`` document in the governance
+        index (not a ledger entry: the migration stays applied)."""
+        last = self.last_entry()
+        if last is None or last.get("operation") != "apply":
+            return []
+        rules = SearchScopeRules(self.decl)
+        forward_creates = set(created_by(load_actions(self.bundle.by_role("forward"))))
+        aliased = {ix for ix, meta in self.client.get_alias().items() if meta.get("aliases")}
+        out: list[GcDecision] = []
+        for item in last.get("retained_indices") or []:
+            ix, until_s = str(item.get("index", "")), str(item.get("keep_until", ""))
+            try:
+                until = datetime.fromisoformat(until_s)
+            except ValueError:
+                out.append(GcDecision(ix, until_s, "kept", "unreadable keep_until in the ledger"))
+                continue
+            if rules.index_forbidden(ix):
+                out.append(GcDecision(ix, until_s, "kept", "forbidden index: never deleted"))
+            elif rules.index_protected(ix):
+                out.append(GcDecision(ix, until_s, "kept", "protected index: never deleted"))
+            elif not rules.index_allowed(ix):
+                out.append(GcDecision(ix, until_s, "kept", "outside the allowed index patterns"))
+            elif ix in forward_creates:
+                out.append(GcDecision(ix, until_s, "kept", "created by this migration's forward"))
+            elif now < until:
+                out.append(GcDecision(ix, until_s, "kept", f"retained until {until_s}"))
+            elif not self.client.index_exists(ix):
+                out.append(GcDecision(ix, until_s, "gone", "already deleted"))
+            elif ix in aliased:
+                out.append(GcDecision(ix, until_s, "kept", "an alias points to it"))
+            elif dry_run:
+                out.append(GcDecision(ix, until_s, "would_delete", f"retention expired at {until_s}"))
+            else:
+                self._heartbeat()
+                # Re-check right before the delete: an alias added meanwhile keeps the index.
+                if self.client.get_alias().get(ix, {}).get("aliases"):
+                    out.append(GcDecision(ix, until_s, "kept", "an alias points to it"))
+                    continue
+                self.client.delete_index(ix)
+                out.append(GcDecision(ix, until_s, "deleted", f"retention expired at {until_s}"))
+        deleted = [d.index for d in out if d.action == "deleted"]
+        if deleted:
+            self.client.index_doc(
+                GOVERNANCE_INDEX,
+                f"gc:{self.decl.migration_id}:{self.run_id}",
+                {
+                    "type": "gc",
+                    "migration_id": self.decl.migration_id,
+                    "run_id": self.run_id,
+                    "operation": "gc",
+                    "applied_at": _now_iso(),
+                    "applied_ns": time.time_ns(),
+                    "apply_run_id": last.get("run_id"),
+                    "deleted_indices": deleted,
+                    "now": now.isoformat(),
+                },
+                refresh=True,
+            )
+        return out
 
     # -- commit / abort -------------------------------------------------------
 
