@@ -6,6 +6,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +20,15 @@ from conftest import MIGRATIONS, port_open, server_missing
 from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.errors import InputError, LockedError
-from airflow_kfm_migrations.stores.cypher import classify, mentions, schema_name, split_cypher
+from airflow_kfm_migrations.stores.cypher import (
+    classify,
+    error_line,
+    explain_query,
+    mentions,
+    plan_mentions,
+    schema_name,
+    split_cypher,
+)
 from airflow_kfm_migrations.stores.graph import GraphStore
 
 pytestmark = pytest.mark.neo4j
@@ -325,6 +337,242 @@ def test_unreachable_server_fails_closed(gexample: Path, tmp_path: Path, monkeyp
             assert "s3cret-pass" not in f.read_text(errors="ignore"), f
 
 
+# ------------------------------------------------------------------ EXPLAIN preflight
+
+
+def untouched(graph: Graph) -> None:
+    """Nothing of the migration was written; no lock or in-flight record is left."""
+    assert "dataset_id_unique" not in graph.constraints()
+    assert graph.count("LegacyDataset") == 5 and graph.count("Dataset") == 0
+    assert graph.count("KfmLock") == 0 and graph.count("KfmMigration") == 0
+
+
+def test_preflight_syntax_error_fails_closed_before_the_first_write(
+    gexample: Path, graph: Graph, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    append(gexample, "forward.cypher", "// a typo below\nMATCH (n:Dataset)\nSET n.checked =\nRETURN n;")
+    assert run(gexample, out) == 1
+    r = receipt(out)
+    assert r["status"] == "failed"
+    # The statement starts on line 8 of forward.cypher (after its comment); the error is on line 10.
+    assert r["reason"].startswith("EXPLAIN preflight: forward.cypher line 10 (statement 3 of the forward): ")
+    assert "Neo.ClientError.Statement.SyntaxError" in r["reason"]
+    assert "refused before the first write, the graph is unchanged" in r["reason"]
+    untouched(graph)
+
+
+def test_preflight_checks_the_rollback_too(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    """A rollback that cannot compile would make compensation impossible: refuse up front."""
+    out = tmp_path / "out"
+    append(gexample, "rollback.cypher", "MATCH (n:Dataset) RETURN m;")
+    assert run(gexample, out) == 1
+    r = receipt(out)
+    assert r["status"] == "failed" and "rollback.cypher line 6 (statement 3 of the rollback)" in r["reason"]
+    assert "Variable `m` not defined" in r["reason"]
+    untouched(graph)
+
+
+@pytest.mark.parametrize(
+    ("statement", "found"),
+    [
+        ("MATCH (a IS AuthoritySite) SET a.touched = true;", "the protected label :AuthoritySite"),
+        ("MATCH (a: AuthoritySite) SET a.touched = true;", "the protected label :AuthoritySite"),
+        ("MATCH (n IS Dataset)-[r IS PROV_GENERATED_BY]->(m) SET r.x = 1;", "forbidden relationship type"),
+        ("MATCH (n IS Elsewhere) SET n.x = 1;", ":Elsewhere, outside allowed_labels"),
+    ],
+)
+def test_preflight_reads_labels_and_types_from_the_servers_plan(
+    gexample: Path, graph: Graph, tmp_path: Path, statement: str, found: str
+) -> None:
+    """``IS`` label expressions and ``: Label`` with a space escape the static scanner; the
+    server's plan names them, and the scope refuses them before anything is written."""
+    append(gexample, "forward.cypher", statement)
+    assert not GraphStore.for_planning(CONN_ID).plan(load_bundle(gexample)).refused  # the static plan misses it
+    out = tmp_path / "out"
+    assert run(gexample, out) == 1
+    r = receipt(out)
+    assert r["status"] == "failed" and "EXPLAIN preflight: forward.cypher line 7 (statement 3" in r["reason"]
+    assert "the server's plan shows it targets" in r["reason"] and found in r["reason"], r["reason"]
+    untouched(graph)
+
+
+def test_preflight_skips_schema_statements(gexample: Path, graph: Graph) -> None:
+    bundle = load_bundle(gexample)
+    with GraphStore.from_conn_id(CONN_ID).session(bundle, "p" * 32) as s:
+        assert s.preflight(("forward", "rollback")) is None
+        assert s._checked == {"forward", "rollback"}
+    untouched(graph)
+
+
+# ------------------------------------------------------------ killed runs and stale locks
+
+
+SLOW = (
+    "// slow on purpose: the test sets a spin count on ds-1\n"
+    "MATCH (d:Dataset {dataset_id: 'ds-1'}) UNWIND range(1, coalesce(d.spin, 0)) AS i "
+    "WITH i WHERE i < 0 RETURN count(*);"
+)
+
+
+def lock_nodes(graph: Graph) -> dict[str, dict[str, Any]]:
+    return {r["p"]["key"]: r["p"] for r in graph.q("MATCH (l:KfmLock) RETURN properties(l) AS p")}
+
+
+def test_a_killed_run_is_recoverable(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    """SIGKILL the CLI while the forward runs its third (slow) statement, after the first two
+    changed the graph (constraint created, nodes relabelled). The recovery is: run the command
+    again. The dead run's lock is broken (its process is gone), the half-applied forward is
+    compensated with the rollback artifact and verified against that run's pre-baseline
+    (schema and protected fingerprints), reported in a failed receipt; then a re-run applies."""
+    append(gexample, "forward.cypher", SLOW)
+    graph.q("MATCH (n:LegacyDataset {dataset_id: 'ds-1'}) SET n.spin = 2000000000")
+    before = graph.baseline(gexample)
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "airflow_kfm_migrations.cli", "run", str(gexample), "--conn-id", CONN_ID]
+    proc = subprocess.Popen(
+        [*cmd, "--artifacts", str(out), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, proc.communicate()[0].decode(errors="replace")
+            assert time.monotonic() < deadline, "the run never reached its slow statement"
+            inflight = lock_nodes(graph).get(f"inflight:{MIG}")
+            if inflight and inflight.get("statement") == 3:
+                break
+            time.sleep(0.1)
+        time.sleep(0.5)
+        assert graph.count("Dataset") == 5 and "dataset_id_unique" in graph.constraints()  # half applied
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    locks = lock_nodes(graph)
+    assert locks["store"]["pid"] == proc.pid and locks["store"]["phase"] == "applying"
+    assert locks[f"inflight:{MIG}"]["pre_schema_fingerprint"] == before.schema_fingerprint
+    assert not (out / "receipts" / "run_receipt.json").exists()  # killed before any receipt
+    assert graph.count("KfmMigration") == 0
+
+    # 1. Any command on the bundle (here: rollback) recovers, and says so in a failed receipt.
+    rec = tmp_path / "recover"
+    assert main(["rollback", str(gexample), "--conn-id", CONN_ID, "--artifacts", str(rec), "--quiet"]) == 1
+    r = receipt(rec)
+    assert r["status"] == "failed", r["reason"]
+    assert f"of {MIG} was interrupted while applying (statement 3 of 3" in r["reason"]
+    assert "compensated now with the rollback artifact" in r["reason"]
+    assert "schema and protected fingerprints verified" in r["reason"] and "run the command again" in r["reason"]
+    after = graph.baseline(gexample)
+    assert after.schema_fingerprint == before.schema_fingerprint
+    assert after.protected_fingerprint == before.protected_fingerprint
+    untouched(graph)
+    # 2. Again: nothing to roll back, the graph is the pre-state.
+    assert main(["rollback", str(gexample), "--conn-id", CONN_ID, "--artifacts", str(rec), "--quiet"]) == 0
+    assert receipt(rec)["status"] == "noop"
+    # 3. A re-run (without the spin) applies and reaches the approved post-state.
+    graph.q("MATCH (n:LegacyDataset {dataset_id: 'ds-1'}) REMOVE n.spin")
+    final = tmp_path / "final"
+    assert run(gexample, final) == 0
+    assert receipt(final)["status"] == "succeeded" and summary(final)["verdict"] == "pass"
+    assert graph.count("Dataset") == 5 and "dataset_id_unique" in graph.constraints()
+    assert graph.count("KfmLock") == 0
+    assert main(["verify", str(final)]) == 0
+
+
+def test_a_re_run_recovers_a_killed_run_too(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    """The in-flight record as a killed run leaves it (its process gone): ``run`` compensates."""
+    before = graph.baseline(gexample)
+    graph.q("CREATE CONSTRAINT dataset_id_unique FOR (d:Dataset) REQUIRE d.dataset_id IS UNIQUE")
+    graph.q("MATCH (n:LegacyDataset) SET n:Dataset, n.kfm_relabeled_by = $m REMOVE n:LegacyDataset", m=MIG)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    from airflow_kfm_migrations.stores.graph import _host_identity
+
+    graph.q(
+        "CREATE (:KfmLock {key: 'store', migration_id: $m, run_id: 'dead', host: $h, pid: $pid, phase: 'applying', "
+        "acquired_at: timestamp(), heartbeat: timestamp()}), "
+        "(:KfmLock {key: $k, migration_id: $m, run_id: 'dead', phase: 'applying', statement: 2, statements: 2, "
+        "pre_schema_fingerprint: $s, pre_protected_fingerprint: $p, heartbeat: timestamp()})",
+        m=MIG,
+        h=_host_identity(),
+        pid=int(dead.stdout),
+        k=f"inflight:{MIG}",
+        s=before.schema_fingerprint,
+        p=before.protected_fingerprint,
+    )
+    out = tmp_path / "out"
+    assert run(gexample, out) == 1
+    assert "compensated now with the rollback artifact" in receipt(out)["reason"]
+    untouched(graph)
+    assert run(gexample, out) == 0 and receipt(out)["status"] == "succeeded"
+
+
+def test_a_failed_compensation_keeps_the_in_flight_record(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    graph.q(
+        "CREATE (:KfmLock {key: $k, migration_id: $m, run_id: 'dead', phase: 'applying', "
+        "pre_schema_fingerprint: 'not-this', pre_protected_fingerprint: 'nor-this', heartbeat: timestamp()})",
+        m=MIG,
+        k=f"inflight:{MIG}",
+    )
+    out = tmp_path / "out"
+    assert run(gexample, out) == 1
+    reason = receipt(out)["reason"]
+    assert "did not restore its pre-baseline (schema fingerprint differs; protected fingerprint differs)" in reason
+    locks = lock_nodes(graph)
+    assert set(locks) == {f"inflight:{MIG}"} and locks[f"inflight:{MIG}"]["compensation_failed"]
+
+
+def test_an_interrupted_other_migration_blocks_the_run(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    graph.q(
+        "CREATE (:KfmLock {key: 'inflight:GRAPH-MIG-2026-01-01-01', migration_id: 'GRAPH-MIG-2026-01-01-01', "
+        "run_id: 'x', phase: 'applying', heartbeat: timestamp()})"
+    )
+    out = tmp_path / "out"
+    assert run(gexample, out) == 1
+    reason = receipt(out)["reason"]
+    assert "of GRAPH-MIG-2026-01-01-01 was interrupted while applying" in reason
+    assert "recover it first" in reason and "on the bundle of GRAPH-MIG-2026-01-01-01" in reason
+    assert "dataset_id_unique" not in graph.constraints() and graph.count("LegacyDataset") == 5
+
+
+def test_stale_age_is_configurable(gexample: Path, graph: Graph, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A lock of another host (its process cannot be checked) is held until it shows no sign
+    of life for KFM_GRAPH_LOCK_STALE_SECONDS; the refusal says how it ends."""
+    bundle = load_bundle(gexample)
+    store = GraphStore.from_conn_id(CONN_ID)
+    with store.session(bundle, "a" * 32):
+        pass
+    graph.q(
+        "CREATE (:KfmLock {key: 'store', migration_id: $m, run_id: 'elsewhere', host: 'other-host', pid: 1, "
+        "phase: 'applying', acquired_at: timestamp() - 60000, heartbeat: timestamp() - 30000})",
+        m=MIG,
+    )
+    with pytest.raises(LockedError) as err, store.session(bundle, "b" * 32):
+        pass
+    assert "phase applying" in str(err.value) and "KFM_GRAPH_LOCK_STALE_SECONDS" in str(err.value)
+    assert "after 3600s without a sign of life" in str(err.value) and "last one 30s ago" in str(err.value)
+    monkeypatch.setenv("KFM_GRAPH_LOCK_STALE_SECONDS", "20")
+    with store.session(bundle, "c" * 32):
+        lock = lock_nodes(graph)["store"]
+        assert lock["run_id"] == "c" * 32 and lock["broken_from"] == "elsewhere"
+        assert "KFM_GRAPH_LOCK_STALE_SECONDS=20" in lock["broken_because"]
+    assert graph.count("KfmLock") == 0
+
+
+def test_a_lock_broken_as_stale_stops_its_holder(gexample: Path, graph: Graph) -> None:
+    """The heartbeat before each statement finds the lock gone: the slow holder stops."""
+    bundle = load_bundle(gexample)
+    with GraphStore.from_conn_id(CONN_ID).session(bundle, "a" * 32) as s:
+        graph.q("MATCH (l:KfmLock {key: 'store'}) SET l.run_id = 'someone-else'")
+        out = s._execute(bundle.by_role("forward"))
+        assert not out.ok and "the graph lock is no longer this run's" in (out.error or "")
+        assert out.statements_run == 0
+    untouched_but_lock = lock_nodes(graph)
+    assert set(untouched_but_lock) == {"store"}  # not ours: left alone
+    graph.q("MATCH (l:KfmLock) DELETE l")
+
+
 # --------------------------------------------------------------- static (no server)
 
 
@@ -362,6 +610,35 @@ def test_mentions_labels_types_and_maps() -> None:
     assert labels == {"Site", "X", "Y", "P", "Q", "Z"}
     assert types == {"HAS", "OWNS"}
     assert dynamic
+
+
+def test_plan_mentions_reads_operator_details() -> None:
+    plan = {
+        "operatorType": "ProduceResults@neo4j",
+        "args": {"Details": "a"},
+        "children": [
+            {"operatorType": "Filter@neo4j", "args": {"Details": "(a:Dataset AND b:Activity)"}, "children": []},
+            {
+                "operatorType": "Create@neo4j",
+                "args": {"Details": "(a:Z), (b), (a)-[anon_0:REL_T {x: $autostring_0}]->(b)"},
+                "children": [
+                    {"operatorType": "RelationshipCountFromCountStore", "args": {"Details": "count( ()-[:T]->() )"}},
+                    {"operatorType": "SetLabels@neo4j", "args": {"Details": "n:$($autostring_0)"}},
+                    {"operatorType": "ProcedureCall", "args": {"Details": "db.labels() :: (label :: STRING)"}},
+                ],
+            },
+        ],
+    }
+    assert plan_mentions(plan) == ({"Dataset", "Activity", "Z"}, {"REL_T", "T"})
+    assert plan_mentions(None) == (set(), set())
+
+
+def test_explain_query_and_error_line() -> None:
+    st = split_cypher("CREATE INDEX i FOR (n:A) ON (n.x);\n// note\n\nMATCH (n:A)\nSET n.x =\nRETURN n;")[1]
+    assert st.line == 4 and st.text.startswith("// note")
+    assert explain_query(st) == "EXPLAIN MATCH (n:A)\nSET n.x =\nRETURN n"
+    line, text = error_line(st, "Invalid input 'RETURN': expected an expression (line 3, column 1 (offset: 30))\n\"x\"")
+    assert (line, text) == (6, "Invalid input 'RETURN': expected an expression")
 
 
 def test_plan_example_and_scope_findings(gexample: Path) -> None:

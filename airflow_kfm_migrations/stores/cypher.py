@@ -246,3 +246,44 @@ def in_transactions(masked: str) -> bool:
 
 def uses_graph(masked: str) -> bool:
     return bool(_USE.match(masked))
+
+
+# ----------------------------------------------------------------------- EXPLAIN preflight
+
+_POSITION = re.compile(r"\(line (\d+), column (\d+) \(offset: \d+\)\)")
+
+
+def explain_query(st: CypherStatement) -> str:
+    """``EXPLAIN`` + the statement from its first significant character, so that line 1 of
+    the server's error positions is ``st.line`` (leading comments are dropped). ``EXPLAIN``
+    compiles only: it never executes, even in front of ``PROFILE`` or ``CYPHER`` options."""
+    lead = len(st.masked) - len(st.masked.lstrip())
+    return "EXPLAIN " + st.text[lead:]
+
+
+def error_line(st: CypherStatement, message: str) -> tuple[int, str]:
+    """(file line, message without the server's position) for an error of ``explain_query(st)``."""
+    first = (message or "").strip().splitlines()[0] if (message or "").strip() else "error"
+    m = _POSITION.search(message or "")
+    line = st.line + max(int(m.group(1)) - 1, 0) if m else st.line
+    return line, _POSITION.sub("", first).strip()
+
+
+def plan_mentions(plan: dict | None) -> tuple[set[str], set[str]]:
+    """(labels, relationship types) named in a server plan: the ``Details`` argument of every
+    operator is Cypher-like text (``n:Label``, ``(a)-[r:TYPE]->(b)``, literals replaced by
+    ``$autostring_0`` parameters), read with the same scanner as the scripts. Dynamic labels
+    (``n:$(…)``) stay invisible here too; the observed diff decides for those."""
+    labels: set[str] = set()
+    types: set[str] = set()
+    stack = [plan] if plan else []
+    while stack:
+        op = stack.pop()
+        args = op.get("args") or op.get("arguments") or {}
+        details = args.get("Details") if isinstance(args, dict) else None
+        if isinstance(details, str) and ":" in details:
+            found_labels, found_types, _ = mentions(details)
+            labels |= found_labels
+            types |= found_types
+        stack.extend(op.get("children") or [])
+    return labels, types

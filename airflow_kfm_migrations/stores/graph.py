@@ -4,8 +4,12 @@ a lock node, the in-store ledger of ``:KfmMigration`` nodes, and compensating ro
 Neo4j cannot mix schema and data writes in one transaction and cannot roll schema back,
 so sessions are non-transactional: every statement runs in its own auto-commit
 transaction, and the lifecycle compensates with the rollback artifact when the gate
-fails. The ``:KfmLock`` and ``:KfmMigration`` nodes (and their schema) are governance
-state: they never appear in baselines or accounting.
+fails. Before the first write every forward and rollback statement is compiled with
+``EXPLAIN`` (schema statements excepted): a statement the server rejects, or whose plan
+names a forbidden, unapproved protected or out-of-scope label or relationship type, refuses
+the run with the graph unchanged. The ``:KfmLock`` and ``:KfmMigration`` nodes (and their
+schema) are governance state: they never appear in baselines or accounting. A killed run is
+recovered by running the command again (see ``GraphSession``).
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import fnmatch
 import json
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ..bundle import Artifact, Bundle, display
@@ -34,17 +40,30 @@ from ..contracts.models import (
 from ..diff import diff_objects
 from ..digest import digest_json, merkle_root
 from ..errors import LockedError, RefusedError
+from ..gate import limit_checks
 from ..policy import approval_covers
 from ..secret_scan import redact
 from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
-from .cypher import CypherStatement, classify, in_transactions, mentions, schema_name, split_cypher, uses_graph
+from .cypher import (
+    CypherStatement,
+    classify,
+    error_line,
+    explain_query,
+    in_transactions,
+    mentions,
+    plan_mentions,
+    schema_name,
+    split_cypher,
+    uses_graph,
+)
 
 LOCK_LABEL = "KfmLock"
 LEDGER_LABEL = "KfmMigration"
 GOVERNANCE_LABELS = frozenset({LOCK_LABEL, LEDGER_LABEL})
 LOCK_KEY = "store"
 GOVERNANCE_SCHEMA = frozenset({"kfm_lock_key", "kfm_migration_id"})
-LOCK_STALE_SECONDS = int(os.environ.get("KFM_GRAPH_LOCK_STALE_SECONDS", "3600"))
+LOCK_STALE_SECONDS = int(os.environ.get("KFM_GRAPH_LOCK_STALE_SECONDS", "3600"))  # at import; see below
+INFLIGHT_PREFIX = "inflight:"  # (:KfmLock {key: 'inflight:<migration id>'}): an apply under way
 COUNTER_NAMES = (
     "nodes_created",
     "nodes_deleted",
@@ -62,6 +81,38 @@ COUNT_KINDS = frozenset({"label_count", "rel_count", "nodes"})
 _LEDGER_FIELDS = tuple(LedgerRecord.__dataclass_fields__)
 
 Connect = Callable[[], Any]  # -> neo4j.Driver
+
+
+def lock_stale_seconds() -> float:
+    """``KFM_GRAPH_LOCK_STALE_SECONDS`` (default 3600), read when a lock is found held: a lock
+    whose holder showed no sign of life (a statement started, a phase changed) for longer is
+    broken by the next run."""
+    try:
+        return float(os.environ.get("KFM_GRAPH_LOCK_STALE_SECONDS", str(LOCK_STALE_SECONDS)))
+    except ValueError:
+        return float(LOCK_STALE_SECONDS)
+
+
+def _host_identity() -> str:
+    """This host and PID namespace: a lock holder with the same identity whose PID no longer
+    exists is certainly dead (containers sharing a hostname differ in PID namespace)."""
+    parts = [socket.gethostname()]
+    for path in ("/proc/sys/kernel/random/boot_id",):
+        with suppress(OSError):
+            parts.append(Path(path).read_text().strip())
+    with suppress(OSError):
+        parts.append(os.readlink("/proc/self/ns/pid"))
+    return "|".join(parts)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 # ----------------------------------------------------------------------------- scope
@@ -437,26 +488,32 @@ class GraphStore:
                     protected=scope.guarded("relationship", t),
                 )
             )
-        # Property keys in use, per label and per relationship type (the token store keeps
-        # unused keys forever, so db.propertyKeys() would never return to the pre state).
-        node_keys = run(
-            "MATCH (n) UNWIND labels(n) AS l WITH l, n WHERE NOT l IN $skip "
-            "UNWIND keys(n) AS k RETURN l AS name, collect(DISTINCT k) AS keys",
-            skip=sorted(GOVERNANCE_LABELS),
-        )
-        rel_keys = run("MATCH ()-[r]->() UNWIND keys(r) AS k RETURN type(r) AS name, collect(DISTINCT k) AS keys")
-        for entity, recs in (("node", node_keys), ("relationship", rel_keys)):
-            for r in recs:
+        # Property keys in use, for the guarded (protected or forbidden) labels and types: a
+        # full scan of every label costs ~300x the bare count queries on a 1M-node graph, and
+        # changes to allowed labels are in scope anyway. New key tokens anywhere are kept in
+        # `extra` (not fingerprinted: the token store never forgets a key, so a rollback could
+        # not return to pre) and reported by the gate.
+        rel_types = sorted(r["t"] for r in run("CALL db.relationshipTypes() YIELD relationshipType AS t RETURN t"))
+        for entity, names in (("node", labels), ("relationship", rel_types)):
+            for name in names:
+                if name in GOVERNANCE_LABELS or not scope.guarded(entity, name):
+                    continue
+                pattern = f"(n:{_quote(name)})" if entity == "node" else f"()-[n:{_quote(name)}]->()"
+                recs = run(f"MATCH {pattern} UNWIND keys(n) AS k RETURN collect(DISTINCT k) AS keys")
+                keys = sorted(recs[0]["keys"]) if recs else []
+                if not keys:
+                    continue
                 objects.append(
                     BaselineObject(
-                        id=f"property_keys:{'rel:' if entity == 'relationship' else ''}{r['name']}",
+                        id=f"property_keys:{'rel:' if entity == 'relationship' else ''}{name}",
                         kind="property_keys",
                         schema=entity,
-                        table=r["name"],
-                        digest=digest_json(sorted(r["keys"])),
-                        protected=scope.guarded(entity, r["name"]),
+                        table=name,
+                        digest=digest_json(keys),
+                        protected=True,
                     )
                 )
+        key_tokens = sorted(r["k"] for r in run("CALL db.propertyKeys() YIELD propertyKey AS k RETURN k"))
         objects.sort(key=lambda o: o.id)
         counts: dict[str, int] = {}
         for o in objects:
@@ -474,7 +531,7 @@ class GraphStore:
             schema_fingerprint=merkle_root(leaves),
             protected_fingerprint=merkle_root(protected),
             protected_rows=rows,
-            extra={"governance": self._governance(run)},
+            extra={"governance": self._governance(run), "property_key_tokens": key_tokens},
         )
 
     @staticmethod
@@ -590,37 +647,27 @@ class GraphStore:
                 for k in ("constraints_added", "constraints_removed", "indexes_added", "indexes_removed")
             ),
         )
-        lim = decl.limits
-        limits = [
-            LimitCheck(
-                name="max_nodes_changed",
-                declared=lim.max_nodes_changed,
-                observed=nodes_changed,
-                ok=nodes_changed <= lim.max_nodes_changed,
-            ),
-            LimitCheck(
-                name="max_relationships_changed",
-                declared=lim.max_relationships_changed,
-                observed=rels_changed,
-                ok=rels_changed <= lim.max_relationships_changed,
-            ),
-            LimitCheck(
-                name="max_schema_delta",
-                declared=lim.max_schema_delta,
-                observed=schema_delta,
-                ok=schema_delta <= lim.max_schema_delta,
-            ),
-        ]
-        for lc in limits:
-            if not lc.ok:
-                findings.append(
-                    Finding(
-                        code="limit_exceeded",
-                        tier="hard_fail",
-                        object=lc.name,
-                        message=f"{lc.name}: observed {lc.observed} > declared {lc.declared}",
-                    )
+        limits, exceeded = limit_checks(
+            decl.limits,
+            {
+                "max_nodes_changed": nodes_changed,
+                "max_relationships_changed": rels_changed,
+                "max_schema_delta": schema_delta,
+            },
+        )
+        findings.extend(exceeded)
+        new_keys = sorted(
+            set(post.extra.get("property_key_tokens", [])) - set(pre.extra.get("property_key_tokens", []))
+        )
+        if new_keys:
+            findings.append(
+                Finding(
+                    code="new_property_keys",
+                    tier="informational",
+                    object=", ".join(new_keys[:10]),
+                    message=f"{len(new_keys)} property key(s) used for the first time in this graph",
                 )
+            )
         gov_pre, gov_post = pre.extra.get("governance"), post.extra.get("governance")
         if gov_pre is not None and gov_pre != gov_post:
             findings.append(
@@ -681,7 +728,38 @@ def _quote(name: str) -> str:
 
 
 class GraphSession:
-    """Holds the ``:KfmLock`` node from ``open`` to ``release``; every statement autocommits."""
+    """Holds the ``:KfmLock`` node from ``open`` to ``release``; every statement autocommits.
+
+    What a user does after a killed graph run (SIGKILL, OOM kill, lost worker, power cut)
+    -------------------------------------------------------------------------------------
+    Nothing by hand: run the same command again (``kfm-migrations run <bundle>`` or
+    ``kfm-migrations rollback <bundle>``, or clear the Airflow task).
+
+    1. The dead run's lock (``:KfmLock {key: 'store'}``) is broken at once when its process is
+       gone on this host (same hostname, boot id and PID namespace, PID no longer exists);
+       otherwise once it showed no sign of life for ``KFM_GRAPH_LOCK_STALE_SECONDS``
+       (default 3600; the heartbeat is written before every statement). Until then the run
+       refuses with a message naming the holder, its phase and when the lock goes stale.
+    2. Before its first write an apply records ``(:KfmLock {key: 'inflight:<migration>'})``
+       with the pre-baseline's schema and protected fingerprints; it is removed only when the
+       run is recorded in the ledger or compensated and verified. When the next run (of the
+       same migration) finds it, it compensates first: it runs the rollback artifact (after
+       an EXPLAIN preflight) and checks that the graph's schema and protected fingerprints
+       equal that pre-baseline. It then stops with a failed receipt explaining what was
+       done ("… compensated … run the command again"); nothing else is changed.
+    3. Run the command again: ``run`` applies from the clean pre-state and ends in the
+       approved post-state (gate, ledger, receipt); ``rollback`` is then a no-op (the graph
+       already equals the pre-state; the interrupted apply never reached the ledger).
+
+    If the compensation does not restore the pre-baseline (a rollback artifact that fails,
+    or is not idempotent over a half-applied forward), the in-flight record is kept and every
+    run of the migration retries the compensation and refuses, naming it: fix the rollback
+    artifact, or repair the graph by hand (compare with the pre-baseline) and delete the
+    ``inflight:`` node. A run of another migration refuses while an in-flight record
+    exists: recover that migration first with its own bundle. ``kfm-migrations break-lock``
+    removes only the store lock, never the in-flight record. A killed manual ``rollback``
+    leaves the ledger at ``apply``: run the rollback again (rollback artifacts are idempotent).
+    """
 
     transactional = False
 
@@ -694,6 +772,10 @@ class GraphSession:
         self.counters: dict[str, int] = dict.fromkeys(COUNTER_NAMES, 0)
         self._locked = False
         self._timeout = _seconds(self.decl.timeouts.statement_timeout)
+        self._last_baseline: Baseline | None = None
+        self._phase = "open"
+        self._inflight = False
+        self._checked: set[str] = set()  # roles that passed the EXPLAIN preflight
 
     # -- plumbing -------------------------------------------------------------
 
@@ -711,6 +793,10 @@ class GraphSession:
         with self._session() as s:
             return s.run(query, params).consume()
 
+    @property
+    def _inflight_key(self) -> str:
+        return INFLIGHT_PREFIX + self.decl.migration_id
+
     def open(self) -> None:
         import neo4j.exceptions as nx
 
@@ -719,41 +805,87 @@ class GraphSession:
             self._write(f"CREATE CONSTRAINT kfm_lock_key IF NOT EXISTS FOR (l:{LOCK_LABEL}) REQUIRE l.key IS UNIQUE")
             self._write(f"CREATE INDEX kfm_migration_id IF NOT EXISTS FOR (m:{LEDGER_LABEL}) ON (m.migration_id)")
             self._acquire(nx)
+            self._recover_interrupted()
         except LockedError:
             raise
         except (nx.Neo4jError, nx.DriverError) as exc:
             raise RefusedError(f"cannot prepare the run on {self.store.conn_id}: {_neo_error(exc)}") from None
 
+    def _lock_props(self) -> dict[str, Any]:
+        return {
+            "key": LOCK_KEY,
+            "migration_id": self.decl.migration_id,
+            "run_id": self.run_id,
+            "host": _host_identity(),
+            "pid": os.getpid(),
+            "phase": "open",
+        }
+
+    def _stale(self, h: dict[str, Any]) -> str | None:
+        """Why the holder ``h`` is dead (None: it may be alive)."""
+        pid = h.get("pid")
+        if h.get("host") and h["host"] == _host_identity() and isinstance(pid, int) and not _pid_alive(pid):
+            return f"its process {pid} on this host is gone"
+        limit = lock_stale_seconds()
+        age = (h.get("age") or 0) / 1000
+        if h.get("age") is not None and age > limit:
+            return f"no sign of life for {age:.0f}s > KFM_GRAPH_LOCK_STALE_SECONDS={limit:g}"
+        return None
+
     def _acquire(self, nx: Any) -> None:
-        for attempt in range(2):
+        for _attempt in range(3):
             try:
                 self._write(
-                    f"CREATE (:{LOCK_LABEL} {{key: $key, migration_id: $mid, run_id: $run, acquired_at: timestamp()}})",
-                    key=LOCK_KEY,
-                    mid=self.decl.migration_id,
-                    run=self.run_id,
+                    f"CREATE (l:{LOCK_LABEL}) SET l = $props, l.acquired_at = timestamp(), l.heartbeat = timestamp()",
+                    props=self._lock_props(),
                 )
                 self._locked = True
                 return
             except nx.ConstraintError:
                 held = self._run(
                     f"MATCH (l:{LOCK_LABEL} {{key: $key}}) RETURN l.migration_id AS mid, l.run_id AS run, "
-                    "timestamp() - l.acquired_at AS age",
+                    "l.phase AS phase, l.host AS host, l.pid AS pid, "
+                    "timestamp() - coalesce(l.heartbeat, l.acquired_at) AS age",
                     key=LOCK_KEY,
                 )
                 if not held:
                     continue  # released meanwhile: try again
                 h = held[0]
-                if attempt == 0 and h["age"] is not None and h["age"] > LOCK_STALE_SECONDS * 1000:
-                    self._write(
-                        f"MATCH (l:{LOCK_LABEL} {{key: $key, run_id: $run}}) DELETE l", key=LOCK_KEY, run=h["run"]
-                    )
-                    continue
-                raise LockedError(
-                    f"another run ({h['mid']}, run {str(h['run'])[:12]}) holds the graph lock on "
-                    f"{self.store.conn_id}; refusing to run concurrently"
-                ) from None
+                why = self._stale(h)
+                if why is None:
+                    age = (h.get("age") or 0) / 1000
+                    raise LockedError(
+                        f"another run ({h['mid']}, run {str(h['run'])[:12]}, phase {h.get('phase') or '?'}) holds "
+                        f"the graph lock on {self.store.conn_id}; refusing to run concurrently. If that run was "
+                        f"killed, the lock is broken by the next run once its process is gone (same host) or "
+                        f"after {lock_stale_seconds():g}s without a sign of life (KFM_GRAPH_LOCK_STALE_SECONDS; "
+                        f"last one {age:.0f}s ago)"
+                    ) from None
+                # Take the dead run's lock over (atomic: only if it is still that run's lock).
+                taken = self._run(
+                    f"MATCH (l:{LOCK_LABEL} {{key: $key, run_id: $old}}) "
+                    "SET l = $props, l.acquired_at = timestamp(), l.heartbeat = timestamp(), "
+                    "l.broken_from = $old, l.broken_because = $why RETURN count(l) AS n",
+                    key=LOCK_KEY,
+                    old=h["run"],
+                    props=self._lock_props(),
+                    why=why,
+                )
+                if taken and taken[0]["n"] == 1:
+                    self._locked = True
+                    return
         raise LockedError(f"could not take the graph lock on {self.store.conn_id}")
+
+    def _set_lock(self, **props: Any) -> bool:
+        """Update our lock node (a heartbeat with it); False when the lock is no longer ours."""
+        rows = self._run(
+            f"MATCH (l:{LOCK_LABEL} {{key: $key, run_id: $run}}) SET l += $props, l.heartbeat = timestamp() "
+            "RETURN count(l) AS n",
+            key=LOCK_KEY,
+            run=self.run_id,
+            props=props,
+        )
+        return bool(rows and rows[0]["n"] == 1)
 
     def release(self) -> None:
         if not self._locked:
@@ -763,6 +895,115 @@ class GraphSession:
             self._locked = False
         except Exception:  # the lock goes stale and can be broken by the next run
             pass
+
+    # -- interrupted runs -----------------------------------------------------
+
+    def _recover_interrupted(self) -> None:
+        """With the lock held: an ``inflight:`` record is an apply that never finished."""
+        rows = self._run(
+            f"MATCH (l:{LOCK_LABEL}) WHERE l.key STARTS WITH $prefix RETURN properties(l) AS p, "
+            "timestamp() - coalesce(l.heartbeat, l.started_at) AS age ORDER BY l.key",
+            prefix=INFLIGHT_PREFIX,
+        )
+        for row in rows:
+            rec = dict(row["p"])
+            mid, run = str(rec.get("migration_id")), str(rec.get("run_id"))
+            where = (
+                f"run {run[:12]} of {mid} was interrupted while {rec.get('phase', 'applying')} "
+                f"(statement {rec.get('statement', 0)} of {rec.get('statements', '?')}, "
+                f"last sign of life {(row.get('age') or 0) / 1000:.0f}s ago)"
+            )
+            if mid != self.decl.migration_id:
+                raise LockedError(
+                    f"{where} and the graph may be half migrated; recover it first: run `kfm-migrations run` "
+                    f"or `kfm-migrations rollback` on the bundle of {mid}"
+                )
+            self._stop_orphans(run, where)
+            self._phase = "compensating"
+            self._inflight = True
+            outcome = self._run_role("rollback")
+            after = self.baseline()
+            problems = []
+            if not outcome.ok:
+                problems.append(outcome.error or "the rollback artifact failed")
+            if after.schema_fingerprint != rec.get("pre_schema_fingerprint"):
+                problems.append("schema fingerprint differs")
+            if after.protected_fingerprint != rec.get("pre_protected_fingerprint"):
+                problems.append("protected fingerprint differs")
+            if problems:
+                self._write(
+                    f"MATCH (l:{LOCK_LABEL} {{key: $key}}) SET l.compensation_failed = $why",
+                    key=self._inflight_key,
+                    why="; ".join(problems),
+                )
+                raise LockedError(
+                    f"{where}; compensating it with the rollback artifact did not restore its pre-baseline "
+                    f"({'; '.join(problems)}); the in-flight record is kept and every run of this migration retries; "
+                    f"fix the rollback artifact, or repair the graph by hand and delete "
+                    f"(:{LOCK_LABEL} {{key: '{self._inflight_key}'}})"
+                )
+            self._write(f"MATCH (l:{LOCK_LABEL} {{key: $key}}) DELETE l", key=self._inflight_key)
+            self._inflight = False
+            raise LockedError(
+                f"{where}; its changes were compensated now with the rollback artifact and the graph equals that "
+                "run's pre-baseline (schema and protected fingerprints verified); nothing else was done: "
+                "run the command again"
+            )
+
+    def _stop_orphans(self, run: str, where: str) -> None:
+        """A dead client's statement normally ends with its connection; one that still runs on
+        the server (a partitioned client) is terminated before compensating."""
+        query = (
+            "SHOW TRANSACTIONS YIELD transactionId, metaData WHERE metaData.kfm_run_id = $run "
+            "RETURN transactionId AS id"
+        )
+        deadline = time.monotonic() + 30
+        while ids := [r["id"] for r in self._run(query, run=run)]:
+            if time.monotonic() > deadline:
+                raise LockedError(f"{where}; its statements still run on the server ({', '.join(ids)}); try later")
+            self._run("TERMINATE TRANSACTIONS $ids", ids=ids)
+            time.sleep(0.5)
+
+    # -- EXPLAIN preflight ----------------------------------------------------
+
+    def preflight(self, roles: tuple[str, ...]) -> str | None:
+        """EXPLAIN every non-schema statement of ``roles`` (nothing runs): a statement the server
+        cannot compile, or whose plan names a forbidden, protected (unapproved) or out-of-scope
+        label or relationship type, refuses the run. Returns the problem, or None.
+
+        Schema statements cannot be EXPLAINed; the static plan checked them."""
+        import neo4j.exceptions as nx
+
+        scope = GraphScope(self.decl)
+        for role in roles:
+            if role in self._checked:
+                continue
+            n = 0
+            for art, st in self._statements(self.bundle.by_role(role)):
+                n += 1
+                if st.kind == "schema":
+                    continue
+                try:
+                    with self._session() as s:
+                        summary = s.run(explain_query(st)).consume()
+                except nx.Neo4jError as exc:
+                    message = str(getattr(exc, "message", None) or "")
+                    line, text = error_line(st, message)
+                    code = getattr(exc, "code", None)
+                    safe = redact(f"{code}: {_VALUE.sub(' = <value>', text)[:300]}") if code and message else None
+                    safe = safe or _neo_error(exc)
+                    return f"EXPLAIN preflight: {art.rel} line {line} (statement {n} of the {role}): {safe}"
+                except nx.DriverError as exc:
+                    return f"EXPLAIN preflight: {art.rel} line {st.line}: {_neo_error(exc)}"
+                labels, types = plan_mentions(summary.plan)
+                hard = [f for f in GraphStore._plan_scope(self.decl, scope, n, labels, types) if f.tier == "hard_fail"]
+                if hard:
+                    return (
+                        f"EXPLAIN preflight: {art.rel} line {st.line} (statement {n} of the {role}): "
+                        f"the server's plan shows it {hard[0].message.removeprefix(f'statement {n} ')}"
+                    )
+            self._checked.add(role)
+        return None
 
     # -- protocol -------------------------------------------------------------
 
@@ -780,7 +1021,8 @@ class GraphSession:
         return LedgerRecord(**kw)
 
     def baseline(self) -> Baseline:
-        return self.store.capture(self._run, self.decl)
+        self._last_baseline = self.store.capture(self._run, self.decl)
+        return self._last_baseline
 
     def _statements(self, artifacts: list[Artifact]) -> Iterator[tuple[Artifact, CypherStatement]]:
         for art in artifacts:
@@ -798,7 +1040,27 @@ class GraphSession:
         for art, st in statements:
             n += 1
             try:
-                query = neo4j.Query(st.text, timeout=self._timeout) if self._timeout else st.text
+                if not self._set_lock(statement=n, statements=len(statements), phase=self._phase):
+                    self.counters = counters
+                    return ApplyOutcome(
+                        ok=False,
+                        error=f"before statement {n} of {art.rel}: the graph lock is no longer this run's "
+                        "(broken as stale by another run); stopped",
+                        statements_run=n - 1,
+                        facts={"counters": dict(counters)},
+                    )
+                if self._inflight:
+                    self._write(
+                        f"MATCH (l:{LOCK_LABEL} {{key: $key}}) SET l.statement = $n, l.statements = $total, "
+                        "l.phase = $phase, l.heartbeat = timestamp()",
+                        key=self._inflight_key,
+                        n=n,
+                        total=len(statements),
+                        phase=self._phase,
+                    )
+                # Tagged: a recovery can find (and terminate) statements of a run that died.
+                meta = {"kfm_run_id": self.run_id, "kfm_migration_id": self.decl.migration_id}
+                query = neo4j.Query(st.text, timeout=self._timeout, metadata=meta)
                 with self._session() as s:
                     summary = s.run(query).consume()
             except (nx.Neo4jError, nx.DriverError) as exc:
@@ -819,11 +1081,41 @@ class GraphSession:
             metrics={"apply_seconds": round(time.monotonic() - started, 3)},
         )
 
+    def _run_role(self, role: str) -> ApplyOutcome:
+        problem = self.preflight((role,))
+        if problem:
+            return ApplyOutcome(ok=False, error=f"{problem}; nothing was run", statements_run=0)
+        return self._execute(self.bundle.by_role(role))
+
     def apply(self) -> ApplyOutcome:
+        """EXPLAIN preflight of the forward and rollback (a refusal raises: nothing was written,
+        there is nothing to compensate), the in-flight record, then the forward."""
+        problem = self.preflight(("forward", "rollback"))
+        if problem:
+            raise RefusedError(f"{problem}; refused before the first write, the graph is unchanged")
+        pre = self._last_baseline or self.baseline()
+        self._phase = "applying"
+        self._write(
+            f"MERGE (l:{LOCK_LABEL} {{key: $key}}) SET l = $props, l.started_at = timestamp(), "
+            "l.heartbeat = timestamp()",
+            key=self._inflight_key,
+            props={
+                "key": self._inflight_key,
+                "migration_id": self.decl.migration_id,
+                "run_id": self.run_id,
+                "phase": "applying",
+                "bundle_digest": self.bundle.digest,
+                "pre_schema_fingerprint": pre.schema_fingerprint,
+                "pre_protected_fingerprint": pre.protected_fingerprint,
+                "statement": 0,
+            },
+        )
+        self._inflight = True
         return self._execute(self.bundle.by_role("forward"))
 
     def rollback(self) -> ApplyOutcome:
-        return self._execute(self.bundle.by_role("rollback"))
+        self._phase = "compensating" if self._phase == "applying" else "rolling_back"
+        return self._run_role("rollback")
 
     def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]:
         inv = self.decl.invariants
@@ -845,12 +1137,26 @@ class GraphSession:
         props["applied_at"] = rec.applied_at or datetime.now(UTC).isoformat(timespec="microseconds")
         props = {k: v for k, v in props.items() if v is not None}
         self._write(f"CREATE (m:{LEDGER_LABEL}) SET m = $props", props=props)
+        self._phase = "recorded"
+        self._clear_inflight()
+
+    def _clear_inflight(self) -> None:
+        if self._inflight:
+            self._write(
+                f"MATCH (l:{LOCK_LABEL} {{key: $key, run_id: $run}}) DELETE l", key=self._inflight_key, run=self.run_id
+            )
+            self._inflight = False
 
     def set_receipt_digest(self, run_id: str, digest: str) -> None:
         self._write(f"MATCH (m:{LEDGER_LABEL} {{run_id: $run}}) SET m.receipt_digest = $d", run=run_id, d=digest)
 
     def commit(self) -> None:
-        """Every statement committed already (non-transactional)."""
+        """Every statement committed already (non-transactional). After a compensation the
+        lifecycle commits only when the graph equals the pre-baseline: the apply is settled."""
+        if self._phase == "compensating":
+            self._clear_inflight()
+        self._phase = "done"
 
     def abort(self) -> None:
-        """Nothing to undo here: the lifecycle compensates with the rollback artifact."""
+        """Nothing to undo here: the lifecycle compensates with the rollback artifact. An
+        in-flight apply stays recorded until it is compensated or recorded in the ledger."""
