@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "migrations" / "postgis" / "PG-MIG-2026-02-28-01"
 
-HAND = '''
+HAND = """
 from airflow.sdk import DAG, Param
 from airflow.providers.standard.operators.empty import EmptyOperator
 
@@ -37,9 +37,9 @@ for i in range({n}):
         [t[2], t[3], t[4]] >> t[5]
         [t[4], t[5]] >> t[6]
     globals()[dag.dag_id] = dag
-'''
+"""
 
-PARSE = '''
+PARSE = """
 import sys, time
 from airflow.dag_processing.dagbag import DagBag
 t = time.perf_counter()
@@ -47,7 +47,7 @@ b = DagBag(dag_folder=sys.argv[1])
 dt = time.perf_counter() - t
 assert not b.import_errors, b.import_errors
 print(f"RESULT {dt:.4f} {len(b.dag_ids)}")
-'''
+"""
 
 
 def make_world(tmp: Path, n: int) -> Path:
@@ -60,14 +60,24 @@ def make_world(tmp: Path, n: int) -> Path:
         shutil.copytree(EXAMPLE, dst, ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"))
         text = (dst / "migration.yml").read_text().replace("PG-MIG-2026-02-28-01", mid)
         (dst / "migration.yml").write_text(text)
-        entries.append({"migration_id": mid, "type": "postgis", "path": f"postgis/{mid}", "owner": "kfm-platform",
-                        "status": "merged", "events": [
-                            {"status": "draft", "at": "2026-01-01T00:00:00+00:00", "actor": "a", "ref": "r"},
-                            {"status": "approved", "at": "2026-01-01T00:00:00+00:00", "actor": "a", "ref": "r"},
-                            {"status": "merged", "at": "2026-01-01T00:00:00+00:00", "actor": "a", "ref": "r"}]})
+        entries.append(
+            {
+                "migration_id": mid,
+                "type": "postgis",
+                "path": f"postgis/{mid}",
+                "owner": "kfm-platform",
+                "status": "merged",
+                "events": [
+                    {"status": "draft", "at": "2026-01-01T00:00:00+00:00", "actor": "a", "ref": "r"},
+                    {"status": "approved", "at": "2026-01-01T00:00:00+00:00", "actor": "a", "ref": "r"},
+                    {"status": "merged", "at": "2026-01-01T00:00:00+00:00", "actor": "a", "ref": "r"},
+                ],
+            }
+        )
     (root / "registry").mkdir(parents=True)
-    (root / "registry" / "migrations.v1.json").write_text(json.dumps({"schema_version": "migrations.v1",
-                                                                       "migrations": entries}))
+    (root / "registry" / "migrations.v1.json").write_text(
+        json.dumps({"schema_version": "migrations.v1", "migrations": entries})
+    )
     return root
 
 
@@ -91,8 +101,9 @@ def main() -> int:
         hand_dir = tmp / "hand"
         hand_dir.mkdir()
         (hand_dir / "hand_dags.py").write_text(HAND.format(n=args.entries))
-        env = dict(os.environ, AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False",
-                   KFM_BUNDLES_ROOT=str(root))
+        env = dict(
+            os.environ, AIRFLOW_HOME=str(tmp / "home"), AIRFLOW__CORE__LOAD_EXAMPLES="False", KFM_BUNDLES_ROOT=str(root)
+        )
         factory, hand = [], []
         for _ in range(args.repeat):
             f, nf = parse(ROOT / "dags", env)
@@ -103,8 +114,10 @@ def main() -> int:
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     f, h = med(factory), med(hand)
     print(f"factory: {f:.2f}s  hand-written: {h:.2f}s  ratio {f / h:.2f} (target <= 1.5, and <= 2 s)")
-    print(f"| {time.strftime('%Y-%m-%d')} | {platform.node()} {os.cpu_count()} cores | {args.entries} entries | "
-          f"{f:.2f}s | {h:.2f}s | {f / h:.2f} |")
+    print(
+        f"| {time.strftime('%Y-%m-%d')} | {platform.node()} {os.cpu_count()} cores | {args.entries} entries | "
+        f"{f:.2f}s | {h:.2f}s | {f / h:.2f} |"
+    )
     return 0
 
 
