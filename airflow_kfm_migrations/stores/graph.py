@@ -15,6 +15,7 @@ recovered by running the command again (see ``GraphSession``).
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 import json
 import os
 import re
@@ -120,6 +121,14 @@ def _pid_alive(pid: int) -> bool:
 
 def _match(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _node_digest(labels: list[str], properties: Any) -> str:
+    """Digest of one protected node. Sorted-key compact JSON is canonical for the values
+    Neo4j returns (strings, numbers, booleans, lists, temporal values made strings), and
+    several times faster than RFC 8785 over thousands of nodes."""
+    text = json.dumps([labels, properties], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -460,7 +469,7 @@ class GraphStore:
             )
             if scope.protected_label(label):
                 digests = sorted(
-                    digest_json({"labels": sorted(r["l"]), "properties": _jsonable(r["p"])})
+                    _node_digest(sorted(r["l"]), _jsonable(r["p"]))
                     for r in run(f"MATCH (n:{_quote(label)}) RETURN labels(n) AS l, properties(n) AS p")
                 )
                 rows[label] = len(digests)
