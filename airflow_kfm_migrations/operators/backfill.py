@@ -3,6 +3,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from airflow.sdk import BaseOperator
+
 from .base import MigrationOperator
 
 
@@ -18,10 +20,12 @@ class BackfillOperator(MigrationOperator):
 
     ui_color = "#fdf3e8"
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, migration_id: str, conn_id: str | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("retries", 2)
         kwargs.setdefault("retry_delay", timedelta(seconds=30))
-        super().__init__(**kwargs)
+        BaseOperator.__init__(self, **kwargs)  # one wrapped level, as in BaselineOperator
+        self.migration_id = migration_id
+        self.conn_id = conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException, AirflowFailException

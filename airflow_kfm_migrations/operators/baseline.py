@@ -3,6 +3,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from airflow.sdk import BaseOperator
+
 from .base import MigrationOperator
 
 
@@ -31,10 +33,14 @@ class BaselineOperator(MigrationOperator):
 
     template_fields = (*MigrationOperator.template_fields, "phase")
 
-    def __init__(self, *, phase: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(self, *, phase: str, migration_id: str, conn_id: str | None = None, **kwargs: Any) -> None:
         if phase not in {"pre", "post"}:
             raise ValueError("phase must be 'pre' or 'post'")
+        # BaseOperator directly: every wrapped __init__ level deep-copies the DAG params again,
+        # which is most of a DAG file's parse time with a thousand migrations.
+        BaseOperator.__init__(self, **kwargs)
+        self.migration_id = migration_id
+        self.conn_id = conn_id
         self.phase = phase
 
     def execute(self, context: Any) -> dict[str, Any]:
