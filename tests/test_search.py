@@ -437,7 +437,8 @@ def test_error_inside_the_session_cleans_up(example: Path, cluster: Any) -> None
 
 
 def test_airflow_hook_client(example: Path, cluster: Any, tmp_path: Path) -> None:
-    pytest.importorskip("airflow.providers.opensearch.hooks.opensearch")
+    import airflow.providers.opensearch.hooks.opensearch  # noqa: F401  (a pinned dependency: never skipped)
+
     from airflow_kfm_migrations.lifecycle import RunOptions, run_migration
 
     out = tmp_path / "out"
