@@ -122,11 +122,131 @@ class SearchClient(Protocol):
     def search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]: ...
 
 
-class OpenSearchBinding:
-    """:class:`SearchClient` over an ``opensearchpy.OpenSearch`` client."""
+class _ClientBinding:
+    """The :class:`SearchClient` calls both bindings share. opensearch-py and elasticsearch-py
+    have the same API surface but pass query parameters differently (a ``params`` dict of
+    strings vs keyword arguments) and name a document body differently; subclasses say how
+    (``_query``, ``DOC_BODY``) and how to call the client (``_do``)."""
+
+    DOC_BODY = "body"
 
     def __init__(self, client: Any) -> None:
         self.c = client
+
+    def _do(self, fn: Callable[..., Any], **kw: Any) -> Any:
+        raise NotImplementedError
+
+    def _query(self, **params: Any) -> dict[str, Any]:
+        """Keyword arguments that carry these query parameters to the client."""
+        raise NotImplementedError
+
+    def _none_if_missing(self, fn: Callable[..., Any], **kw: Any) -> Any:
+        try:
+            return self._do(fn, **kw)
+        except CallError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._do(self.c.info))
+
+    def get_indices(self, pattern: str) -> dict[str, Any]:
+        return dict(self._do(self.c.indices.get, index=pattern, **self._query(expand_wildcards="all")))
+
+    def index_exists(self, index: str) -> bool:
+        return bool(self._do(self.c.indices.exists, index=index))
+
+    def create_index(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.create, index=index, body=body)
+
+    def put_mapping(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.put_mapping, index=index, body=body)
+
+    def put_settings(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.put_settings, index=index, body=body)
+
+    def delete_index(self, index: str) -> None:
+        self._do(self.c.indices.delete, index=index)
+
+    def refresh(self, index: str) -> None:
+        self._do(
+            self.c.indices.refresh,
+            index=index,
+            **self._query(ignore_unavailable=True, allow_no_indices=True, expand_wildcards="open,hidden"),
+        )
+
+    def get_alias(self) -> dict[str, Any]:
+        return dict(self._do(self.c.indices.get_alias, **self._query(expand_wildcards="all")))
+
+    def update_aliases(self, actions: list[dict[str, Any]]) -> None:
+        self._do(self.c.indices.update_aliases, body={"actions": actions})
+
+    def get_index_templates(self) -> dict[str, Any]:
+        res = self._none_if_missing(self.c.indices.get_index_template) or {}
+        return {t["name"]: t["index_template"] for t in res.get("index_templates", [])}
+
+    def get_legacy_templates(self) -> dict[str, Any]:
+        return dict(self._none_if_missing(self.c.indices.get_template) or {})
+
+    def reindex_async(self, body: dict[str, Any], *, slices: int | str | None, rps: float | None) -> str:
+        params: dict[str, Any] = {"wait_for_completion": False, "refresh": True}
+        if slices is not None:
+            params["slices"] = slices
+        if rps is not None:
+            params["requests_per_second"] = rps
+        return str(self._do(self.c.reindex, body=body, **self._query(**params))["task"])
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        return dict(self._do(self.c.tasks.get, task_id=task_id))
+
+    def cancel_task(self, task_id: str) -> None:
+        self._do(self.c.tasks.cancel, task_id=task_id)
+
+    def count(self, index: str, query: dict[str, Any] | None = None) -> int:
+        body = {"query": query} if query else None
+        return int(self._do(self.c.count, index=index, body=body)["count"])
+
+    @staticmethod
+    def _guard(if_seq_no: int | None, if_primary_term: int | None) -> dict[str, Any]:
+        """Optimistic concurrency control: both or neither."""
+        if if_seq_no is None or if_primary_term is None:
+            return {}
+        return {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
+
+    def index_doc(
+        self,
+        index: str,
+        doc_id: str,
+        body: dict[str, Any],
+        *,
+        create: bool = False,
+        if_seq_no: int | None = None,
+        if_primary_term: int | None = None,
+        refresh: bool = False,
+    ) -> None:
+        params = self._guard(if_seq_no, if_primary_term)
+        if create:
+            params["op_type"] = "create"
+        if refresh:
+            params["refresh"] = True
+        self._do(self.c.index, index=index, id=doc_id, **{self.DOC_BODY: body}, **self._query(**params))
+
+    def get_doc(self, index: str, doc_id: str) -> dict[str, Any] | None:
+        doc = self._none_if_missing(self.c.get, index=index, id=doc_id)
+        return None if doc is None else dict(doc)
+
+    def delete_doc(
+        self, index: str, doc_id: str, *, if_seq_no: int | None = None, if_primary_term: int | None = None
+    ) -> None:
+        self._do(self.c.delete, index=index, id=doc_id, **self._query(**self._guard(if_seq_no, if_primary_term)))
+
+    def search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(self._do(self.c.search, index=index, body=body)["hits"]["hits"])
+
+
+class OpenSearchBinding(_ClientBinding):
+    """:class:`SearchClient` over an ``opensearchpy.OpenSearch`` client."""
 
     @staticmethod
     def _translate(exc: Exception) -> CallError:
@@ -152,125 +272,21 @@ class OpenSearchBinding:
         except ex.OpenSearchException as exc:
             raise self._translate(exc) from None
 
-    def info(self) -> dict[str, Any]:
-        return dict(self._do(self.c.info))
-
-    def get_indices(self, pattern: str) -> dict[str, Any]:
-        return dict(self._do(self.c.indices.get, index=pattern, params={"expand_wildcards": "all"}))
-
-    def index_exists(self, index: str) -> bool:
-        return bool(self._do(self.c.indices.exists, index=index))
-
-    def create_index(self, index: str, body: dict[str, Any]) -> None:
-        self._do(self.c.indices.create, index=index, body=body)
-
-    def put_mapping(self, index: str, body: dict[str, Any]) -> None:
-        self._do(self.c.indices.put_mapping, index=index, body=body)
-
-    def put_settings(self, index: str, body: dict[str, Any]) -> None:
-        self._do(self.c.indices.put_settings, index=index, body=body)
-
-    def delete_index(self, index: str) -> None:
-        self._do(self.c.indices.delete, index=index)
-
-    def refresh(self, index: str) -> None:
-        self._do(
-            self.c.indices.refresh,
-            index=index,
-            params={"ignore_unavailable": "true", "allow_no_indices": "true", "expand_wildcards": "open,hidden"},
-        )
-
-    def get_alias(self) -> dict[str, Any]:
-        return dict(self._do(self.c.indices.get_alias, params={"expand_wildcards": "all"}))
-
-    def update_aliases(self, actions: list[dict[str, Any]]) -> None:
-        self._do(self.c.indices.update_aliases, body={"actions": actions})
-
-    def get_index_templates(self) -> dict[str, Any]:
-        try:
-            res = self._do(self.c.indices.get_index_template)
-        except CallError as exc:
-            if exc.status == 404:
-                return {}
-            raise
-        return {t["name"]: t["index_template"] for t in res.get("index_templates", [])}
-
-    def get_legacy_templates(self) -> dict[str, Any]:
-        try:
-            return dict(self._do(self.c.indices.get_template))
-        except CallError as exc:
-            if exc.status == 404:
-                return {}
-            raise
-
-    def reindex_async(self, body: dict[str, Any], *, slices: int | str | None, rps: float | None) -> str:
-        params: dict[str, Any] = {"wait_for_completion": "false", "refresh": "true"}
-        if slices is not None:
-            params["slices"] = slices
-        if rps is not None:
-            params["requests_per_second"] = rps
-        return str(self._do(self.c.reindex, body=body, params=params)["task"])
-
-    def get_task(self, task_id: str) -> dict[str, Any]:
-        return dict(self._do(self.c.tasks.get, task_id=task_id))
-
-    def cancel_task(self, task_id: str) -> None:
-        self._do(self.c.tasks.cancel, task_id=task_id)
-
-    def count(self, index: str, query: dict[str, Any] | None = None) -> int:
-        body = {"query": query} if query else None
-        return int(self._do(self.c.count, index=index, body=body)["count"])
-
-    def index_doc(
-        self,
-        index: str,
-        doc_id: str,
-        body: dict[str, Any],
-        *,
-        create: bool = False,
-        if_seq_no: int | None = None,
-        if_primary_term: int | None = None,
-        refresh: bool = False,
-    ) -> None:
-        params: dict[str, Any] = {}
-        if create:
-            params["op_type"] = "create"
-        if if_seq_no is not None and if_primary_term is not None:
-            params["if_seq_no"] = if_seq_no
-            params["if_primary_term"] = if_primary_term
-        if refresh:
-            params["refresh"] = "true"
-        self._do(self.c.index, index=index, id=doc_id, body=body, params=params)
-
-    def get_doc(self, index: str, doc_id: str) -> dict[str, Any] | None:
-        try:
-            return dict(self._do(self.c.get, index=index, id=doc_id))
-        except CallError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def delete_doc(
-        self, index: str, doc_id: str, *, if_seq_no: int | None = None, if_primary_term: int | None = None
-    ) -> None:
-        params: dict[str, Any] = {}
-        if if_seq_no is not None and if_primary_term is not None:
-            params = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
-        self._do(self.c.delete, index=index, id=doc_id, params=params)
-
-    def search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        return list(self._do(self.c.search, index=index, body=body)["hits"]["hits"])
+    def _query(self, **params: Any) -> dict[str, Any]:
+        # opensearch-py takes query parameters as strings in a ``params`` dict.
+        if not params:
+            return {}
+        return {"params": {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items()}}
 
 
-class ElasticsearchBinding:
+class ElasticsearchBinding(_ClientBinding):
     """:class:`SearchClient` over an ``elasticsearch.Elasticsearch`` (elasticsearch-py 9) client.
 
     elasticsearch-py checks the ``X-Elastic-Product`` header of every answer (so it refuses
     OpenSearch) and sends ``compatible-with=9`` media types; :func:`elasticsearch_client_from_env`
     can lower that to the server's major version (extra ``compatible_with``)."""
 
-    def __init__(self, client: Any) -> None:
-        self.c = client
+    DOC_BODY = "document"
 
     @staticmethod
     def _translate(exc: Exception) -> CallError:
@@ -302,9 +318,12 @@ class ElasticsearchBinding:
             raise self._translate(exc) from None
         return getattr(res, "body", res)
 
+    def _query(self, **params: Any) -> dict[str, Any]:
+        return params  # elasticsearch-py takes query parameters as keyword arguments
+
     def info(self) -> dict[str, Any]:
         try:
-            return dict(self._do(self.c.info))
+            return super().info()
         except CallError as exc:
             if exc.status not in (404, 405):
                 raise
@@ -313,117 +332,15 @@ class ElasticsearchBinding:
         number = next((n.get("version") for n in nodes.values()), "?")
         return {"version": {"number": number, "build_flavor": "default"}}
 
-    def get_indices(self, pattern: str) -> dict[str, Any]:
-        return dict(self._do(self.c.indices.get, index=pattern, expand_wildcards="all"))
-
-    def index_exists(self, index: str) -> bool:
-        return bool(self._do(self.c.indices.exists, index=index))
-
-    def create_index(self, index: str, body: dict[str, Any]) -> None:
-        self._do(self.c.indices.create, index=index, body=body)
-
-    def put_mapping(self, index: str, body: dict[str, Any]) -> None:
-        self._do(self.c.indices.put_mapping, index=index, body=body)
-
-    def put_settings(self, index: str, body: dict[str, Any]) -> None:
-        self._do(self.c.indices.put_settings, index=index, body=body)
-
-    def delete_index(self, index: str) -> None:
-        self._do(self.c.indices.delete, index=index)
-
-    def refresh(self, index: str) -> None:
-        self._do(
-            self.c.indices.refresh,
-            index=index,
-            ignore_unavailable=True,
-            allow_no_indices=True,
-            expand_wildcards="open,hidden",
-        )
-
-    def get_alias(self) -> dict[str, Any]:
-        return dict(self._do(self.c.indices.get_alias, expand_wildcards="all"))
-
-    def update_aliases(self, actions: list[dict[str, Any]]) -> None:
-        self._do(self.c.indices.update_aliases, body={"actions": actions})
-
-    def get_index_templates(self) -> dict[str, Any]:
-        try:
-            res = self._do(self.c.indices.get_index_template)
-        except CallError as exc:
-            if exc.status == 404:
-                return {}
-            raise
-        return {t["name"]: t["index_template"] for t in res.get("index_templates", [])}
-
-    def get_legacy_templates(self) -> dict[str, Any]:
-        try:
-            return dict(self._do(self.c.indices.get_template))
-        except CallError as exc:
-            if exc.status == 404:
-                return {}
-            raise
-
-    def reindex_async(self, body: dict[str, Any], *, slices: int | str | None, rps: float | None) -> str:
-        kw: dict[str, Any] = {"wait_for_completion": False, "refresh": True}
-        if slices is not None:
-            kw["slices"] = slices
-        if rps is not None:
-            kw["requests_per_second"] = rps
-        return str(self._do(self.c.reindex, body=body, **kw)["task"])
-
     def get_task(self, task_id: str) -> dict[str, Any]:
         with warnings.catch_warnings():  # the task API is "technical preview" in elasticsearch-py
             warnings.simplefilter("ignore", category=Warning)
-            return dict(self._do(self.c.tasks.get, task_id=task_id))
+            return super().get_task(task_id)
 
     def cancel_task(self, task_id: str) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=Warning)
-            self._do(self.c.tasks.cancel, task_id=task_id)
-
-    def count(self, index: str, query: dict[str, Any] | None = None) -> int:
-        body = {"query": query} if query else None
-        return int(self._do(self.c.count, index=index, body=body)["count"])
-
-    def index_doc(
-        self,
-        index: str,
-        doc_id: str,
-        body: dict[str, Any],
-        *,
-        create: bool = False,
-        if_seq_no: int | None = None,
-        if_primary_term: int | None = None,
-        refresh: bool = False,
-    ) -> None:
-        kw: dict[str, Any] = {}
-        if create:
-            kw["op_type"] = "create"
-        if if_seq_no is not None and if_primary_term is not None:
-            kw["if_seq_no"] = if_seq_no
-            kw["if_primary_term"] = if_primary_term
-        if refresh:
-            kw["refresh"] = True
-        self._do(self.c.index, index=index, id=doc_id, document=body, **kw)
-
-    def get_doc(self, index: str, doc_id: str) -> dict[str, Any] | None:
-        try:
-            return dict(self._do(self.c.get, index=index, id=doc_id))
-        except CallError as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    def delete_doc(
-        self, index: str, doc_id: str, *, if_seq_no: int | None = None, if_primary_term: int | None = None
-    ) -> None:
-        kw: dict[str, Any] = {}
-        if if_seq_no is not None and if_primary_term is not None:
-            kw = {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
-        self._do(self.c.delete, index=index, id=doc_id, **kw)
-
-    def search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
-        return list(self._do(self.c.search, index=index, body=body)["hits"]["hits"])
+            super().cancel_task(task_id)
 
 
 def _compat_node_class(major: int) -> Any:
@@ -1180,9 +1097,7 @@ class SearchStore:
                     )
                 )
         docs = int(facts.get("docs_reindexed", 0))
-        limits, exceeded = limit_checks(
-            decl.limits, {"max_index_count_delta": index_delta, "max_docs_reindexed": docs}
-        )
+        limits, exceeded = limit_checks(decl.limits, {"max_index_count_delta": index_delta, "max_docs_reindexed": docs})
         findings.extend(exceeded)
         return findings, limits
 
