@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -34,7 +35,10 @@ def _contract_example() -> str:
     return m.group(1)
 
 
-@pytest.mark.skipif(not CONTRACT_DOC.exists(), reason="shared/ is beside the checkout only")
+@pytest.mark.skipif(
+    not CONTRACT_DOC.exists() and os.environ.get("CI", "").lower() != "true",
+    reason="shared/ lies beside the checkout in the workspace and in CI, not in a plain clone",
+)
 def test_the_contract_example_validates_as_written() -> None:
     decl, raw = parse_declaration(_contract_example(), "contract-example")
     assert decl.migration_id == "PG-MIG-2026-02-28-01"
