@@ -1,0 +1,185 @@
+"""Parse-time cache of what the DAG factory derives from each declaration.
+
+A DAG file with a thousand migrations would otherwise parse a thousand YAML declarations and
+validate them with pydantic on every DagBag parse, although they rarely change. The factory
+only needs a few facts from each (intent, scope and limits for ``doc_md``, change class, the
+runner's connection, the asset scope, whether a backfill is declared). Those facts are kept
+in one JSON file per bundles root, keyed by the sha256 of each declaration's bytes.
+
+Trust rules:
+
+- every parse reads each declaration (with the same size, UTF-8 and symlink checks as
+  :func:`~airflow_kfm_migrations.bundle.load_declaration`) and hashes it; a cached entry is
+  used only when that hash matches, so an edited declaration is parsed again at once;
+- the whole file is ignored when it was written by different validation code (a
+  fingerprint of the modules that parse and validate declarations) or is unreadable,
+  malformed or of another format; it is then rebuilt;
+- only valid declarations are cached: a broken one is parsed (and fails with its reason)
+  every time, so a cache never hides or changes an error;
+- writes are atomic (temporary file and rename) and best effort: a read-only or missing
+  cache directory only costs speed.
+
+``KFM_PARSE_CACHE`` sets the directory, or turns the cache off with ``off``. The default is
+``$XDG_CACHE_HOME/airflow-kfm-migrations`` (``~/.cache/airflow-kfm-migrations``). Runs never
+use it: tasks always load the whole bundle (``load_bundle``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, cast
+
+from .bundle import DECLARATION_FILE, InvalidInput, Limits, display, parse_declaration, read_text_capped
+from .errors import InputError
+
+CACHE_FORMAT = "kfm-decl-facts.v1"
+_OFF = {"off", "0", "false", "no", "none"}
+# The modules whose code decides whether a declaration is valid and what the facts are.
+_CODE = ("bundle.py", "safe_yaml.py", "contracts/__init__.py", "contracts/models.py", "decl_cache.py")
+_FACT_TYPES: dict[str, Any] = {
+    "type": str,
+    "intent": str,
+    "scope_rows": list,
+    "limit_rows": list,
+    "change_class": str,
+    "reviewers": list,
+    "runner_conn_id": (str, type(None)),
+    "asset_scope": dict,
+    "backfill": bool,
+}
+
+
+def facts_of(decl: Any) -> dict[str, Any]:
+    """The parse-time facts of a valid declaration, as plain JSON values."""
+    scope = decl.scope.model_dump()
+    return {
+        "type": str(decl.type),
+        "intent": str(decl.intent),
+        "scope_rows": [[k, ", ".join(map(str, v)) if isinstance(v, list) else str(v)] for k, v in scope.items() if v],
+        "limit_rows": [[k, str(v)] for k, v in decl.limits.model_dump().items()],
+        "change_class": str(decl.approvals.change_class),
+        "reviewers": [str(r) for r in decl.approvals.required_reviewers],
+        "runner_conn_id": decl.runner.conn_id,
+        "asset_scope": {
+            k: [str(x) for x in scope.get(k) or []]
+            for k in ("allowed_schemas", "allowed_tables", "allowed_aliases", "allowed_labels")
+        },
+        "backfill": getattr(decl, "backfill", None) is not None,
+    }
+
+
+def _well_formed(facts: Any) -> bool:
+    if not isinstance(facts, dict) or facts.keys() != _FACT_TYPES.keys():
+        return False
+    if not all(isinstance(facts[k], t) for k, t in _FACT_TYPES.items()):
+        return False
+    rows = facts["scope_rows"] + facts["limit_rows"]
+    if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in rows):
+        return False
+    lists = [facts["reviewers"], *facts["asset_scope"].values()]
+    return all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists)
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """sha256 over the validation code and the pydantic version: a change invalidates the cache."""
+    import pydantic
+
+    h = hashlib.sha256(pydantic.VERSION.encode())
+    here = Path(__file__).resolve().parent
+    for rel in _CODE:
+        h.update(rel.encode() + b"\0")
+        with contextlib.suppress(OSError):
+            h.update((here / rel).read_bytes())
+    return h.hexdigest()
+
+
+def cache_dir() -> Path | None:
+    value = os.environ.get("KFM_PARSE_CACHE", "").strip()
+    if value.lower() in _OFF:
+        return None
+    if value:
+        return Path(value)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "airflow-kfm-migrations"
+
+
+class DeclarationFacts:
+    """Facts of the declarations under one bundles root, read through the cache.
+
+    Use :meth:`get` for each bundle folder, then :meth:`save` once: the file written holds
+    exactly the declarations seen in this parse."""
+
+    def __init__(self, bundles_root: Path, directory: Path | None = None, *, enabled: bool = True) -> None:
+        self.limits = Limits()
+        self.hits = 0
+        self.misses = 0
+        folder = (directory or cache_dir()) if enabled else None
+        root_key = hashlib.sha256(str(Path(bundles_root).resolve()).encode()).hexdigest()[:24]
+        self.path = folder / f"decl-facts-{root_key}.json" if folder else None
+        self._old: dict[str, Any] = self._read() if self.path else {}
+        self._new: dict[str, dict[str, Any]] = {}
+
+    def _read(self) -> dict[str, Any]:
+        assert self.path is not None
+        try:
+            doc = json.loads(self.path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+        if (
+            not isinstance(doc, dict)
+            or doc.get("format") != CACHE_FORMAT
+            or doc.get("code") != code_fingerprint()
+            or not isinstance(doc.get("entries"), dict)
+        ):
+            return {}
+        return doc["entries"]
+
+    def get(self, folder: Path) -> dict[str, Any]:
+        """The facts of ``folder``'s declaration; raises as ``load_declaration`` does."""
+        decl_path = Path(folder) / DECLARATION_FILE
+        try:
+            # The label (a relative path) is only needed for an error: computed then.
+            text = read_text_capped(decl_path, self.limits.max_declaration_bytes, file_label="-")
+        except InputError as exc:
+            raise InvalidInput([InputError(display(decl_path), exc.field, exc.reason)]) from None
+        key = hashlib.sha256(text.encode()).hexdigest()
+        seen = self._new.get(key)
+        if seen is not None:
+            return seen
+        cached = self._old.get(key)
+        facts: dict[str, Any]
+        if self.path is not None and _well_formed(cached):
+            facts = cast(dict[str, Any], cached)
+            self.hits += 1
+        else:
+            facts = facts_of(parse_declaration(text, display(decl_path))[0])
+            self.misses += 1
+        self._new[key] = facts
+        return facts
+
+    def save(self) -> None:
+        """Write the facts seen in this parse, if they differ from the file; never raises."""
+        if self.path is None or self._new == self._old:
+            return
+        doc = {"format": CACHE_FORMAT, "code": code_fingerprint(), "entries": self._new}
+        tmp = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".decl-facts-", suffix=".tmp")
+            with os.fdopen(fd, "w") as fh:
+                json.dump(doc, fh, separators=(",", ":"))
+            os.replace(tmp, self.path)
+            tmp = None
+        except OSError:
+            pass
+        finally:
+            if tmp is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
