@@ -205,3 +205,39 @@ def test_factory_shapes_each_dag_and_isolates_a_broken_bundle(airflow_env: dict[
     assert "0 3 * * *" in dags["kfm_migration__SEARCH-MIG-2026-03-02-01"]["schedule"]
     broken = dags["kfm_migration__GRAPH-MIG-2026-03-03-01"]
     assert "Broken bundle" in broken["doc"] and "invalid YAML" in broken["doc"]
+
+
+def test_a_dag_whose_tasks_were_copied_runs_end_to_end(
+    pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The factory copies the tasks of the second DAG of a shape from the first (issue 4).
+    `airflow dags test` builds only the DAG it runs, so it never sees a copy: this runs
+    `dag.test()` on a copied DAG from a full DagBag parse."""
+    env = _world(tmp_path, pgdb, airflow_env)
+    root = Path(env["KFM_BUNDLES_ROOT"])
+    decoy = "PG-MIG-2026-02-28-02"
+    shutil.copytree(root / "postgis" / PG_ID, root / "postgis" / decoy)
+    decl = root / "postgis" / decoy / "migration.yml"
+    decl.write_text(decl.read_text().replace(PG_ID, decoy))
+    reg_path = root / "registry" / "migrations.v1.json"
+    reg = json.loads(reg_path.read_text())
+    first = dict(reg["migrations"][0], migration_id=decoy, path=f"postgis/{decoy}", owner="someone-else")
+    reg["migrations"].insert(0, first)  # the prototype; the DAG under test is a copy
+    reg_path.write_text(json.dumps(reg))
+    code = (
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "b = DagBag(dag_folder='dags')\n"
+        "assert not b.import_errors, b.import_errors\n"
+        f"dag, proto = b.get_dag({DAG_ID!r}), b.get_dag('kfm_migration__{decoy}')\n"
+        "for t in dag.tasks:\n"
+        "    src = proto.get_task(t.task_id)\n"
+        "    assert t is not src and t.params is not src.params and t.owner == 'kfm-platform'\n"
+        "dr = dag.test()\n"
+        "print(json.dumps({'state': str(dr.state)}))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1])["state"] == "success"
+    assert _receipt(tmp_path)["status"] == "succeeded"
+    assert pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'")
