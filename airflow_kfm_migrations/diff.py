@@ -4,26 +4,41 @@ from __future__ import annotations
 
 import csv
 import io
+import weakref
 
 from .contracts.models import Baseline, BaselineObject, DiffEntry
 
+# Identity-keyed memo of the last few indexes and diffs: one run's gate, store evaluation,
+# protected check and facts all ask for the same pre and post, and a 10,000-table catalog has
+# 120k objects. Entries die with their baselines (weak references), so long-lived
+# workers keep nothing.
+_INDEXES: dict[int, tuple[weakref.ref[Baseline], dict[str, BaselineObject]]] = {}
+_DIFFS: dict[tuple[int, int], tuple[weakref.ref[Baseline], weakref.ref[Baseline], list[DiffEntry]]] = {}
+
 
 def index(baseline: Baseline) -> dict[str, BaselineObject]:
-    return {o.id: o for o in baseline.objects}
+    hit = _INDEXES.get(id(baseline))
+    if hit is not None and hit[0]() is baseline:
+        return hit[1]
+    out = {o.id: o for o in baseline.objects}
+    key = id(baseline)
+    _INDEXES[key] = (weakref.ref(baseline, lambda _r: _INDEXES.pop(key, None)), out)
+    return out
 
 
 def diff_objects(pre: Baseline, post: Baseline) -> list[DiffEntry]:
+    """Added, removed and changed objects, ordered by id."""
+    key = (id(pre), id(post))
+    hit = _DIFFS.get(key)
+    if hit is not None and hit[0]() is pre and hit[1]() is post:
+        return list(hit[2])
     before, after = index(pre), index(post)
     out: list[DiffEntry] = []
-    for oid in sorted(before.keys() | after.keys()):
-        a, b = before.get(oid), after.get(oid)
-        if a is None and b is not None:
+    for oid, b in after.items():
+        a = before.get(oid)
+        if a is None:
             out.append(DiffEntry(change="added", id=oid, kind=b.kind, schema=b.schema_, table=b.table, after=b.digest))
-        elif b is None and a is not None:
-            out.append(
-                DiffEntry(change="removed", id=oid, kind=a.kind, schema=a.schema_, table=a.table, before=a.digest)
-            )
-        elif a is not None and b is not None and a.digest != b.digest:
+        elif a.digest != b.digest:
             out.append(
                 DiffEntry(
                     change="changed",
@@ -35,7 +50,16 @@ def diff_objects(pre: Baseline, post: Baseline) -> list[DiffEntry]:
                     after=b.digest,
                 )
             )
-    return out
+    for oid in before.keys() - after.keys():
+        a = before[oid]
+        out.append(DiffEntry(change="removed", id=oid, kind=a.kind, schema=a.schema_, table=a.table, before=a.digest))
+    out.sort(key=lambda e: e.id)
+
+    def drop(_r: object) -> None:
+        _DIFFS.pop(key, None)
+
+    _DIFFS[key] = (weakref.ref(pre, drop), weakref.ref(post, drop), out)
+    return list(out)
 
 
 def touched_csv(changes: list[DiffEntry], writes: list[tuple[str, int, int, int]] | None = None) -> str:

@@ -13,6 +13,7 @@ objects inside allowed scope, file existence) lives in ``policy.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -358,6 +359,35 @@ class BaselineObject(Strict):
     table: str | None = None
     digest: Sha256
     protected: bool = False
+
+
+def trusted_baseline_objects(
+    rows: Iterable[tuple[str, str, str | None, str | None, str, bool]],
+) -> list[BaselineObject]:
+    """BaselineObjects from (id, kind, schema, table, digest, protected) rows that a store's
+    own catalog queries produced, without per-object validation.
+
+    A 10,000-table catalog has 120k objects, and validating each one costs more than the
+    SQL that computed it. This builds the same instances ``model_validate`` would (a test
+    holds them equal); use it only for values the store computed itself, never for input.
+    """
+    new, put = object.__new__, object.__setattr__
+    out = []
+    for oid, kind, schema, table, digest, protected in rows:
+        o = new(BaselineObject)
+        put(
+            o,
+            "__dict__",
+            {"id": oid, "kind": kind, "schema_": schema, "table": table, "digest": digest, "protected": protected},
+        )
+        put(o, "__pydantic_fields_set__", _BASELINE_OBJECT_FIELDS)
+        put(o, "__pydantic_extra__", None)
+        put(o, "__pydantic_private__", None)
+        out.append(o)
+    return out
+
+
+_BASELINE_OBJECT_FIELDS = frozenset(BaselineObject.model_fields)
 
 
 class Baseline(Strict):

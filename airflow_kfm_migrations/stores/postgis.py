@@ -10,9 +10,11 @@ rollback artifact when the post-commit gate fails.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,9 +32,10 @@ from ..contracts.models import (
     LimitCheck,
     PostgisDeclaration,
     WriteCount,
+    trusted_baseline_objects,
 )
 from ..diff import diff_objects, index
-from ..digest import digest_json, leaf, merkle_root
+from ..digest import digest_json, leaf, leaf_raw, merkle_root, merkle_root_raw
 from ..errors import InputError, LockedError, RefusedError
 from ..gate import limit_checks
 from ..policy import approval_covers
@@ -40,10 +43,10 @@ from ..secret_scan import redact
 from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
 from .postgis_catalog import (
     ACL_QUERY,
+    CATALOG_QUERY,
     CLUSTER_KINDS,
     LEDGER_DDL,
     LEDGER_SCHEMA,
-    QUERIES,
     RLS_QUERY,
     SHARED_WRITES_QUERY,
     TABLES_QUERY,
@@ -67,43 +70,66 @@ Connect = Callable[[], Any]  # -> psycopg.Connection
 # ----------------------------------------------------------------------------- scope
 
 
+def _glob_rx(patterns: list[str]) -> re.Pattern[str] | None:
+    """One compiled regex for a set of fnmatch globs (case-sensitive, as fnmatchcase)."""
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+class _Globs:
+    """Schema globs, plus table globs that are either ``schema.table`` (matched against the
+    qualified name) or bare (matched against the table name)."""
+
+    def __init__(self, schemas: list[str], tables: list[str]) -> None:
+        self.schemas = _glob_rx(schemas)
+        self.qualified = _glob_rx([p for p in tables if "." in p])
+        self.bare = _glob_rx([p for p in tables if "." not in p])
+
+    def schema(self, schema: str) -> bool:
+        return bool(self.schemas and self.schemas.match(schema))
+
+    def table(self, schema: str, table: str) -> bool:
+        return bool(
+            (self.qualified and self.qualified.match(f"{schema}.{table}")) or (self.bare and self.bare.match(table))
+        )
+
+    def any(self, schema: str | None, table: str | None) -> bool:
+        return bool(schema and (self.schema(schema) or (table and self.table(schema, table))))
+
+
 @dataclass(frozen=True)
 class PgScope:
     decl: PostgisDeclaration
 
-    @staticmethod
-    def _match(name: str, patterns: list[str]) -> bool:
-        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    @functools.cached_property
+    def _forbidden(self) -> _Globs:
+        return _Globs(self.decl.scope.forbidden_schemas, self.decl.scope.forbidden_tables)
 
-    def _table_match(self, schema: str, table: str, patterns: list[str]) -> bool:
-        return any(
-            fnmatch.fnmatchcase(f"{schema}.{table}", p) if "." in p else fnmatch.fnmatchcase(table, p) for p in patterns
-        )
+    @functools.cached_property
+    def _protected(self) -> _Globs:
+        return _Globs(self.decl.scope.protected_schemas, self.decl.scope.protected_tables)
+
+    @functools.cached_property
+    def _allowed(self) -> _Globs:
+        return _Globs(self.decl.scope.allowed_schemas, self.decl.scope.allowed_tables)
 
     def forbidden(self, schema: str | None, table: str | None) -> bool:
-        s = self.decl.scope
-        if schema == LEDGER_SCHEMA:
-            return True
-        if schema and self._match(schema, s.forbidden_schemas):
-            return True
-        return bool(schema and table and self._table_match(schema, table, s.forbidden_tables))
+        return schema == LEDGER_SCHEMA or self._forbidden.any(schema, table)
 
     def protected(self, schema: str | None, table: str | None) -> bool:
-        s = self.decl.scope
-        if schema and self._match(schema, s.protected_schemas):
-            return True
-        return bool(schema and table and self._table_match(schema, table, s.protected_tables))
+        return self._protected.any(schema, table)
 
     def guarded(self, schema: str | None, table: str | None) -> bool:
         """Objects whose state must not change: protected or forbidden."""
         return self.protected(schema, table) or self.forbidden(schema, table)
 
     def allowed(self, schema: str | None, table: str | None) -> bool:
-        s = self.decl.scope
-        if not schema or not self._match(schema, s.allowed_schemas):
+        a = self._allowed
+        if not schema or not a.schema(schema):
             return False
-        if table and s.allowed_tables:
-            return self._table_match(schema, table, s.allowed_tables)
+        if table and self.decl.scope.allowed_tables:
+            return a.table(schema, table)
         return True
 
 
@@ -441,27 +467,19 @@ class PostgisStore:
         """A catalog snapshot through ``cur`` (inside whatever transaction it is in)."""
         cur.execute("SELECT current_setting('search_path'), current_setting('server_version')")
         old_path, version = cur.fetchone()
-        cur.execute("SELECT set_config('search_path', 'pg_catalog', true)")
+        # work_mem: the catalog joins of a 10,000-table database spill to disk at the 4 MB default.
+        cur.execute("SELECT set_config('search_path', 'pg_catalog', true), set_config('work_mem', '64MB', true)")
         try:
             scope = PgScope(decl)
-            objects: list[dict[str, Any]] = []
-            union = " UNION ALL ".join(f"({q})" for q in QUERIES.values())
-            cur.execute(f"SELECT * FROM ({union}) o ORDER BY 2")
+            objects: list[tuple[str, str, str | None, str | None, str, bool]] = []
             guarded: dict[tuple[str | None, str | None], bool] = {}
-            for kind, oid, schema, table, dig in cur.fetchall():
+            # Streamed in chunks, so the digesting here overlaps the server's work on the next rows.
+            for kind, oid, schema, table, dig in cur.stream(CATALOG_QUERY, size=5000):
                 key = (schema, table)
-                if key not in guarded:
-                    guarded[key] = scope.guarded(schema, table)
-                objects.append(
-                    {
-                        "id": oid,
-                        "kind": kind,
-                        "schema": schema,
-                        "table": table,
-                        "digest": dig,
-                        "protected": guarded[key],
-                    }
-                )
+                g = guarded.get(key)
+                if g is None:
+                    g = guarded[key] = scope.guarded(schema, table)
+                objects.append((oid, kind, schema, table, dig, g))
             rows: dict[str, int] = {}
             cur.execute(TABLES_QUERY)
             tables = [(s, t) for _oid, s, t, _fn in cur.fetchall() if scope.guarded(s, t) and s != LEDGER_SCHEMA]
@@ -480,30 +498,25 @@ class PostgisStore:
                 if n > cap:
                     dig = digest_json(["over-cap", n])
                 rows[f"{schema}.{table}"] = min(n, cap)
-                objects.append(
-                    {
-                        "id": f"rows:{schema}.{table}",
-                        "kind": "rows",
-                        "schema": schema,
-                        "table": table,
-                        "digest": dig,
-                        "protected": True,
-                    }
-                )
+                objects.append((f"rows:{schema}.{table}", "rows", schema, table, dig, True))
             cur.execute(ACL_QUERY)
             acls = {k: v for k, v in cur.fetchall()}
             cur.execute(RLS_QUERY)
             rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
         finally:
             cur.execute("SELECT set_config('search_path', %s, true)", (old_path,))
-        objects.sort(key=lambda o: o["id"])
+        objects.sort()  # ids are unique, so this is the order by id
         counts: dict[str, int] = {}
-        for o in objects:
-            counts[o["kind"]] = counts.get(o["kind"], 0) + 1
-        leaves = [leaf(o["id"], o["digest"]) for o in objects if o["kind"] != "rows"]
-        protected = [leaf(o["id"], o["digest"]) for o in objects if o["protected"]]
-        # Validated in one pass by pydantic-core (fast even for 100k+ objects).
-        return Baseline.model_validate(
+        leaves: list[bytes] = []
+        protected: list[bytes] = []
+        for oid, kind, _schema, _table, dig, prot in objects:
+            counts[kind] = counts.get(kind, 0) + 1
+            raw = leaf_raw(oid, dig)
+            if kind != "rows":
+                leaves.append(raw)
+            if prot:
+                protected.append(raw)
+        head = Baseline.model_validate(
             {
                 "schema_version": "baseline.v1",
                 "store": "postgis",
@@ -511,13 +524,14 @@ class PostgisStore:
                 "store_version": f"PostgreSQL {version}",
                 "scope_digest": digest_json(decl.scope.model_dump(mode="json")),
                 "counts": counts,
-                "objects": objects,
-                "schema_fingerprint": merkle_root(leaves),
-                "protected_fingerprint": merkle_root(protected),
+                "objects": [],
+                "schema_fingerprint": merkle_root_raw(leaves),
+                "protected_fingerprint": merkle_root_raw(protected),
                 "protected_rows": rows,
                 "extra": {"acls": acls, "rls": rls},
             }
         )
+        return head.model_copy(update={"objects": trusted_baseline_objects(objects)})
 
     def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str:
         decl = bundle.declaration

@@ -17,24 +17,43 @@ _SYSTEM = (
 )
 
 
+# Extension members are read once per capture (a materialised CTE probed through a hashed
+# NOT IN) rather than with one pg_depend lookup per object.
+_EXT_CTE = "WITH ext AS MATERIALIZED (SELECT classid, objid FROM pg_catalog.pg_depend WHERE deptype = 'e') "
+
+
 def _not_ext(catalog: str, oid: str) -> str:
+    return f"{oid} NOT IN (SELECT objid FROM ext WHERE classid = '{catalog}'::regclass)"
+
+
+def _descr(catalog: str, oid: str, sub: str = "0") -> str:
+    """The comment on an object, as a scalar subquery (obj_description is an SQL function
+    that is not inlined, and costs more than the join)."""
     return (
-        f"NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = '{catalog}'::regclass "
-        f"AND d.objid = {oid} AND d.deptype = 'e')"
+        f"(SELECT ds.description FROM pg_catalog.pg_description ds WHERE ds.objoid = {oid} "
+        f"AND ds.classoid = '{catalog}'::regclass AND ds.objsubid = {sub})"
     )
 
 
+def _tree(expr: str) -> str:
+    """A stored expression tree without its parse locations (byte offsets into the SQL
+    text that created it), so the same expression written differently digests the same.
+    Used instead of deparsing (pg_get_expr and friends open the table's relcache entry,
+    which dominates a 10,000-table capture)."""
+    return f"regexp_replace({expr}::text, ' :location -?[0-9]+', '', 'g')"
+
+
 def _h(*exprs: str) -> str:
-    return "encode(sha256(convert_to(json_build_array(" + ", ".join(exprs) + ")::text, 'UTF8')), 'hex')"
+    """sha256 (hex) of the fields' record text: ``row(...)::text`` quotes every field that
+    needs it and writes NULL as nothing, so distinct field lists give distinct texts."""
+    return "encode(sha256(convert_to(row(" + ", ".join(exprs) + ")::text, 'UTF8')), 'hex')"
 
 
 # Each query returns: kind, id, schema, table, digest (ordered by id for stable output).
 QUERIES: dict[str, str] = {
     "schema": f"""
         SELECT 'schema', 'schema:' || n.nspname, n.nspname, NULL::text,
-               {
-        _h("n.nspname", "pg_get_userbyid(n.nspowner)", "n.nspacl::text", "obj_description(n.oid, 'pg_namespace')")
-    }
+               {_h("n.nspname", "pg_get_userbyid(n.nspowner)", "n.nspacl::text", _descr("pg_namespace", "n.oid"))}
         FROM pg_catalog.pg_namespace n
         WHERE {_SYSTEM} AND {_not_ext("pg_namespace", "n.oid")}""",
     "relation": f"""
@@ -48,17 +67,17 @@ QUERIES: dict[str, str] = {
             "c.relkind",
             "pg_get_userbyid(c.relowner)",
             "c.relacl::text",
-            "obj_description(c.oid, 'pg_class')",
+            _descr("pg_class", "c.oid"),
             "c.relpersistence",
             "c.relrowsecurity",
             "c.relforcerowsecurity",
             "c.reloptions::text",
             "CASE WHEN c.relkind IN ('v', 'm') THEN md5(pg_get_viewdef(c.oid)) END",
             "c.relispartition",
-            "pg_get_partkeydef(c.oid)",
-            "(SELECT json_build_array(s.seqtypid::regtype::text, s.seqstart, s.seqincrement, "
-            "s.seqmax, s.seqmin, s.seqcache, s.seqcycle) FROM pg_catalog.pg_sequence s "
-            "WHERE s.seqrelid = c.oid)",
+            "CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END",
+            "CASE WHEN c.relkind = 'S' THEN (SELECT json_build_array(s.seqtypid::regtype::text, s.seqstart, "
+            "s.seqincrement, s.seqmax, s.seqmin, s.seqcache, s.seqcycle) FROM pg_catalog.pg_sequence s "
+            "WHERE s.seqrelid = c.oid) END",
         )
     }
         FROM pg_catalog.pg_class c
@@ -77,13 +96,13 @@ QUERIES: dict[str, str] = {
             "a.attname",
             "format_type(a.atttypid, a.atttypmod)",
             "a.attnotnull",
-            "pg_get_expr(ad.adbin, ad.adrelid)",
+            "pg_get_expr(ad.adbin, CASE WHEN a.attgenerated = '' THEN 0 ELSE ad.adrelid END)",
             "a.attidentity",
             "a.attgenerated",
             "(SELECT co.collname FROM pg_catalog.pg_collation co WHERE co.oid = a.attcollation "
-            "AND a.attcollation <> 100)",
+            "AND a.attcollation NOT IN (0, 100))",
             "a.attacl::text",
-            "col_description(c.oid, a.attnum)",
+            _descr("pg_class", "c.oid", "a.attnum"),
             "a.attnum",
         )
     }
@@ -93,12 +112,31 @@ QUERIES: dict[str, str] = {
         LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
           AND {_SYSTEM} AND {_not_ext("pg_class", "c.oid")}""",
+    # Indexes are digested from their catalog structure (access method, key columns by
+    # number, operator classes, collations, options), which pg_get_indexdef renders as text;
+    # only expression and partial indexes are deparsed. Operator classes and collations
+    # are digested by OID: a built-in or extension one never changes OID, and a
+    # user-defined one that is dropped and recreated shows as a change (fail closed).
     "index": f"""
         SELECT 'index', 'index:' || n.nspname || '.' || i.relname, n.nspname, t.relname,
                {
         _h(
-            "pg_get_indexdef(i.oid)",
-            "obj_description(i.oid, 'pg_class')",
+            "tn.nspname",
+            "t.relname",
+            "i.relkind",
+            "(SELECT am.amname FROM pg_catalog.pg_am am WHERE am.oid = i.relam)",
+            "x.indisunique",
+            "x.indisprimary",
+            "x.indisexclusion",
+            "x.indimmediate",
+            "x.indnullsnotdistinct",
+            "x.indnkeyatts",
+            "x.indkey::text",
+            "x.indoption::text",
+            "x.indclass::text",
+            "x.indcollation::text",
+            "CASE WHEN x.indexprs IS NOT NULL OR x.indpred IS NOT NULL THEN pg_get_indexdef(i.oid) END",
+            _descr("pg_class", "i.oid"),
             "x.indisvalid",
             "x.indisclustered",
             "i.reloptions::text",
@@ -108,6 +146,7 @@ QUERIES: dict[str, str] = {
         JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
         JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = i.relnamespace
+        JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_class", "t.oid")}""",
     "constraint": f"""
         SELECT 'constraint',
@@ -116,17 +155,29 @@ QUERIES: dict[str, str] = {
                {
         _h(
             "co.contype",
-            "pg_get_constraintdef(co.oid)",
+            "co.conkey::text",
+            "fn.nspname",
+            "ft.relname",
+            "co.confkey::text",
+            "co.confupdtype",
+            "co.confdeltype",
+            "co.confmatchtype",
+            "co.confdelsetcols::text",
+            "co.conexclop::text",
+            "co.connoinherit",
+            _tree("co.conbin"),
             "co.condeferrable",
             "co.condeferred",
             "co.convalidated",
-            "obj_description(co.oid, 'pg_constraint')",
+            _descr("pg_constraint", "co.oid"),
         )
     }
         FROM pg_catalog.pg_constraint co
         JOIN pg_catalog.pg_namespace n ON n.oid = co.connamespace
         LEFT JOIN pg_catalog.pg_class t ON t.oid = co.conrelid AND co.conrelid <> 0
         LEFT JOIN pg_catalog.pg_type ty ON ty.oid = co.contypid AND co.contypid <> 0
+        LEFT JOIN pg_catalog.pg_class ft ON ft.oid = co.confrelid AND co.confrelid <> 0
+        LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = ft.relnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_constraint", "co.oid")}
           AND (co.conrelid = 0 OR {_not_ext("pg_class", "co.conrelid")})""",
     "function": f"""
@@ -140,7 +191,7 @@ QUERIES: dict[str, str] = {
             "ELSE md5(COALESCE(p.prosrc, '')) END",
             "pg_get_userbyid(p.proowner)",
             "p.proacl::text",
-            "obj_description(p.oid, 'pg_proc')",
+            _descr("pg_proc", "p.oid"),
             "p.prosecdef",
             "p.proconfig::text",
         )
@@ -150,7 +201,7 @@ QUERIES: dict[str, str] = {
         WHERE {_SYSTEM} AND {_not_ext("pg_proc", "p.oid")}""",
     "trigger": f"""
         SELECT 'trigger', 'trigger:' || n.nspname || '.' || c.relname || '.' || tg.tgname, n.nspname, c.relname,
-               {_h("pg_get_triggerdef(tg.oid)", "tg.tgenabled", "obj_description(tg.oid, 'pg_trigger')")}
+               {_h("pg_get_triggerdef(tg.oid)", "tg.tgenabled", _descr("pg_trigger", "tg.oid"))}
         FROM pg_catalog.pg_trigger tg
         JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -188,7 +239,7 @@ QUERIES: dict[str, str] = {
             "ty.typdefault",
             "pg_get_userbyid(ty.typowner)",
             "ty.typacl::text",
-            "obj_description(ty.oid, 'pg_type')",
+            _descr("pg_type", "ty.oid"),
             "(SELECT array_agg(en.enumlabel ORDER BY en.enumsortorder) FROM pg_catalog.pg_enum en "
             "WHERE en.enumtypid = ty.oid)::text",
         )
@@ -199,10 +250,17 @@ QUERIES: dict[str, str] = {
     # Database- and cluster-level objects no schema scope can allow: any change is out of scope.
     "event_trigger": f"""
         SELECT 'event_trigger', 'event_trigger:' || e.evtname, NULL::text, NULL::text,
-               {_h("e.evtevent", "e.evtenabled", "e.evttags::text", "e.evtfoid::regprocedure::text",
-                   "pg_get_userbyid(e.evtowner)")}
+               {
+        _h(
+            "e.evtevent",
+            "e.evtenabled",
+            "e.evttags::text",
+            "e.evtfoid::regprocedure::text",
+            "pg_get_userbyid(e.evtowner)",
+        )
+    }
         FROM pg_catalog.pg_event_trigger e
-        WHERE {_not_ext('pg_event_trigger', 'e.oid')}""",
+        WHERE {_not_ext("pg_event_trigger", "e.oid")}""",
     "default_acl": f"""
         SELECT 'default_acl', 'default_acl:' || pg_get_userbyid(d.defaclrole) || '.' || COALESCE(n.nspname, '*')
                || '.' || d.defaclobjtype::text, n.nspname, NULL::text,
@@ -211,32 +269,61 @@ QUERIES: dict[str, str] = {
         LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace""",
     "role": f"""
         SELECT 'role', 'role:' || r.rolname, NULL::text, NULL::text,
-               {_h("r.rolsuper", "r.rolinherit", "r.rolcreaterole", "r.rolcreatedb", "r.rolcanlogin",
-                   "r.rolreplication", "r.rolbypassrls", "r.rolconnlimit", "r.rolvaliduntil::text",
-                   "(SELECT array_agg(g.rolname ORDER BY g.rolname) FROM pg_catalog.pg_auth_members m "
-                   "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid)::text")}
+               {
+        _h(
+            "r.rolsuper",
+            "r.rolinherit",
+            "r.rolcreaterole",
+            "r.rolcreatedb",
+            "r.rolcanlogin",
+            "r.rolreplication",
+            "r.rolbypassrls",
+            "r.rolconnlimit",
+            "r.rolvaliduntil::text",
+            "(SELECT array_agg(g.rolname ORDER BY g.rolname) FROM pg_catalog.pg_auth_members m "
+            "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid)::text",
+        )
+    }
         FROM pg_catalog.pg_roles r
         WHERE r.rolname NOT LIKE 'pg\\_%'""",
     "publication": f"""
         SELECT 'publication', 'publication:' || p.pubname, NULL::text, NULL::text,
-               {_h("p.puballtables", "p.pubinsert", "p.pubupdate", "p.pubdelete", "p.pubtruncate",
-                   "(SELECT array_agg(pr.prrelid::regclass::text ORDER BY 1) FROM pg_catalog.pg_publication_rel pr "
-                   "WHERE pr.prpubid = p.oid)::text")}
+               {
+        _h(
+            "p.puballtables",
+            "p.pubinsert",
+            "p.pubupdate",
+            "p.pubdelete",
+            "p.pubtruncate",
+            "(SELECT array_agg(pr.prrelid::regclass::text ORDER BY 1) FROM pg_catalog.pg_publication_rel pr "
+            "WHERE pr.prpubid = p.oid)::text",
+        )
+    }
         FROM pg_catalog.pg_publication p""",
     "foreign_server": f"""
         SELECT 'foreign_server', 'foreign_server:' || s.srvname, NULL::text, NULL::text,
-               {_h("s.srvtype", "s.srvversion", "s.srvoptions::text", "pg_get_userbyid(s.srvowner)",
-                   "(SELECT array_agg(um.umuser::text ORDER BY 1) FROM pg_catalog.pg_user_mapping um "
-                   "WHERE um.umserver = s.oid)::text")}
+               {
+        _h(
+            "s.srvtype",
+            "s.srvversion",
+            "s.srvoptions::text",
+            "pg_get_userbyid(s.srvowner)",
+            "(SELECT array_agg(um.umuser::text ORDER BY 1) FROM pg_catalog.pg_user_mapping um "
+            "WHERE um.umserver = s.oid)::text",
+        )
+    }
         FROM pg_catalog.pg_foreign_server s
-        WHERE {_not_ext('pg_foreign_server', 's.oid')}""",
+        WHERE {_not_ext("pg_foreign_server", "s.oid")}""",
 }
+
+# All of the above in one statement (the caller sorts by id).
+CATALOG_QUERY = _EXT_CTE + "SELECT * FROM (" + " UNION ALL ".join(f"({q})" for q in QUERIES.values()) + ") o"
 
 # Kinds that live outside any schema: a migration's scope can never allow changing them.
 CLUSTER_KINDS = {"event_trigger", "role", "publication", "foreign_server"}
 
 # Policy-enforcement facts kept in clear (role names and privilege letters; no secrets).
-ACL_QUERY = f"""
+ACL_QUERY = f"""{_EXT_CTE}
     SELECT 'relation:' || n.nspname || '.' || c.relname, c.relacl::text
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relacl IS NOT NULL AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f') AND {_SYSTEM}
