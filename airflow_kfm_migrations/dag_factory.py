@@ -334,18 +334,19 @@ def build_dags(
 
     from .decl_cache import DeclarationFacts
     from .operators.common import settings
-    from .registry import load_registry
 
     s = settings()
     reg_path = Path(registry_path) if registry_path else s.registry_path
     root = Path(bundles_root) if bundles_root else s.bundles_root
     env = environment or s.environment
     wanted = get_parsing_context().dag_id
-    registry = load_registry(reg_path)
+    # No cache when a task runs: its DAG alone is built, and a cache written then would hold
+    # one declaration only.
     reader = DeclarationFacts(root, enabled=cache and not wanted)
+    entries = reader.registry(reg_path)
     copiers: dict[bool, _TaskCopier | None] = {}
     dags: dict[str, Any] = {}
-    for entry in registry.migrations:
+    for entry in entries:
         dag_id = DAG_PREFIX + entry.migration_id
         if wanted and wanted != dag_id:
             continue

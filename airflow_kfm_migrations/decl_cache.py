@@ -1,21 +1,23 @@
-"""Parse-time cache of what the DAG factory derives from each declaration.
+"""Parse-time cache of what the DAG factory derives from the registry and each declaration.
 
 A DAG file with a thousand migrations would otherwise parse a thousand YAML declarations and
-validate them with pydantic on every DagBag parse, although they rarely change. The factory
-only needs a few facts from each (intent, scope and limits for ``doc_md``, change class, the
-runner's connection, the asset scope, whether a backfill is declared). Those facts are kept
-in one JSON file per bundles root, keyed by the sha256 of each declaration's bytes.
+validate them and the registry with pydantic on every DagBag parse, although they rarely
+change. The factory only needs a few facts from each declaration (intent, scope and limits
+for ``doc_md``, change class, the runner's connection, the asset scope, whether a backfill is
+declared) and a few fields of each registry entry. Those facts are kept in one JSON file per
+bundles root, keyed by the sha256 of the bytes they were derived from. A parse that finds
+everything in the cache does not even import pydantic or the contract models.
 
 Trust rules:
 
-- every parse reads each declaration (with the same size, UTF-8 and symlink checks as
-  :func:`~airflow_kfm_migrations.bundle.load_declaration`) and hashes it; a cached entry is
-  used only when that hash matches, so an edited declaration is parsed again at once;
+- every parse reads the registry and each declaration (with the same size, UTF-8 and symlink
+  checks as :func:`~airflow_kfm_migrations.bundle.load_declaration`) and hashes them; cached
+  facts are used only when that hash matches, so an edited file is validated again at once;
 - the whole file is ignored when it was written by different validation code (a
   fingerprint of the modules that parse and validate declarations) or is unreadable,
   malformed or of another format; it is then rebuilt;
-- only valid declarations are cached: a broken one is parsed (and fails with its reason)
-  every time, so a cache never hides or changes an error;
+- only valid files are cached: a broken one is parsed (and fails with its reason) every
+  time, so a cache never hides or changes an error;
 - writes are atomic (temporary file and rename) and best effort: a read-only or missing
   cache directory only costs speed.
 
@@ -31,17 +33,20 @@ import functools
 import hashlib
 import json
 import os
+import stat
+import sys
 import tempfile
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, cast
 
-from .bundle import DECLARATION_FILE, InvalidInput, Limits, display, parse_declaration, read_text_capped
-from .errors import InputError
-
-CACHE_FORMAT = "kfm-decl-facts.v1"
+CACHE_FORMAT = "kfm-decl-facts.v2"
+# bundle.DECLARATION_FILE and registry.MAX_REGISTRY_BYTES, without importing them (a test checks).
+DECLARATION_FILE = "migration.yml"
+REGISTRY_CAP = 16 * 1024 * 1024
 _OFF = {"off", "0", "false", "no", "none"}
-# The modules whose code decides whether a declaration is valid and what the facts are.
-_CODE = ("bundle.py", "safe_yaml.py", "contracts/__init__.py", "contracts/models.py", "decl_cache.py")
+# The modules whose code decides whether a file is valid and what the facts are.
+_CODE = ("bundle.py", "safe_yaml.py", "registry.py", "contracts/__init__.py", "contracts/models.py", "decl_cache.py")
 _FACT_TYPES: dict[str, Any] = {
     "type": str,
     "intent": str,
@@ -53,6 +58,55 @@ _FACT_TYPES: dict[str, Any] = {
     "asset_scope": dict,
     "backfill": bool,
 }
+
+
+@dataclass(frozen=True)
+class EntryFacts:
+    """The fields of a registry entry the DAG factory uses."""
+
+    migration_id: str
+    type: str
+    path: str
+    owner: str
+    status: str
+    conn_id: str | None
+    schedule: str | None
+
+    @classmethod
+    def of(cls, entry: Any) -> EntryFacts:
+        return cls(
+            str(entry.migration_id),
+            str(entry.type),
+            str(entry.path),
+            str(entry.owner),
+            str(entry.status),
+            entry.conn_id,
+            entry.schedule,
+        )
+
+
+def _entry_from_json(row: Any) -> EntryFacts | None:
+    if not isinstance(row, list) or len(row) != 7:
+        return None
+    if not all(isinstance(x, str) for x in row[:5]) or not all(x is None or isinstance(x, str) for x in row[5:]):
+        return None
+    return EntryFacts(*row)
+
+
+def _read_plain(path: Path, cap: int) -> str | None:
+    """The file's text when ``read_text_capped`` would return it too (a regular file, not a
+    symlink, within the cap, strict UTF-8, no NUL); otherwise None, and the caller lets
+    ``read_text_capped`` raise its error. This module imports nothing heavy for a warm parse."""
+    try:
+        st = path.lstat()
+        if not stat.S_ISREG(st.st_mode) or st.st_size > cap:
+            return None
+        with path.open("rb") as fh:
+            data = fh.read(cap + 1)
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None if len(data) > cap or "\x00" in text else text
 
 
 def facts_of(decl: Any) -> dict[str, Any]:
@@ -117,14 +171,17 @@ class DeclarationFacts:
     exactly the declarations seen in this parse."""
 
     def __init__(self, bundles_root: Path, directory: Path | None = None, *, enabled: bool = True) -> None:
-        self.limits = Limits()
         self.hits = 0
         self.misses = 0
         folder = (directory or cache_dir()) if enabled else None
         root_key = hashlib.sha256(str(Path(bundles_root).resolve()).encode()).hexdigest()[:24]
         self.path = folder / f"decl-facts-{root_key}.json" if folder else None
-        self._old: dict[str, Any] = self._read() if self.path else {}
+        doc = self._read() if self.path else {}
+        self._old: dict[str, Any] = doc.get("entries", {})
+        self._old_registry: Any = doc.get("registry")
         self._new: dict[str, dict[str, Any]] = {}
+        self._new_registry: Any = None
+        self._max_bytes: int | None = None
 
     def _read(self) -> dict[str, Any]:
         assert self.path is not None
@@ -139,16 +196,47 @@ class DeclarationFacts:
             or not isinstance(doc.get("entries"), dict)
         ):
             return {}
-        return doc["entries"]
+        return doc
+
+    def registry(self, path: Path) -> list[EntryFacts]:
+        """The registry's entries; raises as ``registry.load_registry`` does."""
+        text = _read_plain(path, REGISTRY_CAP)
+        key = hashlib.sha256(text.encode()).hexdigest() if text is not None else None
+        old = self._old_registry
+        if key is not None and self.path is not None and isinstance(old, dict) and old.get("sha256") == key:
+            rows = old.get("entries")
+            entries = [_entry_from_json(r) for r in rows] if isinstance(rows, list) else [None]
+            if all(e is not None for e in entries):
+                self._new_registry = old
+                self.hits += 1
+                return cast(list[EntryFacts], entries)
+        from .registry import MAX_REGISTRY_BYTES, load_registry
+
+        out = [EntryFacts.of(e) for e in load_registry(path).migrations]
+        self.misses += 1
+        # Cached only if the file did not change while it was validated.
+        again = _read_plain(path, MAX_REGISTRY_BYTES)
+        if key is not None and again is not None and hashlib.sha256(again.encode()).hexdigest() == key:
+            self._new_registry = {"sha256": key, "entries": [list(astuple(e)) for e in out]}
+        return out
 
     def get(self, folder: Path) -> dict[str, Any]:
         """The facts of ``folder``'s declaration; raises as ``load_declaration`` does."""
         decl_path = Path(folder) / DECLARATION_FILE
-        try:
-            # The label (a relative path) is only needed for an error: computed then.
-            text = read_text_capped(decl_path, self.limits.max_declaration_bytes, file_label="-")
-        except InputError as exc:
-            raise InvalidInput([InputError(display(decl_path), exc.field, exc.reason)]) from None
+        if self._max_bytes is None:
+            # bundle.Limits reads the variable when bundle is imported; never a larger cap.
+            bundle = sys.modules.get(f"{__package__}.bundle")
+            env_cap = int(os.environ.get("KFM_MAX_DECLARATION_BYTES", 256 * 1024))
+            self._max_bytes = bundle.Limits().max_declaration_bytes if bundle else env_cap
+        text = _read_plain(decl_path, self._max_bytes)
+        if text is None:  # let the bundle loader say what is wrong (or read it after all)
+            from .bundle import InvalidInput, Limits, read_text_capped
+            from .errors import InputError
+
+            try:
+                text = read_text_capped(decl_path, Limits().max_declaration_bytes)
+            except InputError as exc:
+                raise InvalidInput([exc]) from None
         key = hashlib.sha256(text.encode()).hexdigest()
         seen = self._new.get(key)
         if seen is not None:
@@ -159,6 +247,8 @@ class DeclarationFacts:
             facts = cast(dict[str, Any], cached)
             self.hits += 1
         else:
+            from .bundle import display, parse_declaration
+
             facts = facts_of(parse_declaration(text, display(decl_path))[0])
             self.misses += 1
         self._new[key] = facts
@@ -166,9 +256,9 @@ class DeclarationFacts:
 
     def save(self) -> None:
         """Write the facts seen in this parse, if they differ from the file; never raises."""
-        if self.path is None or self._new == self._old:
+        if self.path is None or (self._new == self._old and self._new_registry == self._old_registry):
             return
-        doc = {"format": CACHE_FORMAT, "code": code_fingerprint(), "entries": self._new}
+        doc = {"format": CACHE_FORMAT, "code": code_fingerprint(), "entries": self._new, "registry": self._new_registry}
         tmp = None
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

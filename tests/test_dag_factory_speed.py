@@ -164,6 +164,7 @@ def test_cache_is_used_only_on_a_hash_match(world: Path, tmp_path: Path) -> None
 
 def test_a_tampered_or_corrupt_cache_is_not_trusted(world: Path, tmp_path: Path) -> None:
     from airflow_kfm_migrations.dag_factory import DAG_PREFIX
+    from airflow_kfm_migrations.decl_cache import CACHE_FORMAT
 
     reference = {k: _serialized(v) for k, v in _build(world, cache=False).items()}
     _build(world)
@@ -171,12 +172,13 @@ def test_a_tampered_or_corrupt_cache_is_not_trusted(world: Path, tmp_path: Path)
     doc = json.loads(path.read_text())
     for facts in doc["entries"].values():
         facts["intent"] = 7  # malformed entries are parsed again
+    doc["registry"]["entries"][0][3] = 5
     path.write_text(json.dumps(doc))
     assert {k: _serialized(v) for k, v in _build(world).items()} == reference
     for bad in ("{not json", json.dumps({"format": "other", "entries": {}}), json.dumps(dict(doc, code="old"))):
         path.write_text(bad)
         assert {k: _serialized(v) for k, v in _build(world).items()} == reference
-        assert json.loads(path.read_text())["format"] == "kfm-decl-facts.v1"  # rebuilt
+        assert json.loads(path.read_text())["format"] == CACHE_FORMAT  # rebuilt
     # A broken bundle and a missing one break only their own DAGs, with the cache present.
     dags = _build(world)
     assert "invalid YAML" in dags[DAG_PREFIX + "PG-MIG-2026-02-28-06"].doc_md
@@ -192,3 +194,31 @@ def test_cache_off_and_unwritable_cache_cost_only_speed(world: Path, tmp_path: P
     blocker.write_text("")
     monkeypatch.setenv("KFM_PARSE_CACHE", str(blocker / "cache"))  # cannot be created
     assert {k: _serialized(v) for k, v in _build(world).items()} == reference
+
+
+def test_constants_copied_to_keep_a_warm_parse_light() -> None:
+    from airflow_kfm_migrations import bundle, decl_cache, registry
+    from airflow_kfm_migrations.operators import common
+
+    assert decl_cache.DECLARATION_FILE == bundle.DECLARATION_FILE
+    assert decl_cache.REGISTRY_CAP == registry.MAX_REGISTRY_BYTES
+    assert common.REGISTRY_REL == registry.REGISTRY_REL
+
+
+def test_registry_cache_follows_the_registry(world: Path, tmp_path: Path) -> None:
+    from airflow_kfm_migrations.dag_factory import DAG_PREFIX
+    from airflow_kfm_migrations.decl_cache import DeclarationFacts
+
+    _build(world)
+    reg_path = world / "registry" / "migrations.v1.json"
+    reader = DeclarationFacts(world)
+    assert [e.migration_id for e in reader.registry(reg_path)][:2] == [PG, "SEARCH-MIG-2026-03-02-01"]
+    assert reader.hits == 1 and reader.misses == 0
+    reg = json.loads(reg_path.read_text())
+    reg["migrations"][0]["owner"] = "new-owner"
+    reg_path.write_text(json.dumps(reg))
+    assert _build(world)[DAG_PREFIX + PG].get_task("apply").owner == "new-owner"
+    reg["migrations"][0]["status"] = "not-a-status"  # invalid: the DAG file fails, cache or not
+    reg_path.write_text(json.dumps(reg))
+    with pytest.raises(Exception, match="status"):
+        _build(world)

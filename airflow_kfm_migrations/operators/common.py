@@ -9,11 +9,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..bundle import Bundle, load_bundle
-from ..contracts.models import RegistryEntry
-from ..registry import REGISTRY_REL, find_entry, load_registry
+if TYPE_CHECKING:  # imported when used: a DAG file parse reads settings only
+    from ..bundle import Bundle
+    from ..contracts.models import RegistryEntry
+
+# registry.REGISTRY_REL (tests/test_dag_factory_speed.py checks), without importing pydantic.
+REGISTRY_REL = Path("registry") / "migrations.v1.json"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ def settings() -> Settings:
 
 
 def resolve(migration_id: str) -> tuple[Settings, RegistryEntry | None, Bundle]:
+    from ..bundle import load_bundle
+    from ..registry import find_entry, load_registry
+
     s = settings()
     entry = find_entry(load_registry(s.registry_path), migration_id) if s.registry_path.exists() else None
     folder = s.bundles_root / entry.path if entry else s.bundles_root / migration_id
