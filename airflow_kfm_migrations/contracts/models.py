@@ -13,7 +13,6 @@ objects inside allowed scope, file existence) lives in ``policy.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -361,32 +360,28 @@ class BaselineObject(Strict):
     protected: bool = False
 
 
-def trusted_baseline_objects(
-    rows: Iterable[tuple[str, str, str | None, str | None, str, bool]],
-) -> list[BaselineObject]:
-    """BaselineObjects from (id, kind, schema, table, digest, protected) rows that a store's
-    own catalog queries produced, without per-object validation.
+def trusted_baseline_object(
+    oid: str, kind: str, schema: str | None, table: str | None, digest: str, protected: bool
+) -> BaselineObject:
+    """A BaselineObject from values a store's own catalog query produced, without validation.
 
     A 10,000-table catalog has 120k objects, and validating each one costs more than the
-    SQL that computed it. This builds the same instances ``model_validate`` would (a test
-    holds them equal); use it only for values the store computed itself, never for input.
+    SQL that computed it. This builds the instance ``model_validate`` would (a test holds
+    them equal); use it only for values the store computed itself, never for input.
     """
-    new, put = object.__new__, object.__setattr__
-    out = []
-    for oid, kind, schema, table, digest, protected in rows:
-        o = new(BaselineObject)
-        put(
-            o,
-            "__dict__",
-            {"id": oid, "kind": kind, "schema_": schema, "table": table, "digest": digest, "protected": protected},
-        )
-        put(o, "__pydantic_fields_set__", _BASELINE_OBJECT_FIELDS)
-        put(o, "__pydantic_extra__", None)
-        put(o, "__pydantic_private__", None)
-        out.append(o)
-    return out
+    o = _new(BaselineObject)
+    _put(
+        o,
+        "__dict__",
+        {"id": oid, "kind": kind, "schema_": schema, "table": table, "digest": digest, "protected": protected},
+    )
+    _put(o, "__pydantic_fields_set__", _BASELINE_OBJECT_FIELDS)
+    _put(o, "__pydantic_extra__", None)
+    _put(o, "__pydantic_private__", None)
+    return o
 
 
+_new, _put = object.__new__, object.__setattr__
 _BASELINE_OBJECT_FIELDS = frozenset(BaselineObject.model_fields)
 
 

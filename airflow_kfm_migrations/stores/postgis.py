@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, ClassVar
 
 import pglast
@@ -27,12 +28,13 @@ from pglast import ast
 from ..bundle import Artifact, Bundle, display
 from ..contracts.models import (
     Baseline,
+    BaselineObject,
     DiffSummary,
     Finding,
     LimitCheck,
     PostgisDeclaration,
     WriteCount,
-    trusted_baseline_objects,
+    trusted_baseline_object,
 )
 from ..diff import diff_objects, index
 from ..digest import digest_json, leaf, leaf_raw, merkle_root, merkle_root_raw
@@ -471,18 +473,23 @@ class PostgisStore:
         cur.execute("SELECT set_config('search_path', 'pg_catalog', true), set_config('work_mem', '64MB', true)")
         try:
             scope = PgScope(decl)
-            objects: list[tuple[str, str, str | None, str | None, str, bool]] = []
+            # (id, object, Merkle leaf). The rows are streamed in chunks, so building the
+            # objects and their leaves here overlaps the server's work on the next rows.
+            objects: list[tuple[str, BaselineObject, bytes]] = []
             guarded: dict[tuple[str | None, str | None], bool] = {}
-            # Streamed in chunks, so the digesting here overlaps the server's work on the next rows.
             for kind, oid, schema, table, dig in cur.stream(CATALOG_QUERY, size=5000):
                 key = (schema, table)
                 g = guarded.get(key)
                 if g is None:
                     g = guarded[key] = scope.guarded(schema, table)
-                objects.append((oid, kind, schema, table, dig, g))
+                objects.append((oid, trusted_baseline_object(oid, kind, schema, table, dig, g), leaf_raw(oid, dig)))
             rows: dict[str, int] = {}
             cur.execute(TABLES_QUERY)
-            tables = [(s, t) for _oid, s, t, _fn in cur.fetchall() if scope.guarded(s, t) and s != LEDGER_SCHEMA]
+            tables = [
+                (s, t)
+                for _oid, s, t, _fn in cur.fetchall()
+                if s != LEDGER_SCHEMA and guarded.get((s, t)) is not False and scope.guarded(s, t)
+            ]
             cap = decl.scope.protected_row_digest_max_rows
             for schema, table in sorted(tables):
                 cur.execute(
@@ -498,23 +505,24 @@ class PostgisStore:
                 if n > cap:
                     dig = digest_json(["over-cap", n])
                 rows[f"{schema}.{table}"] = min(n, cap)
-                objects.append((f"rows:{schema}.{table}", "rows", schema, table, dig, True))
+                rid = f"rows:{schema}.{table}"
+                obj = trusted_baseline_object(rid, "rows", schema, table, dig, True)
+                objects.append((rid, obj, leaf_raw(rid, dig)))
             cur.execute(ACL_QUERY)
             acls = {k: v for k, v in cur.fetchall()}
             cur.execute(RLS_QUERY)
             rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
         finally:
             cur.execute("SELECT set_config('search_path', %s, true)", (old_path,))
-        objects.sort()  # ids are unique, so this is the order by id
+        objects.sort(key=itemgetter(0))  # ids are unique
         counts: dict[str, int] = {}
         leaves: list[bytes] = []
         protected: list[bytes] = []
-        for oid, kind, _schema, _table, dig, prot in objects:
-            counts[kind] = counts.get(kind, 0) + 1
-            raw = leaf_raw(oid, dig)
-            if kind != "rows":
+        for _oid, obj, raw in objects:
+            counts[obj.kind] = counts.get(obj.kind, 0) + 1
+            if obj.kind != "rows":
                 leaves.append(raw)
-            if prot:
+            if obj.protected:
                 protected.append(raw)
         head = Baseline.model_validate(
             {
@@ -531,7 +539,7 @@ class PostgisStore:
                 "extra": {"acls": acls, "rls": rls},
             }
         )
-        return head.model_copy(update={"objects": trusted_baseline_objects(objects)})
+        return head.model_copy(update={"objects": [obj for _oid, obj, _raw in objects]})
 
     def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str:
         decl = bundle.declaration
