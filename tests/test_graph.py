@@ -3,6 +3,7 @@ Cypher splitter and the static plan (those need no server)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -15,11 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import rfc8785
 from conftest import MIGRATIONS, port_open, server_missing
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.errors import InputError, LockedError
+from airflow_kfm_migrations.stores import graph as graph_store
 from airflow_kfm_migrations.stores.cypher import (
     classify,
     error_line,
@@ -29,7 +34,7 @@ from airflow_kfm_migrations.stores.cypher import (
     schema_name,
     split_cypher,
 )
-from airflow_kfm_migrations.stores.graph import GraphStore
+from airflow_kfm_migrations.stores.graph import GraphStore, canonical
 
 pytestmark = pytest.mark.neo4j
 
@@ -679,3 +684,137 @@ def test_tampering_with_the_ledger_is_a_hard_fail(gexample: Path, graph: Graph, 
     assert run(other, out) == 1
     assert "governance_ledger_touched" in codes(out)
     assert graph.q("MATCH (m:KfmMigration) RETURN m.status AS s") == [{"s": "succeeded"}]
+
+
+# ----------------------------------------------------------------- baseline capture
+
+
+_ascii = st.text(alphabet=st.characters(codec="ascii"), max_size=6)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**53), max_value=2**53),
+    st.floats(),
+    st.floats(min_value=1e-5, max_value=1e17),
+    st.floats(min_value=-1e17, max_value=-1e-5),
+    st.text(),
+    _ascii,
+    st.binary(max_size=4),
+)
+_values = st.recursive(
+    _scalars,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4),
+        st.tuples(inner, inner),
+        st.dictionaries(st.one_of(_ascii, st.text(max_size=4)), inner, max_size=4),
+    ),
+    max_leaves=12,
+)
+
+
+@given(_values)
+@example({"code": "site-1", "since": 1859, "lat": 38.001, "tags": ["a", "b"], "ok": True, "gone": None})
+@example([1e-4, -1e-4, 9.999999999999999e-05, 4503599627370495.5, 1e16 - 2, 0.1, 2**53 - 1, -(2**53 - 1), 2**53])
+@example({"é": 1, "z": 2, "\ue000": 3, "\U0001f600": 4, "a\u0000": '\x00\x1f\x7f\u2028"\\'})
+@example([38.0, -0.0, 0.0, float("nan"), float("inf"), 1e-7, 1e21, 2**63 - 1, -(2**63)])
+def test_canonical_is_rfc8785_of_the_typed_form(value: Any) -> None:
+    """The fast path (msgspec, taken when ``_plain``) writes the RFC 8785 bytes exactly."""
+    expected = rfc8785.dumps(graph_store._jsonable(value))
+    assert canonical(value) == expected
+    if graph_store._plain(value):
+        assert graph_store._COMPACT(value) == expected
+
+
+@given(st.lists(st.dictionaries(st.one_of(_ascii, st.text(max_size=4)), _values, max_size=5), max_size=4))
+@example([{"since": 38.0}, {"since": 38}, {"lat": 38.5, "big": 2**60, "tags": ["a", "b"], "é": True}])
+def test_node_digests_are_sha256_of_rfc8785(maps: list[dict[str, Any]]) -> None:
+    nodes = [[["Site", "AuthoritySite"], m] for m in maps]
+    expected = [
+        hashlib.sha256(rfc8785.dumps(graph_store._jsonable([["AuthoritySite", "Site"], m]))).hexdigest() for m in maps
+    ]
+    assert graph_store._node_digests(nodes) == sorted(expected)
+
+
+def test_canonical_fast_path_covers_a_typical_node_and_tells_types_apart() -> None:
+    node = {"code": "site-1", "name": "Fort Larned ✓", "since": 1859, "lat": 38.18, "tags": ["a"], "ok": True}
+    assert graph_store._plain([["AuthoritySite"], node])
+    for x in (38.0, -0.0, float("nan"), 2**53, 1e-7, {"clé": 1}):
+        assert not graph_store._plain(x)
+    digest = graph_store._digest
+    assert digest(38) != digest(38.0) and digest(0.0) != digest(-0.0) and digest(1) != digest(True)
+    assert digest(2**60) != digest(str(2**60)) and digest(2**63 - 1) != digest(2**63 - 2)
+    assert digest([1.5]) != digest(["1.5"])
+    with pytest.raises(rfc8785.CanonicalizationError):
+        canonical({"a": "\ud800"})  # a lone surrogate, as rfc8785 itself
+
+
+def test_baseline_is_four_queries_and_fingerprints_every_protected_node(
+    gexample: Path, graph: Graph, neo4j_server: Any
+) -> None:
+    decl = load_bundle(gexample).declaration
+    store = GraphStore.for_planning(CONN_ID)
+    queries: list[str] = []
+
+    def run(query: str, **params: Any) -> list[dict[str, Any]]:  # as GraphSession._run
+        queries.append(query)
+        with neo4j_server.session(notifications_min_severity="OFF") as s:
+            return [dict(r) for r in s.run(query, params)]
+
+    def fingerprint() -> str:
+        b = store.capture(run, decl)
+        assert b == store.capture(graph.q, decl)  # record.data() rows give the same baseline
+        return b.protected_fingerprint
+
+    bent = (
+        "CREATE (:AuthoritySite {name: 'Bent', since: 1833, lat: 38.04, tags: ['fort', 'trade'], "
+        "big: 9007199254740993, built: date('1833-06-01'), at: point({latitude: 38.04, longitude: -103.43}), "
+        "`clé`: 'é'})"
+    )
+    graph.q(bent)
+    graph.q("MATCH ()-[r:PROV_GENERATED_BY]->() SET r.role = 'survey'")
+    before = store.capture(run, decl)
+    assert len(queries) == 4  # SHOW CONSTRAINTS, SHOW INDEXES, the tokens in use, one read
+    # The allowed labels are only counted (count store), never scanned.
+    assert not [q for q in queries if "MATCH (n:`LegacyDataset`) RETURN" in q or "`LegacyDataset`) UNWIND" in q]
+    assert before.protected_rows == {"AuthoritySite": 2}
+    ids = {o.id for o in before.objects}
+    assert {"nodes:AuthoritySite", "property_keys:AuthoritySite", "property_keys:rel:PROV_GENERATED_BY"} <= ids
+    # Neither the order nor the elementIds of the nodes count: re-create one the same.
+    graph.q("MATCH (s:AuthoritySite {name: 'Bent'}) DELETE s")
+    graph.q(bent)
+    assert fingerprint() == before.protected_fingerprint
+    # The integer 1859 and the float 1859.0 are different values in Neo4j.
+    graph.q("MATCH (s:AuthoritySite {name: 'Fort Larned'}) SET s.since = 1859.0")
+    assert fingerprint() != before.protected_fingerprint
+    graph.q("MATCH (s:AuthoritySite {name: 'Fort Larned'}) SET s.since = 1859")
+    assert fingerprint() == before.protected_fingerprint
+    graph.q("MATCH (s:AuthoritySite {name: 'Bent'}) SET s.big = s.big + 1")
+    assert fingerprint() != before.protected_fingerprint
+
+
+def test_a_stores_next_baseline_names_the_tokens_it_found_and_rereads_when_they_changed(
+    gexample: Path, graph: Graph, neo4j_server: Any
+) -> None:
+    decl = load_bundle(gexample).declaration
+    store = GraphStore.for_planning(CONN_ID)
+    queries: list[str] = []
+
+    def run(query: str, **params: Any) -> list[dict[str, Any]]:
+        queries.append(query)
+        with neo4j_server.session(notifications_min_severity="OFF") as s:
+            return [dict(r) for r in s.run(query, params)]
+
+    first = store.capture(run, decl)
+    queries.clear()
+    assert store.capture(run, decl) == first
+    assert len(queries) == 3  # the tokens come with the one read
+    # A label and a relationship type that the last baseline did not see: read again with them.
+    graph.q("CREATE (:Dataset {dataset_id: 'ds-9'})-[:DERIVED_FROM]->(:AuthoritySite {name: 'Fort Dodge'})")
+    queries.clear()
+    after = store.capture(run, decl)
+    assert len(queries) == 4 and "`Dataset`" not in queries[2] and "`Dataset`" in queries[3]
+    ids = {o.id for o in after.objects}
+    assert {"label_count:Dataset", "rel_count:DERIVED_FROM"} <= ids
+    assert after.protected_rows == {"AuthoritySite": 2}
+    assert after == GraphStore.for_planning(CONN_ID).capture(run, decl)  # as a new store's

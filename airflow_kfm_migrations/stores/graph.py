@@ -17,6 +17,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import re
 import socket
@@ -25,8 +26,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar
+
+import msgspec
+import rfc8785
 
 from ..bundle import Artifact, Bundle, display
 from ..contracts.models import (
@@ -79,6 +84,20 @@ COUNTER_NAMES = (
     "constraints_removed",
 )
 COUNT_KINDS = frozenset({"label_count", "rel_count", "nodes"})
+# The server version and the tokens in use (labels, relationship types, property keys).
+_TOKENS = (
+    "COLLECT { CALL dbms.components() YIELD name, versions, edition RETURN [name, versions, edition] } "
+    "AS components, COLLECT { CALL db.labels() YIELD label RETURN label } AS labels, "
+    "COLLECT { CALL db.relationshipTypes() YIELD relationshipType AS t RETURN t } AS types, "
+    "COLLECT { CALL db.propertyKeys() YIELD propertyKey AS k RETURN k } AS keys"
+)
+Tokens = tuple[tuple[str, ...], tuple[str, ...]]  # (labels but the governance ones, relationship types)
+
+
+def _tokens(row: dict[str, Any]) -> Tokens:
+    return tuple(sorted(x for x in row["labels"] if x not in GOVERNANCE_LABELS)), tuple(sorted(row["types"]))
+
+
 _LEDGER_FIELDS = tuple(LedgerRecord.__dataclass_fields__)
 
 Connect = Callable[[], Any]  # -> neo4j.Driver
@@ -121,14 +140,6 @@ def _pid_alive(pid: int) -> bool:
 
 def _match(name: str, patterns: list[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _node_digest(labels: list[str], properties: Any) -> str:
-    """Digest of one protected node. Sorted-key compact JSON is canonical for the values
-    Neo4j returns (strings, numbers, booleans, lists, temporal values made strings), and
-    several times faster than RFC 8785 over thousands of nodes."""
-    text = json.dumps([labels, properties], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -196,11 +207,25 @@ def _seconds(interval: str) -> float | None:
     return float(m.group(1)) * mult
 
 
+SAFE_INT = 2**53 - 1  # RFC 8785 numbers are IEEE doubles: larger integers would not be exact
+
+
 def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, (bool, int, str)):
+    """The typed JSON form of a value the driver returns, one-to-one: values JSON cannot tell
+    apart or carry are tagged maps (Neo4j property values are never maps themselves).
+
+    - integers beyond +-(2**53 - 1) -> ``{"int": "<digits>"}``;
+    - floats that are integral (``38.0`` is not the integer ``38`` in Neo4j), ``-0.0``, NaN and
+      infinities -> ``{"float": repr}``; any other float stays a JSON number, which never reads
+      as an integer;
+    - bytes -> ``{"bytes": hex}``; temporal and spatial values -> ``{type name: str(value)}``.
+    """
+    if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, int):
+        return value if -SAFE_INT <= value <= SAFE_INT else {"int": str(value)}
     if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else str(value)
+        return value if math.isfinite(value) and not value.is_integer() else {"float": repr(value)}
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
@@ -208,6 +233,102 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return {"bytes": bytes(value).hex()}
     return {type(value).__name__: str(value)}
+
+
+def _plain(value: Any) -> bool:
+    """True when ``value`` is its own typed JSON form (``_jsonable(value) == value``) and
+    sorted-key compact JSON of it is byte for byte RFC 8785: strings, booleans, null, integers
+    within +-(2**53 - 1), floats whose shortest ``repr`` RFC 8785 keeps as it is (finite, not
+    integral, 1e-4 <= |x| < 1e16: no exponent, no ``.0``), and lists and maps of those whose
+    keys are ASCII (so that code point order is RFC 8785's UTF-16 order). Exact types only."""
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is int:
+        return -SAFE_INT <= value <= SAFE_INT
+    if t is float:
+        return 1e-4 <= abs(value) < 1e16 and not value.is_integer()
+    if t is dict:
+        try:
+            if not "".join(value).isascii():
+                return False
+        except TypeError:  # a key that is not a string
+            return False
+        items = value.values()
+    elif t is list or t is tuple:
+        items = value
+    else:
+        return False
+    for v in items:  # noqa: SIM110 (a loop with strings inline is twice as fast as all())
+        if type(v) is not str and not _plain(v):
+            return False
+    return True
+
+
+_COMPACT = msgspec.json.Encoder(order="sorted").encode
+
+
+def canonical(value: Any) -> bytes:
+    """RFC 8785 (JCS) bytes of ``_jsonable(value)``. When ``_plain(value)`` msgspec writes them
+    in C (sorted keys, no whitespace, UTF-8, the same escapes and float digits: a hypothesis
+    test in tests/test_graph.py holds the two equal); the ``rfc8785`` package otherwise."""
+    if _plain(value):
+        with suppress(UnicodeEncodeError):  # lone surrogates: rfc8785 rejects them below
+            return _COMPACT(value)
+    return rfc8785.dumps(_jsonable(value))
+
+
+def _digest(value: Any) -> str:
+    """``digest.digest_json(_jsonable(value))``, faster."""
+    return hashlib.sha256(canonical(value)).hexdigest()
+
+
+def _plain_properties(props: dict[str, Any]) -> bool:
+    """``_plain(props)`` for one property map, with the scalar cases inline (1,000 maps)."""
+    try:
+        if not "".join(props).isascii():
+            return False
+    except TypeError:  # a key that is not a string
+        return False
+    for v in props.values():
+        t = type(v)
+        if t is str or t is bool:
+            continue
+        if t is int:
+            if -SAFE_INT <= v <= SAFE_INT:
+                continue
+            return False
+        if t is float:
+            if 1e-4 <= abs(v) < 1e16 and not v.is_integer():
+                continue
+            return False
+        if t is list and all([type(x) is str for x in v]):
+            continue
+        if not _plain(v):
+            return False
+    return True
+
+
+def _node_digests(nodes: list[list[Any]]) -> list[str]:
+    """Sorted digests of protected nodes, one per ``[labels, properties]``: the sha256 of
+    ``canonical([sorted labels, full property map])`` (no elementId), so that the list
+    depends neither on the order nor on the identity of the nodes."""
+    sha256, compact = hashlib.sha256, _COMPACT
+    out = []
+    for labels, props in nodes:
+        if len(labels) > 1:
+            labels = sorted(labels)
+        item = [labels, props]
+        if type(props) is dict and _plain_properties(props) and all([type(x) is str for x in labels]):
+            try:
+                data = compact(item)
+            except UnicodeEncodeError:  # lone surrogates: rfc8785 rejects them
+                data = canonical(item)
+        else:
+            data = canonical(item)
+        out.append(sha256(data).hexdigest())
+    out.sort()
+    return out
 
 
 # ---------------------------------------------------------------------------- store
@@ -220,6 +341,7 @@ class GraphStore:
         self._connect = connect
         self.conn_id = conn_id
         self.database = database
+        self._tokens: Tokens | None = None  # the tokens the last baseline found in use
 
     # -- construction ---------------------------------------------------------
 
@@ -396,12 +518,71 @@ class GraphStore:
 
     # -- baseline -------------------------------------------------------------
 
+    @staticmethod
+    def _guarded_reads(
+        scope: GraphScope, labels: tuple[str, ...], rel_types: tuple[str, ...]
+    ) -> tuple[list[str], list[tuple[str, str]]]:
+        """The protected labels (their nodes are read), and the other guarded labels and types
+        whose property keys are read; the protected labels' keys come with their nodes.
+        Allowed labels are not scanned (a full key scan of 1M nodes costs ~300x the bare count
+        queries, and changes to them are in scope anyway). New key tokens anywhere are kept in
+        `extra` (not fingerprinted: the token store never forgets a key, so a rollback could
+        not return to pre) and reported by the gate."""
+        protected = [x for x in labels if scope.protected_label(x)]
+        keyed = [("node", x) for x in labels if scope.guarded("node", x) and x not in protected]
+        keyed += [("relationship", t) for t in rel_types if scope.guarded("relationship", t)]
+        return protected, keyed
+
+    @classmethod
+    def _read_query(cls, scope: GraphScope, labels: tuple[str, ...], rel_types: tuple[str, ...]) -> str:
+        protected, keyed = cls._guarded_reads(scope, labels, rel_types)
+        patterns = {"node": "(n:{})", "relationship": "()-[n:{}]->()"}
+        columns = {
+            "label_counts": [f"COUNT {{ MATCH (n:{_quote(x)}) }}" for x in labels],
+            "rel_counts": [f"COUNT {{ MATCH ()-[r:{_quote(t)}]->() }}" for t in rel_types],
+            "protected_nodes": [
+                f"COLLECT {{ MATCH (n:{_quote(x)}) RETURN [labels(n), properties(n)] }}" for x in protected
+            ],
+            "guarded_keys": [
+                f"COLLECT {{ MATCH {patterns[e].format(_quote(x))} UNWIND keys(n) AS k RETURN DISTINCT k }}"
+                for e, x in keyed
+            ],
+        }
+        lists = ", ".join(f"[{', '.join(items)}] AS {name}" for name, items in columns.items())
+        return f"RETURN {_TOKENS}, {lists}, COLLECT {{ MATCH (m:{LEDGER_LABEL}) RETURN properties(m) }} AS ledger"
+
     def capture(self, run: Callable[..., list[dict[str, Any]]], decl: GraphDeclaration) -> Baseline:
-        """Baseline through ``run(query, **params) -> records as dicts``."""
+        """Baseline through ``run(query, **params) -> records as dicts``, in three queries:
+
+        1. ``SHOW CONSTRAINTS YIELD *`` and 2. ``SHOW INDEXES YIELD *`` (Neo4j 5 composes a SHOW
+           command with no other clause);
+        3. one read (one transaction): the server version and the labels, relationship types
+           and property keys in use; the count store per label and relationship type; every
+           node of every protected label (labels and full property map); the property keys of
+           the other guarded labels and types; the ledger nodes.
+
+        Count-store reads need the labels and types written in the query: it names those the
+        last baseline of this store found in use, and is read again with the ones it reports
+        when they differ. The first baseline of a store asks for them first (four queries).
+
+        Nothing else is read: no label or type outside the guarded ones is scanned."""
         scope = GraphScope(decl)
+        constraints = run("SHOW CONSTRAINTS YIELD *")
+        indexes = run("SHOW INDEXES YIELD *")
+        tokens = self._tokens or _tokens(run(f"RETURN {_TOKENS}")[0])
+        for _attempt in range(5):
+            data = run(self._read_query(scope, *tokens))[0]
+            if _tokens(data) == tokens:
+                break
+            tokens = _tokens(data)  # a label or type appeared or went away: read again
+        else:
+            raise RefusedError("the labels and relationship types in use kept changing during the baseline")
+        self._tokens = tokens
+        labels, rel_types = tokens
+        version = " ".join(f"{c[0]} {'/'.join(c[1])} {c[2]}" for c in data["components"]) or "Neo4j"
+        protected_labels, keyed = self._guarded_reads(scope, *tokens)
+
         objects: list[BaselineObject] = []
-        comp = run("CALL dbms.components() YIELD name, versions, edition RETURN name, versions, edition")
-        version = " ".join(f"{c['name']} {'/'.join(c['versions'])} {c['edition']}" for c in comp) or "Neo4j"
 
         def guarded(entity: str, names: list[str]) -> bool:
             return any(scope.guarded(entity, x) for x in names)
@@ -409,7 +590,7 @@ class GraphStore:
         def governance(names: list[str] | None) -> bool:
             return bool(names) and any(x in GOVERNANCE_LABELS for x in names or [])
 
-        for c in run("SHOW CONSTRAINTS YIELD *"):
+        for c in constraints:
             if governance(c.get("labelsOrTypes")):
                 continue
             entity = "relationship" if c.get("entityType") == "RELATIONSHIP" else "node"
@@ -425,11 +606,11 @@ class GraphStore:
                     kind="constraint",
                     schema=entity,
                     table="|".join(names) or None,
-                    digest=digest_json(definition),
+                    digest=_digest(definition),
                     protected=guarded(entity, names),
                 )
             )
-        for ix in run("SHOW INDEXES YIELD *"):
+        for ix in indexes:
             if ix.get("owningConstraint") or governance(ix.get("labelsOrTypes")):
                 continue  # a constraint's backing index is part of the constraint
             entity = "relationship" if ix.get("entityType") == "RELATIONSHIP" else "node"
@@ -444,17 +625,18 @@ class GraphStore:
                     kind="index",
                     schema=entity,
                     table="|".join(names) or None,
-                    digest=digest_json(definition),
+                    digest=_digest(definition),
                     protected=guarded(entity, names),
                 )
             )
         rows: dict[str, int] = {}
-        labels = sorted(r["label"] for r in run("CALL db.labels() YIELD label RETURN label"))
-        for label in labels:
-            if label in GOVERNANCE_LABELS:
-                continue
-            q = f"MATCH (n:{_quote(label)}) RETURN count(n) AS c"
-            count = int(run(q)[0]["c"])
+        keys: dict[tuple[str, str], list[str]] = {
+            (e, x): sorted(ks) for (e, x), ks in zip(keyed, data["guarded_keys"], strict=True)
+        }
+        nodes = dict(zip(protected_labels, data["protected_nodes"], strict=True))
+        for label, count in zip(labels, data["label_counts"], strict=True):
+            if label in nodes:
+                keys["node", label] = sorted(set(chain.from_iterable(props for _, props in nodes[label])))
             if not count:
                 continue
             objects.append(
@@ -463,15 +645,14 @@ class GraphStore:
                     kind="label_count",
                     schema="node",
                     table=label,
-                    digest=digest_json(count),
+                    digest=_digest(count),
                     protected=scope.guarded("node", label),
                 )
             )
-            if scope.protected_label(label):
-                digests = sorted(
-                    _node_digest(sorted(r["l"]), _jsonable(r["p"]))
-                    for r in run(f"MATCH (n:{_quote(label)}) RETURN labels(n) AS l, properties(n) AS p")
-                )
+            if label in nodes:
+                # One digest per node over its labels and full property map, sorted: the
+                # fingerprint depends on neither the order nor the elementIds of the nodes.
+                digests = _node_digests(nodes[label])
                 rows[label] = len(digests)
                 objects.append(
                     BaselineObject(
@@ -479,12 +660,11 @@ class GraphStore:
                         kind="nodes",
                         schema="node",
                         table=label,
-                        digest=digest_json(digests),
+                        digest=_digest(digests),
                         protected=True,
                     )
                 )
-        for t in sorted(r["t"] for r in run("CALL db.relationshipTypes() YIELD relationshipType AS t RETURN t")):
-            count = int(run(f"MATCH ()-[r:{_quote(t)}]->() RETURN count(r) AS c")[0]["c"])
+        for t, count in zip(rel_types, data["rel_counts"], strict=True):
             if not count:
                 continue
             objects.append(
@@ -493,42 +673,36 @@ class GraphStore:
                     kind="rel_count",
                     schema="relationship",
                     table=t,
-                    digest=digest_json(count),
+                    digest=_digest(count),
                     protected=scope.guarded("relationship", t),
                 )
             )
-        # Property keys in use, for the guarded (protected or forbidden) labels and types: a
-        # full scan of every label costs ~300x the bare count queries on a 1M-node graph, and
-        # changes to allowed labels are in scope anyway. New key tokens anywhere are kept in
-        # `extra` (not fingerprinted: the token store never forgets a key, so a rollback could
-        # not return to pre) and reported by the gate.
-        rel_types = sorted(r["t"] for r in run("CALL db.relationshipTypes() YIELD relationshipType AS t RETURN t"))
-        for entity, names in (("node", labels), ("relationship", rel_types)):
-            for name in names:
-                if name in GOVERNANCE_LABELS or not scope.guarded(entity, name):
-                    continue
-                pattern = f"(n:{_quote(name)})" if entity == "node" else f"()-[n:{_quote(name)}]->()"
-                recs = run(f"MATCH {pattern} UNWIND keys(n) AS k RETURN collect(DISTINCT k) AS keys")
-                keys = sorted(recs[0]["keys"]) if recs else []
-                if not keys:
-                    continue
-                objects.append(
-                    BaselineObject(
-                        id=f"property_keys:{'rel:' if entity == 'relationship' else ''}{name}",
-                        kind="property_keys",
-                        schema=entity,
-                        table=name,
-                        digest=digest_json(keys),
-                        protected=True,
-                    )
+        for (entity, name), names in sorted(keys.items(), key=lambda kv: kv[0][1]):
+            if not names:
+                continue
+            objects.append(
+                BaselineObject(
+                    id=f"property_keys:{'rel:' if entity == 'relationship' else ''}{name}",
+                    kind="property_keys",
+                    schema=entity,
+                    table=name,
+                    digest=_digest(names),
+                    protected=True,
                 )
-        key_tokens = sorted(r["k"] for r in run("CALL db.propertyKeys() YIELD propertyKey AS k RETURN k"))
+            )
         objects.sort(key=lambda o: o.id)
         counts: dict[str, int] = {}
         for o in objects:
             counts[o.kind] = counts.get(o.kind, 0) + 1
         leaves = [digest_json([o.id, o.digest]) for o in objects if o.kind not in COUNT_KINDS]
         protected = [digest_json([o.id, o.digest]) for o in objects if o.protected]
+        # The lock/ledger schema and the ledger: a migration must never change them.
+        gov_schema = sorted(
+            r["name"]
+            for r in (*constraints, *indexes)
+            if not r.get("owningConstraint") and set(r.get("labelsOrTypes") or []) & GOVERNANCE_LABELS
+        )
+        ledger = sorted(_digest(p) for p in data["ledger"])
         return Baseline(
             schema_version="baseline.v1",
             store="graph",
@@ -540,22 +714,11 @@ class GraphStore:
             schema_fingerprint=merkle_root(leaves),
             protected_fingerprint=merkle_root(protected),
             protected_rows=rows,
-            extra={"governance": self._governance(run), "property_key_tokens": key_tokens},
+            extra={
+                "governance": {"schema": gov_schema, "ledger_nodes": len(ledger), "ledger_digest": _digest(ledger)},
+                "property_key_tokens": sorted(data["keys"]),
+            },
         )
-
-    @staticmethod
-    def _governance(run: Callable[..., list[dict[str, Any]]]) -> dict[str, Any]:
-        """The lock/ledger schema and ledger size: a migration must never change them."""
-        names = [
-            r["name"]
-            for query in ("SHOW CONSTRAINTS YIELD *", "SHOW INDEXES YIELD *")
-            for r in run(query)
-            if not r.get("owningConstraint") and set(r.get("labelsOrTypes") or []) & GOVERNANCE_LABELS
-        ]
-        ledger = sorted(
-            digest_json(_jsonable(r["p"])) for r in run(f"MATCH (m:{LEDGER_LABEL}) RETURN properties(m) AS p")
-        )
-        return {"schema": sorted(names), "ledger_nodes": len(ledger), "ledger_digest": digest_json(ledger)}
 
     def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str:
         decl = bundle.declaration
@@ -795,8 +958,10 @@ class GraphSession:
         return self.driver.session(**kw)
 
     def _run(self, query: str, **params: Any) -> list[dict[str, Any]]:
+        """Records as dicts of the driver's values (``dict(record)``, not ``record.data()``,
+        which walks every value again in Python: 1,000 protected nodes cost ~20 ms more)."""
         with self._session() as s:
-            return [r.data() for r in s.run(query, params)]
+            return [dict(r) for r in s.run(query, params)]
 
     def _write(self, query: str, **params: Any) -> Any:
         with self._session() as s:
@@ -1018,12 +1183,13 @@ class GraphSession:
 
     def ledger_last(self) -> LedgerRecord | None:
         rows = self._run(
-            f"MATCH (m:{LEDGER_LABEL} {{migration_id: $mid}}) RETURN m ORDER BY m.applied_at DESC LIMIT 1",
+            f"MATCH (m:{LEDGER_LABEL} {{migration_id: $mid}}) RETURN properties(m) AS p "
+            "ORDER BY m.applied_at DESC LIMIT 1",
             mid=self.decl.migration_id,
         )
         if not rows:
             return None
-        m = dict(rows[0]["m"])
+        m = dict(rows[0]["p"])
         kw: dict[str, Any] = {k: m.get(k) for k in _LEDGER_FIELDS}
         kw["artifacts"] = json.loads(m.get("artifacts") or "{}")
         kw["applied_at"] = m.get("applied_at") or ""
