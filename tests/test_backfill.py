@@ -425,14 +425,15 @@ def test_trigger_truncating_a_protected_table_is_caught_by_storage_change(exampl
 
 
 def test_interrupted_compensation_is_resumed_by_the_next_run(example: Path, items: PgDatabase) -> None:
-    # The reverse of batch 2 fails while kfm.fail is on (a trigger raises): rollback_failed,
+    # The reverse of batch 2 fails while public.fault has a row (a trigger raises): rollback_failed,
     # with the reverse progress kept. The next run resumes the compensation, not the backfill.
     items.sql(
         "CREATE FUNCTION public.flaky() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-        "IF NEW.id = 7000 AND NEW.counter < OLD.counter AND current_setting('kfm.fail', true) = 'on' THEN "
+        "IF NEW.id = 7000 AND NEW.counter < OLD.counter AND EXISTS (SELECT 1 FROM public.fault) THEN "
         "RAISE EXCEPTION 'injected failure'; END IF; RETURN NEW; END $$;"
         "CREATE TRIGGER flaky BEFORE UPDATE ON public.items FOR EACH ROW EXECUTE FUNCTION public.flaky();"
-        f'ALTER DATABASE "{items.name}" SET kfm.fail = on'
+        # The switch is a row, not a database setting: settings are part of the baseline.
+        "CREATE TABLE public.fault (on_ boolean); INSERT INTO public.fault VALUES (true);"
     )
     before, data = items.fingerprint(), table_digest(items)
     configure(example, max_rows=12_000)
@@ -440,7 +441,7 @@ def test_interrupted_compensation_is_resumed_by_the_next_run(example: Path, item
     r = receipt(example)
     assert r["status"] == "rollback_failed" and "injected failure" in r["reason"]
     assert items.sql("SELECT count(*) FROM kfm_governance.backfill_progress WHERE run_key ~ ':reverse$'")[0][0] == 1
-    items.sql(f'ALTER DATABASE "{items.name}" RESET kfm.fail')
+    items.sql("DELETE FROM public.fault")
     assert run(example, items) == 1  # exit 1: the migration was rolled back, not applied
     r = receipt(example)
     assert r["status"] == "rolled_back" and "resuming an interrupted compensation" in r["reason"]

@@ -144,3 +144,118 @@ def test_trusted_objects_equal_validated_ones(example, pgdb: PgDatabase) -> None
     assert again.objects == b.objects
     assert [o.model_dump(by_alias=True) for o in again.objects] == [o.model_dump(by_alias=True) for o in b.objects]
     assert [o.id for o in b.objects] == sorted(o.id for o in b.objects)
+
+
+def _dynamic(sql: str) -> str:
+    """The statement hidden in dynamic SQL, where the static plan cannot see it."""
+    return "DO $$ BEGIN EXECUTE '" + sql.replace("'", "''") + "'; END $$;"
+
+
+def _on_db(sql: str) -> str:
+    return "DO $$ BEGIN EXECUTE format('" + sql.replace("'", "''") + "', current_database()); END $$;"
+
+
+# Changes that no declared scope covers, each of which once slipped past the gate: the
+# catalog now baselines the object kinds they touch. (finding code, statement)
+EVASIONS = {
+    "rule_on_forbidden_table": (
+        "protected_domain_changed",
+        _dynamic("CREATE RULE r1 AS ON INSERT TO public.authority_sites DO INSTEAD NOTHING"),
+    ),
+    "statistics_on_forbidden_table": (
+        "protected_domain_changed",
+        _dynamic("CREATE STATISTICS public.s1 ON id, name FROM public.authority_sites"),
+    ),
+    "replica_identity_of_forbidden_table": (
+        "protected_domain_changed",
+        _dynamic("ALTER TABLE public.authority_sites REPLICA IDENTITY FULL"),
+    ),
+    "storage_of_forbidden_column": (
+        "protected_domain_changed",
+        _dynamic("ALTER TABLE public.authority_sites ALTER COLUMN name SET STORAGE EXTERNAL"),
+    ),
+    # parcels has the columns of authority_sites: SELECT FROM authority_sites would return them
+    "inheriting_from_a_forbidden_table": (
+        "protected_domain_changed",
+        _dynamic("ALTER TABLE public.parcels INHERIT public.authority_sites"),
+    ),
+    "database_setting": ("cluster_object_changed", _on_db("ALTER DATABASE %I SET search_path = evil")),
+    "database_privilege": ("cluster_object_changed", _on_db("GRANT CREATE ON DATABASE %I TO PUBLIC")),
+    "database_connection_limit": ("cluster_object_changed", _on_db("ALTER DATABASE %I CONNECTION LIMIT 5")),
+    "role_setting": ("cluster_object_changed", _dynamic("ALTER ROLE CURRENT_USER SET work_mem = '1GB'")),
+    "implicit_cast": ("cluster_object_changed", _dynamic("CREATE CAST (text AS integer) WITH INOUT AS IMPLICIT")),
+    "language": ("cluster_object_changed", _dynamic("CREATE LANGUAGE plx HANDLER plpgsql_call_handler")),
+    "foreign_data_wrapper": ("cluster_object_changed", _dynamic("CREATE FOREIGN DATA WRAPPER evil_fdw")),
+    "large_object": ("cluster_object_changed", "SELECT lo_create(4242);"),
+    "operator": (
+        "out_of_scope_change",
+        _dynamic("CREATE OPERATOR public.=== (LEFTARG = int, RIGHTARG = int, FUNCTION = int4eq)"),
+    ),
+    "operator_family": ("out_of_scope_change", _dynamic("CREATE OPERATOR FAMILY public.fam USING btree")),
+    "collation": ("out_of_scope_change", _dynamic('CREATE COLLATION public.c2 FROM "C"')),
+    "conversion": (
+        "out_of_scope_change",
+        _dynamic("CREATE CONVERSION public.conv FOR 'LATIN1' TO 'UTF8' FROM iso8859_1_to_utf8"),
+    ),
+    "text_search_configuration": (
+        "out_of_scope_change",
+        _dynamic("CREATE TEXT SEARCH CONFIGURATION public.x (COPY = english)"),
+    ),
+    # Extension members are covered by their extension's digest.
+    "replaced_extension_function": (
+        "out_of_scope_change",
+        _dynamic(
+            "CREATE OR REPLACE FUNCTION public.postgis_version() RETURNS text LANGUAGE sql AS 'SELECT ''x''::text'"
+        ),
+    ),
+    "extension_function_privilege": (
+        "out_of_scope_change",
+        _dynamic("REVOKE EXECUTE ON FUNCTION public.postgis_version() FROM PUBLIC"),
+    ),
+    "extension_function_security_definer": (
+        "out_of_scope_change",
+        _dynamic("ALTER FUNCTION public.postgis_version() SECURITY DEFINER"),
+    ),
+    # In scope, but it switches off foreign-key enforcement: needs an approval.
+    "disabled_foreign_keys": (
+        "enforcement_disabled",
+        "ALTER TABLE public.parcels ADD COLUMN up int REFERENCES public.parcels (id);"
+        "ALTER TABLE public.parcels DISABLE TRIGGER ALL;",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(EVASIONS))
+def test_changes_outside_any_scope_are_refused_and_rolled_back(example, pgdb: PgDatabase, case: str) -> None:
+    from test_postgis import append, receipt, run
+
+    code, sql = EVASIONS[case]
+    before = pgdb.fingerprint()
+    settings = pgdb.sql("SELECT count(*) FROM pg_db_role_setting")
+    append(example, sql)
+    assert run(example, pgdb) == 1
+    r = receipt(example)
+    assert r["status"] == "failed"
+    assert f"({code}:" in r["reason"]
+    assert pgdb.fingerprint() == before
+    assert pgdb.sql("SELECT count(*) FROM pg_db_role_setting") == settings
+    assert pgdb.sql("SELECT count(*) FROM pg_largeobject_metadata") == [(0,)]
+
+
+@pytest.mark.parametrize(
+    ("sql", "what"),
+    [
+        (_dynamic("SET session_replication_role = replica"), "session_replication_role origin -> replica"),
+        (_dynamic("SET ROLE pg_read_all_data"), "current_user"),
+        (_dynamic("SET SESSION AUTHORIZATION postgres"), "session_user"),
+    ],
+)
+def test_a_script_that_changes_who_or_what_enforces_is_refused(example, pgdb: PgDatabase, sql: str, what: str) -> None:
+    from test_postgis import append, receipt, run
+
+    before = pgdb.fingerprint()
+    append(example, sql)
+    assert run(example, pgdb) == 1
+    r = receipt(example)
+    assert r["status"] == "failed" and "changed the session's enforcement" in r["reason"] and what in r["reason"]
+    assert pgdb.fingerprint() == before

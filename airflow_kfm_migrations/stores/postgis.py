@@ -647,6 +647,15 @@ class PostgisStore:
                         message="row-level security policy dropped",
                     )
                 )
+            if c.kind == "enforcement_disabled" and c.change != "removed":
+                findings.append(
+                    Finding(
+                        code="enforcement_disabled",
+                        tier="review_required",
+                        object=c.id,
+                        message="foreign-key enforcement triggers disabled (ALTER TABLE ... DISABLE TRIGGER)",
+                    )
+                )
             if c.kind == "constraint" and c.change == "removed":
                 findings.append(
                     Finding(
@@ -879,8 +888,12 @@ class PgSession:
         cur.execute(TABLES_QUERY)
         return {oid: fn for oid, _s, _t, fn in cur.fetchall()}
 
+    _SESSION_STATE = "SELECT current_user, session_user, current_setting('session_replication_role')"
+
     def _snapshot(self) -> None:
         with self.conn.cursor() as cur:
+            cur.execute(self._SESSION_STATE)
+            self._session0 = cur.fetchone()
             if not self.transactional:
                 cur.execute("SELECT pg_stat_force_next_flush()")
                 cur.execute("SELECT pg_stat_clear_snapshot()")
@@ -928,6 +941,28 @@ class PgSession:
         except psycopg.Error as exc:
             return ApplyOutcome(ok=False, error=f"statement {n} of {art.rel}: {_db_error(exc)}", statements_run=n - 1)
         try:
+            with self.conn.cursor() as cur:
+                cur.execute(self._SESSION_STATE)
+                state = cur.fetchone()
+        except psycopg.Error as exc:
+            return ApplyOutcome(ok=False, error=f"after the script: {_db_error(exc)}", statements_run=n)
+        if state != self._session0:
+            # SET ROLE / SET SESSION AUTHORIZATION change who the observed writes and the
+            # ledger are attributed to; session_replication_role = replica silently turns off
+            # triggers and foreign keys. Either would make the gate's evidence unreliable.
+            what = ", ".join(
+                f"{k} {a} -> {b}"
+                for k, a, b in zip(
+                    ("current_user", "session_user", "session_replication_role"), self._session0, state, strict=True
+                )
+                if a != b
+            )
+            return ApplyOutcome(
+                ok=False,
+                error=f"the script changed the session's enforcement ({what}); refused",
+                statements_run=n,
+            )
+        try:
             writes = self._writes()
         except psycopg.Error as exc:
             return ApplyOutcome(ok=False, error=f"after the script: {_db_error(exc)}", statements_run=n)
@@ -957,6 +992,14 @@ class PgSession:
         return {"table_rows": rows}
 
     def record(self, rec: LedgerRecord) -> None:
+        import psycopg
+
+        try:
+            self._record(rec)
+        except psycopg.Error as exc:
+            raise RefusedError(f"cannot write the ledger entry on {self.store.conn_id}: {_db_error(exc)}") from None
+
+    def _record(self, rec: LedgerRecord) -> None:
         with self.conn.cursor() as cur:
             cur.execute(
                 f"INSERT INTO {LEDGER_SCHEMA}.ledger (migration_id, operation, status, bundle_digest, artifacts, "

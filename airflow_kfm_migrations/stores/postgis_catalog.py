@@ -56,6 +56,7 @@ QUERIES: dict[str, str] = {
                {_h("n.nspname", "pg_get_userbyid(n.nspowner)", "n.nspacl::text", _descr("pg_namespace", "n.oid"))}
         FROM pg_catalog.pg_namespace n
         WHERE {_SYSTEM} AND {_not_ext("pg_namespace", "n.oid")}""",
+    # Inheritance is digested both ways: attaching a child changes what a parent's queries return.
     "relation": f"""
         SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
                               WHEN 'm' THEN 'matview' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign_table'
@@ -75,6 +76,14 @@ QUERIES: dict[str, str] = {
             "CASE WHEN c.relkind IN ('v', 'm') THEN md5(pg_get_viewdef(c.oid)) END",
             "c.relispartition",
             "CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END",
+            "CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END",
+            "c.relreplident",
+            "CASE WHEN c.reltablespace <> 0 THEN (SELECT sp.spcname FROM pg_catalog.pg_tablespace sp "
+            "WHERE sp.oid = c.reltablespace) END",
+            "(SELECT array_agg(ih.inhparent::regclass::text ORDER BY ih.inhseqno) FROM pg_catalog.pg_inherits ih "
+            "WHERE ih.inhrelid = c.oid)::text",
+            "CASE WHEN c.relhassubclass THEN (SELECT array_agg(ih.inhrelid::regclass::text ORDER BY 1) "
+            "FROM pg_catalog.pg_inherits ih WHERE ih.inhparent = c.oid)::text END",
             "CASE WHEN c.relkind = 'S' THEN (SELECT json_build_array(s.seqtypid::regtype::text, s.seqstart, "
             "s.seqincrement, s.seqmax, s.seqmin, s.seqcache, s.seqcycle) FROM pg_catalog.pg_sequence s "
             "WHERE s.seqrelid = c.oid) END",
@@ -104,6 +113,10 @@ QUERIES: dict[str, str] = {
             "a.attacl::text",
             _descr("pg_class", "c.oid", "a.attnum"),
             "a.attnum",
+            "a.attstorage",
+            "a.attcompression",
+            "a.attstattarget",
+            "a.attoptions::text",
         )
     }
         FROM pg_catalog.pg_attribute a
@@ -222,9 +235,33 @@ QUERIES: dict[str, str] = {
         JOIN pg_catalog.pg_class c ON c.oid = po.polrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE {_SYSTEM}""",
+    # Extension members are not baselined one by one, but replacing a member function's body,
+    # its privileges or security, or altering a member table still changes the extension.
     "extension": f"""
         SELECT 'extension', 'extension:' || e.extname, n.nspname, NULL::text,
-               {_h("e.extname", "e.extversion", "n.nspname", "e.extrelocatable")}
+               {
+        _h(
+            "e.extname",
+            "e.extversion",
+            "n.nspname",
+            "e.extrelocatable",
+            "pg_get_userbyid(e.extowner)",
+            "e.extconfig::text",
+            "(SELECT md5(string_agg(h, '' ORDER BY h)) FROM (SELECT md5(row(p.proname, "
+            "pg_get_function_identity_arguments(p.oid), p.prosrc, p.probin, p.prosecdef, p.proconfig::text, "
+            "p.proacl::text, pg_get_userbyid(p.proowner), p.provolatile, p.proisstrict, p.proleakproof, "
+            "p.proparallel, p.prorettype::regtype::text)::text) AS h FROM pg_catalog.pg_depend d "
+            "JOIN pg_catalog.pg_proc p ON p.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
+            "AND d.refobjid = e.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e') x)",
+            "(SELECT md5(string_agg(h, '' ORDER BY h)) FROM (SELECT md5(row(c.relname, c.relkind, "
+            "c.relacl::text, pg_get_userbyid(c.relowner), c.relrowsecurity, c.relforcerowsecurity, "
+            "c.reloptions::text, (SELECT array_agg(row(a.attname, format_type(a.atttypid, a.atttypmod), "
+            "a.attnotnull)::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid "
+            "AND a.attnum > 0 AND NOT a.attisdropped)::text)::text) AS h FROM pg_catalog.pg_depend d "
+            "JOIN pg_catalog.pg_class c ON c.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
+            "AND d.refobjid = e.oid AND d.classid = 'pg_class'::regclass AND d.deptype = 'e') x)",
+        )
+    }
         FROM pg_catalog.pg_extension e
         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
         WHERE e.extname <> 'plpgsql'""",
@@ -280,6 +317,9 @@ QUERIES: dict[str, str] = {
             "r.rolbypassrls",
             "r.rolconnlimit",
             "r.rolvaliduntil::text",
+            "(SELECT array_agg(COALESCE(sd.datname, '*') || ':' || array_to_string(rs.setconfig, ',') ORDER BY 1) "
+            "FROM pg_catalog.pg_db_role_setting rs LEFT JOIN pg_catalog.pg_database sd ON sd.oid = rs.setdatabase "
+            "WHERE rs.setrole = r.oid AND (rs.setdatabase = 0 OR sd.datname = current_database()))::text",
             "(SELECT array_agg(g.rolname ORDER BY g.rolname) FROM pg_catalog.pg_auth_members m "
             "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid)::text",
         )
@@ -314,13 +354,227 @@ QUERIES: dict[str, str] = {
     }
         FROM pg_catalog.pg_foreign_server s
         WHERE {_not_ext("pg_foreign_server", "s.oid")}""",
+    # Schema-level objects that belong to no table: out of scope unless the scope allows
+    # their name (as for functions).
+    "operator": f"""
+        SELECT 'operator', 'operator:' || n.nspname || '.' || o.oprname || '(' || o.oprleft::regtype::text || ','
+               || o.oprright::regtype::text || ')', n.nspname, NULL::text,
+               {
+        _h(
+            "o.oprkind",
+            "o.oprresult::regtype::text",
+            "o.oprcode::regprocedure::text",
+            "o.oprcom::regoperator::text",
+            "o.oprnegate::regoperator::text",
+            "o.oprrest::regproc::text",
+            "o.oprjoin::regproc::text",
+            "o.oprcanmerge",
+            "o.oprcanhash",
+            "pg_get_userbyid(o.oprowner)",
+            _descr("pg_operator", "o.oid"),
+        )
+    }
+        FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_operator", "o.oid")}""",
+    "opfamily": f"""
+        SELECT 'opfamily', 'opfamily:' || n.nspname || '.' || f.opfname || '(' || am.amname || ')', n.nspname,
+               NULL::text,
+               {
+        _h(
+            "pg_get_userbyid(f.opfowner)",
+            "(SELECT array_agg(row(ao.amopstrategy, ao.amoplefttype::regtype::text, ao.amoprighttype::regtype::text, "
+            "ao.amopopr::regoperator::text, ao.amoppurpose)::text ORDER BY 1) FROM pg_catalog.pg_amop ao "
+            "WHERE ao.amopfamily = f.oid)::text",
+            "(SELECT array_agg(row(ap.amprocnum, ap.amproclefttype::regtype::text, ap.amprocrighttype::regtype::text, "
+            "ap.amproc::regprocedure::text)::text ORDER BY 1) FROM pg_catalog.pg_amproc ap "
+            "WHERE ap.amprocfamily = f.oid)::text",
+        )
+    }
+        FROM pg_catalog.pg_opfamily f JOIN pg_catalog.pg_namespace n ON n.oid = f.opfnamespace
+        JOIN pg_catalog.pg_am am ON am.oid = f.opfmethod
+        WHERE {_SYSTEM} AND {_not_ext("pg_opfamily", "f.oid")}""",
+    "opclass": f"""
+        SELECT 'opclass', 'opclass:' || n.nspname || '.' || c.opcname || '(' || am.amname || ')', n.nspname,
+               NULL::text,
+               {
+        _h(
+            "(SELECT fn.nspname || '.' || f.opfname FROM pg_catalog.pg_opfamily f JOIN pg_catalog.pg_namespace fn "
+            "ON fn.oid = f.opfnamespace WHERE f.oid = c.opcfamily)",
+            "c.opcintype::regtype::text",
+            "c.opcdefault",
+            "c.opckeytype::regtype::text",
+            "pg_get_userbyid(c.opcowner)",
+        )
+    }
+        FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_namespace n ON n.oid = c.opcnamespace
+        JOIN pg_catalog.pg_am am ON am.oid = c.opcmethod
+        WHERE {_SYSTEM} AND {_not_ext("pg_opclass", "c.oid")}""",
+    "collation": f"""
+        SELECT 'collation', 'collation:' || n.nspname || '.' || c.collname, n.nspname, NULL::text,
+               {
+        _h(
+            "c.collprovider",
+            "c.collisdeterministic",
+            "c.collencoding",
+            "c.collcollate",
+            "c.collctype",
+            "c.colliculocale",
+            "pg_get_userbyid(c.collowner)",
+            _descr("pg_collation", "c.oid"),
+        )
+    }
+        FROM pg_catalog.pg_collation c JOIN pg_catalog.pg_namespace n ON n.oid = c.collnamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_collation", "c.oid")}""",
+    "conversion": f"""
+        SELECT 'conversion', 'conversion:' || n.nspname || '.' || c.conname, n.nspname, NULL::text,
+               {
+        _h(
+            "pg_encoding_to_char(c.conforencoding)",
+            "pg_encoding_to_char(c.contoencoding)",
+            "c.conproc::regprocedure::text",
+            "c.condefault",
+            "pg_get_userbyid(c.conowner)",
+        )
+    }
+        FROM pg_catalog.pg_conversion c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_conversion", "c.oid")}""",
+    "text_search": f"""
+        SELECT 'text_search', 'text_search:config:' || n.nspname || '.' || c.cfgname, n.nspname, NULL::text,
+               {
+        _h(
+            "c.cfgparser::regproc::text",
+            "(SELECT np.nspname || '.' || pr.prsname FROM pg_catalog.pg_ts_parser pr JOIN pg_catalog.pg_namespace np "
+            "ON np.oid = pr.prsnamespace WHERE pr.oid = c.cfgparser)",
+            "(SELECT array_agg(row(m.maptokentype, m.mapseqno, m.mapdict::regdictionary::text)::text ORDER BY 1) "
+            "FROM pg_catalog.pg_ts_config_map m WHERE m.mapcfg = c.oid)::text",
+            "pg_get_userbyid(c.cfgowner)",
+        )
+    }
+        FROM pg_catalog.pg_ts_config c JOIN pg_catalog.pg_namespace n ON n.oid = c.cfgnamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_ts_config", "c.oid")}
+        UNION ALL
+        SELECT 'text_search', 'text_search:dictionary:' || n.nspname || '.' || d.dictname, n.nspname, NULL::text,
+               {
+        _h(
+            "(SELECT nt.nspname || '.' || t.tmplname FROM pg_catalog.pg_ts_template t JOIN pg_catalog.pg_namespace nt "
+            "ON nt.oid = t.tmplnamespace WHERE t.oid = d.dicttemplate)",
+            "d.dictinitoption",
+            "pg_get_userbyid(d.dictowner)",
+        )
+    }
+        FROM pg_catalog.pg_ts_dict d JOIN pg_catalog.pg_namespace n ON n.oid = d.dictnamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_ts_dict", "d.oid")}
+        UNION ALL
+        SELECT 'text_search', 'text_search:parser:' || n.nspname || '.' || pr.prsname, n.nspname, NULL::text,
+               {_h("pr.prsstart::regproc::text", "pr.prstoken::regproc::text", "pr.prsend::regproc::text",
+                   "pr.prsheadline::regproc::text", "pr.prslextype::regproc::text")}
+        FROM pg_catalog.pg_ts_parser pr JOIN pg_catalog.pg_namespace n ON n.oid = pr.prsnamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_ts_parser", "pr.oid")}
+        UNION ALL
+        SELECT 'text_search', 'text_search:template:' || n.nspname || '.' || t.tmplname, n.nspname, NULL::text,
+               {_h("t.tmplinit::regproc::text", "t.tmpllexize::regproc::text")}
+        FROM pg_catalog.pg_ts_template t JOIN pg_catalog.pg_namespace n ON n.oid = t.tmplnamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_ts_template", "t.oid")}""",
+    # Objects that belong to a table: scoped, protected and forbidden with it.
+    "statistics": f"""
+        SELECT 'statistics', 'statistics:' || n.nspname || '.' || x.stxname, tn.nspname, t.relname,
+               {
+        _h(
+            "x.stxkeys::text",
+            "x.stxkind::text",
+            _tree("x.stxexprs"),
+            "x.stxstattarget",
+            "pg_get_userbyid(x.stxowner)",
+            _descr("pg_statistic_ext", "x.oid"),
+        )
+    }
+        FROM pg_catalog.pg_statistic_ext x JOIN pg_catalog.pg_namespace n ON n.oid = x.stxnamespace
+        JOIN pg_catalog.pg_class t ON t.oid = x.stxrelid JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+        WHERE {_SYSTEM} AND {_not_ext("pg_statistic_ext", "x.oid")}""",
+    "rule": f"""
+        SELECT 'rule', 'rule:' || n.nspname || '.' || c.relname || '.' || r.rulename, n.nspname, c.relname,
+               {_h("md5(pg_get_ruledef(r.oid))", "r.ev_enabled", _descr("pg_rewrite", "r.oid"))}
+        FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE r.rulename <> '_RETURN' AND {_SYSTEM} AND {_not_ext("pg_class", "c.oid")}""",
+    # Foreign keys are enforced by internal triggers; ALTER TABLE ... DISABLE TRIGGER ALL
+    # turns them off. Present only while disabled, so disabling one shows as an addition.
+    "enforcement_disabled": f"""
+        SELECT 'enforcement_disabled', 'enforcement_disabled:' || n.nspname || '.' || c.relname || '.'
+               || COALESCE(co.conname, tg.tgname), n.nspname, c.relname,
+               encode(sha256(convert_to(string_agg(tg.tgenabled::text, '' ORDER BY tg.tgenabled), 'UTF8')), 'hex')
+        FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_catalog.pg_constraint co ON co.oid = tg.tgconstraint
+        WHERE tg.tgisinternal AND tg.tgenabled <> 'O' AND {_SYSTEM}
+        GROUP BY n.nspname, c.relname, COALESCE(co.conname, tg.tgname)""",
+    # Database-level objects: no schema scope can allow changing them.
+    "database": f"""
+        SELECT 'database', 'database:current', NULL::text, NULL::text,
+               {
+        _h(
+            "pg_get_userbyid(d.datdba)",
+            "d.datacl::text",
+            "d.datconnlimit",
+            "d.datallowconn",
+            "d.datistemplate",
+            "shobj_description(d.oid, 'pg_database')",
+            "(SELECT array_agg(array_to_string(rs.setconfig, ',') ORDER BY 1) FROM pg_catalog.pg_db_role_setting rs "
+            "WHERE rs.setdatabase = d.oid AND rs.setrole = 0)::text",
+        )
+    }
+        FROM pg_catalog.pg_database d WHERE d.datname = current_database()""",
+    "cast": f"""
+        SELECT 'cast', 'cast:' || c.castsource::regtype::text || '->' || c.casttarget::regtype::text, NULL::text,
+               NULL::text, {_h("c.castfunc::regprocedure::text", "c.castcontext", "c.castmethod")}
+        FROM pg_catalog.pg_cast c
+        WHERE c.oid >= 16384 AND {_not_ext("pg_cast", "c.oid")}""",
+    "language": f"""
+        SELECT 'language', 'language:' || l.lanname, NULL::text, NULL::text,
+               {_h("l.lanpltrusted", "l.lanplcallfoid::regproc::text", "l.laninline::regproc::text",
+                   "l.lanvalidator::regproc::text", "l.lanacl::text", "pg_get_userbyid(l.lanowner)")}
+        FROM pg_catalog.pg_language l
+        WHERE l.oid >= 16384 AND {_not_ext("pg_language", "l.oid")}""",
+    "foreign_data_wrapper": f"""
+        SELECT 'foreign_data_wrapper', 'foreign_data_wrapper:' || w.fdwname, NULL::text, NULL::text,
+               {_h("w.fdwhandler::regproc::text", "w.fdwvalidator::regproc::text", "w.fdwoptions::text",
+                   "w.fdwacl::text", "pg_get_userbyid(w.fdwowner)")}
+        FROM pg_catalog.pg_foreign_data_wrapper w
+        WHERE {_not_ext("pg_foreign_data_wrapper", "w.oid")}""",
+    "access_method": f"""
+        SELECT 'access_method', 'access_method:' || a.amname, NULL::text, NULL::text,
+               {_h("a.amtype", "a.amhandler::regproc::text")}
+        FROM pg_catalog.pg_am a
+        WHERE a.oid >= 16384 AND {_not_ext("pg_am", "a.oid")}""",
+    "large_objects": f"""
+        SELECT 'large_objects', 'large_objects:metadata', NULL::text, NULL::text,
+               {_h("count(*)", "md5(string_agg(row(lo.oid, pg_get_userbyid(lo.lomowner), lo.lomacl::text)::text, ',' "
+                   "ORDER BY lo.oid))")}
+        FROM pg_catalog.pg_largeobject_metadata lo""",
+    "subscription": f"""
+        SELECT 'subscription', 'subscription:' || s.subname, NULL::text, NULL::text,
+               {_h("s.subenabled", "s.subpublications::text", "pg_get_userbyid(s.subowner)")}
+        FROM pg_catalog.pg_subscription s
+        WHERE s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())""",
 }
 
 # All of the above in one statement (the caller sorts by id).
 CATALOG_QUERY = _EXT_CTE + "SELECT * FROM (" + " UNION ALL ".join(f"({q})" for q in QUERIES.values()) + ") o"
 
 # Kinds that live outside any schema: a migration's scope can never allow changing them.
-CLUSTER_KINDS = {"event_trigger", "role", "publication", "foreign_server"}
+CLUSTER_KINDS = {
+    "event_trigger",
+    "role",
+    "publication",
+    "foreign_server",
+    "database",
+    "cast",
+    "language",
+    "foreign_data_wrapper",
+    "access_method",
+    "large_objects",
+    "subscription",
+}
 
 # Policy-enforcement facts kept in clear (role names and privilege letters; no secrets).
 ACL_QUERY = f"""{_EXT_CTE}
@@ -350,14 +604,16 @@ TABLES_QUERY = """
 XACT_WRITES_QUERY = """
     SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_del
     FROM pg_catalog.pg_stat_xact_all_tables
-    WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-      AND schemaname NOT LIKE 'pg\\_temp\\_%'"""
+    WHERE (schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+           AND schemaname NOT LIKE 'pg\\_temp\\_%')
+       OR (schemaname = 'pg_catalog' AND relname = 'pg_largeobject')"""
 
 SHARED_WRITES_QUERY = """
     SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_del
     FROM pg_catalog.pg_stat_all_tables
-    WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-      AND schemaname NOT LIKE 'pg\\_temp\\_%'"""
+    WHERE (schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+           AND schemaname NOT LIKE 'pg\\_temp\\_%')
+       OR (schemaname = 'pg_catalog' AND relname = 'pg_largeobject')"""
 
 LEDGER_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
