@@ -216,6 +216,14 @@ EVASIONS = {
         "out_of_scope_change",
         _dynamic("ALTER FUNCTION public.postgis_version() SECURITY DEFINER"),
     ),
+    # The function lives in an allowed schema, but a forbidden table's trigger calls it.
+    "replaced_function_of_a_forbidden_tables_trigger": (
+        "protected_domain_changed",
+        _dynamic(
+            "CREATE OR REPLACE FUNCTION public.guard() RETURNS trigger LANGUAGE plpgsql AS "
+            "$f$ BEGIN RETURN NULL; END $f$"
+        ),
+    ),
     # In scope, but it switches off foreign-key enforcement: needs an approval.
     "disabled_foreign_keys": (
         "enforcement_disabled",
@@ -230,6 +238,14 @@ def test_changes_outside_any_scope_are_refused_and_rolled_back(example, pgdb: Pg
     from test_postgis import append, receipt, run
 
     code, sql = EVASIONS[case]
+    if case == "replaced_function_of_a_forbidden_tables_trigger":
+        pgdb.sql(
+            "CREATE FUNCTION public.guard() RETURNS trigger LANGUAGE plpgsql AS $f$ BEGIN RETURN NEW; END $f$;"
+            "CREATE TRIGGER guard BEFORE INSERT ON public.authority_sites FOR EACH ROW EXECUTE FUNCTION public.guard()"
+        )
+        # a scope that allows the whole public schema except the forbidden table
+        text = (example / "migration.yml").read_text().replace("  allowed_tables:\n    - parcels\n", "")
+        (example / "migration.yml").write_text(text)
     before = pgdb.fingerprint()
     settings = pgdb.sql("SELECT count(*) FROM pg_db_role_setting")
     append(example, sql)

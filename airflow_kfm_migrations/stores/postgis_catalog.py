@@ -212,9 +212,19 @@ QUERIES: dict[str, str] = {
         FROM pg_catalog.pg_proc p
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_proc", "p.oid")}""",
+    # A trigger's digest includes what its function does: replacing the function of a trigger
+    # on a protected table changes that table's behaviour, wherever the function lives.
     "trigger": f"""
         SELECT 'trigger', 'trigger:' || n.nspname || '.' || c.relname || '.' || tg.tgname, n.nspname, c.relname,
-               {_h("pg_get_triggerdef(tg.oid)", "tg.tgenabled", _descr("pg_trigger", "tg.oid"))}
+               {
+        _h(
+            "pg_get_triggerdef(tg.oid)",
+            "tg.tgenabled",
+            _descr("pg_trigger", "tg.oid"),
+            "(SELECT md5(row(p.prosrc, p.probin, p.prosecdef, p.proconfig::text, pg_get_userbyid(p.proowner))::text) "
+            "FROM pg_catalog.pg_proc p WHERE p.oid = tg.tgfoid)",
+        )
+    }
         FROM pg_catalog.pg_trigger tg
         JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
