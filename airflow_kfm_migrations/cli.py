@@ -239,6 +239,10 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     checked = verify(Path(args.target))
     print(f"verified: {len(checked)} digests match ({', '.join(checked[:4])}{', ...' if len(checked) > 4 else ''})")
+    if args.conn_id:
+        from .receipts import verify_against_ledger
+
+        print(verify_against_ledger(Path(args.target), args.conn_id))
     return 0
 
 
@@ -310,6 +314,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ve = sub.add_parser("verify", help="recompute every digest of a receipt and its chain")
     ve.add_argument("target", help="run_receipt.json or the artifacts folder")
+    ve.add_argument(
+        "--conn-id",
+        help="also check the run against the ledger in the store (AIRFLOW_CONN_<ID>): a committed "
+        "outcome must be recorded there with the same receipt digest, any other must be absent",
+    )
     ve.set_defaults(func=cmd_verify)
 
     rg = sub.add_parser("record", help="append a registry status event (verifies the receipt first)")

@@ -220,3 +220,50 @@ def _type_of(doc: dict[str, Any]) -> str:
         return str(store)
     prefix = doc["migration_id"].split("-MIG-")[0]
     return {"PG": "postgis", "SEARCH": "search", "GRAPH": "graph"}.get(prefix, "other")
+
+
+# Outcomes that commit a ledger entry in the store, and those that never do.
+_LEDGERED = {"succeeded", "rolled_back"}
+
+
+def verify_against_ledger(target: Path, conn_id: str, *, use_hook: bool = False) -> str:
+    """Cross-check a receipt (already verified by :func:`verify`) with the store's ledger.
+
+    File digests prove a receipt is internally consistent, not that the run happened: a
+    forger can rewrite a receipt and every digest in it. The ledger lives in the store,
+    written in the migration's own transaction, so it is the independent witness. A
+    committed outcome must be in the ledger under the receipt's run id, with the same
+    receipt digest and post-baseline fingerprint; any other outcome must not be there.
+    Returns a one-line summary; raises VerifyMismatch naming the receipt otherwise.
+    """
+    from .lifecycle import open_store
+
+    path = target / RECEIPT if target.is_dir() else target
+    artifacts_dir = path.parent.parent if path.parent.name == "receipts" else path.parent
+    doc = _load_receipt(path)
+    run_id, status = doc["run_id"], doc["status"]
+    store = open_store(_type_of(doc), conn_id, use_hook=use_hook)
+    entry = store.ledger_entry(doc["migration_id"], run_id)  # type: ignore[attr-defined]
+    where = f"the ledger on {conn_id}"
+    if status not in _LEDGERED:
+        if entry is not None:
+            raise VerifyMismatch(
+                f"the receipt says {status}, but {where} records run {run_id[:12]}", file=display(path)
+            )
+        return f"ledger: run {run_id[:12]} ({status}) is correctly absent from {where}"
+    if entry is None:
+        raise VerifyMismatch(f"the receipt says {status}, but {where} has no run {run_id[:12]}", file=display(path))
+    if entry.get("receipt_digest") != doc["receipt_digest"]:
+        recorded = entry.get("receipt_digest")
+        what = f"receipt {recorded[:12]}" if recorded else "no receipt digest"
+        raise VerifyMismatch(f"{where} records {what} for run {run_id[:12]}", file=display(path))
+    post = next((o for o in doc["outputs"] if o.get("role") == "baseline_post"), None)
+    # A search run records its post-state after the alias flip, later than its post-baseline.
+    if post is not None and status == "succeeded" and _type_of(doc) != "search":
+        fingerprint = json.loads((artifacts_dir / post["path"]).read_bytes()).get("schema_fingerprint")
+        if fingerprint != entry.get("post_schema_fingerprint"):
+            raise VerifyMismatch(
+                f"the post-baseline's schema fingerprint differs from the one {where} recorded",
+                file=display(artifacts_dir / post["path"]),
+            )
+    return f"ledger: run {run_id[:12]} ({status}) recorded in {where} with this receipt digest"

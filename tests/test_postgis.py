@@ -450,3 +450,53 @@ def test_a_forged_receipt_without_its_content_addressed_copy_fails_verify(exampl
     capsys.readouterr()
     assert main(["verify", str(example)]) == 1
     assert "content-addressed" in capsys.readouterr().err
+
+
+def _forge(example: Path, **changes: object) -> None:
+    """Rewrite the receipt and its content-addressed copy so that every file digest agrees."""
+    from airflow_kfm_migrations.digest import dump_json
+    from airflow_kfm_migrations.receipts import receipt_digest
+
+    path = example / "receipts" / "run_receipt.json"
+    doc = json.loads(path.read_text())
+    doc.update(changes)
+    doc["receipt_digest"] = receipt_digest(doc)
+    path.write_bytes(dump_json(doc))
+    (example / "receipts" / "history" / f"{doc['receipt_digest']}.json").write_bytes(dump_json(doc))
+
+
+def test_verify_against_the_ledger_catches_a_consistent_forgery(
+    example: Path, pgdb: PgDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(example, pgdb) == 0
+    capsys.readouterr()
+    assert main(["verify", str(example), "--conn-id", pgdb.conn_id]) == 0
+    assert "recorded in the ledger" in capsys.readouterr().out
+    # A different actor with every file digest recomputed: files agree, the ledger does not.
+    _forge(example, actor="someone-else")
+    assert main(["verify", str(example)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(example), "--conn-id", pgdb.conn_id]) == 1
+    err = capsys.readouterr().err
+    assert "the ledger on" in err and "records receipt" in err and len(err.strip().splitlines()) == 1
+
+
+def test_verify_against_the_ledger_catches_a_failed_run_dressed_as_success(
+    example: Path, pgdb: PgDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    append(example, "CREATE TABLE public.sneaky (id int);")
+    assert run(example, pgdb) == 1
+    assert main(["verify", str(example), "--conn-id", pgdb.conn_id]) == 0  # failed, and absent: consistent
+    _forge(example, status="succeeded", reason=None)
+    assert main(["verify", str(example)]) == 0
+    capsys.readouterr()
+    assert main(["verify", str(example), "--conn-id", pgdb.conn_id]) == 1
+    assert "has no run" in capsys.readouterr().err
+    # And a genuine success whose ledger row was removed afterwards.
+    (example / "forward.sql").write_text((example / "forward.sql").read_text().replace(
+        "CREATE TABLE public.sneaky (id int);\n", ""))
+    assert run(example, pgdb) == 0
+    pgdb.sql("DELETE FROM kfm_governance.ledger")
+    capsys.readouterr()
+    assert main(["verify", str(example), "--conn-id", pgdb.conn_id]) == 1
+    assert "has no run" in capsys.readouterr().err

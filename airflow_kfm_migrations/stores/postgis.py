@@ -541,6 +541,27 @@ class PostgisStore:
         )
         return head.model_copy(update={"objects": [obj for _oid, obj, _raw in objects]})
 
+    def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
+        """The ledger row of one run, read without locks or writes (for ``verify --conn-id``)."""
+        import psycopg
+
+        try:
+            with self._connect() as conn, conn.cursor() as cur:
+                cur.execute("SELECT to_regclass(%s)", (f"{LEDGER_SCHEMA}.ledger",))
+                if cur.fetchone()[0] is None:
+                    return None
+                cur.execute(
+                    f"SELECT operation, status, receipt_digest, post_schema_fingerprint FROM {LEDGER_SCHEMA}.ledger "
+                    "WHERE migration_id = %s AND run_id = %s",
+                    (migration_id, run_id),
+                )
+                row = cur.fetchone()
+        except psycopg.Error as exc:
+            raise RefusedError(f"cannot read the ledger on {self.conn_id}: {_db_error(exc)}") from None
+        if row is None:
+            return None
+        return dict(zip(("operation", "status", "receipt_digest", "post_schema_fingerprint"), row, strict=True))
+
     def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str:
         decl = bundle.declaration
         assert isinstance(decl, PostgisDeclaration)

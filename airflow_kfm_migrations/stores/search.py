@@ -726,6 +726,13 @@ class SearchStore:
             self._client = self._factory()
         return self._client
 
+    def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
+        """The ledger document of one run, read without locks or writes (for ``verify --conn-id``)."""
+        if not self.client.index_exists(GOVERNANCE_INDEX):
+            return None
+        doc = self.client.get_doc(GOVERNANCE_INDEX, f"ledger:{migration_id}:{run_id}")
+        return dict(doc["_source"]) if doc is not None else None
+
     # -- plan -----------------------------------------------------------------
 
     def plan(self, bundle: Bundle) -> Plan:
