@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from airflow_kfm_migrations.bundle import load_bundle  # noqa: E402
 from airflow_kfm_migrations.cli import main as cli  # noqa: E402
+from airflow_kfm_migrations.contracts.models import baseline_document  # noqa: E402
 from airflow_kfm_migrations.digest import dump_json  # noqa: E402
 from airflow_kfm_migrations.stores.postgis import PostgisStore  # noqa: E402
 
@@ -86,7 +87,7 @@ def main() -> int:
 
     def baseline() -> bytes:
         with psycopg.connect(DSN + f" dbname={DB}") as c, c.cursor() as cur:
-            return dump_json(store.capture(cur, bundle.declaration).model_dump(mode="json", by_alias=True))
+            return dump_json(baseline_document(store.capture(cur, bundle.declaration)))
 
     blobs: list[bytes] = []
     dumps, caps = [], []

@@ -382,6 +382,24 @@ def trusted_baseline_object(
 
 
 _new, _put = object.__new__, object.__setattr__
+
+
+def baseline_document(baseline: Baseline) -> dict[str, Any]:
+    """``baseline.model_dump(mode="json", by_alias=True)``, with the objects dumped directly
+    (a test holds the two equal): a 10,000-table catalog has 120k of them."""
+    doc = baseline.model_dump(mode="json", by_alias=True, exclude={"objects"})
+    doc["objects"] = [
+        {
+            "id": o.id,
+            "kind": o.kind,
+            "schema": o.schema_,
+            "table": o.table,
+            "digest": o.digest,
+            "protected": o.protected,
+        }
+        for o in baseline.objects
+    ]
+    return doc
 _BASELINE_OBJECT_FIELDS = frozenset(BaselineObject.model_fields)
 
 
