@@ -775,8 +775,22 @@ def test_baseline_is_four_queries_and_fingerprints_every_protected_node(
     graph.q("MATCH ()-[r:PROV_GENERATED_BY]->() SET r.role = 'survey'")
     before = store.capture(run, decl)
     assert len(queries) == 4  # SHOW CONSTRAINTS, SHOW INDEXES, the tokens in use, one read
-    # The allowed labels are only counted (count store), never scanned.
-    assert not [q for q in queries if "MATCH (n:`LegacyDataset`) RETURN" in q or "`LegacyDataset`) UNWIND" in q]
+    # The server's plan of the read: the count store for every label and type; scans only of
+    # the protected label, the forbidden relationship type (its keys) and the ledger.
+    with neo4j_server.session(notifications_min_severity="OFF") as s:
+        plan = s.run("EXPLAIN " + queries[3]).consume().plan
+    ops: list[tuple[str, str]] = []
+    todo = [plan]
+    while todo:
+        op = todo.pop()
+        ops.append((op["operatorType"].split("@")[0], str(op.get("args", {}).get("Details", ""))))
+        todo.extend(op.get("children", []))
+    scans = sorted(d for o, d in ops if "Scan" in o or "Seek" in o)
+    assert not [o for o, _ in ops if o.startswith("AllNodes")]
+    assert len(scans) == 3 and all(x in " ".join(scans) for x in ("AuthoritySite", "KfmMigration", "PROV_GENERATED_BY"))
+    counted = " ".join(d for o, d in ops if "CountStore" in o)
+    assert all(f"(:{x})" in counted for x in ("LegacyDataset", "AuthoritySite", "Activity"))
+    assert "[:PROV_GENERATED_BY]" in counted
     assert before.protected_rows == {"AuthoritySite": 2}
     ids = {o.id for o in before.objects}
     assert {"nodes:AuthoritySite", "property_keys:AuthoritySite", "property_keys:rel:PROV_GENERATED_BY"} <= ids
