@@ -221,6 +221,13 @@ def test_example_end_to_end(example: Path, cluster: Any, tmp_path: Path) -> None
     assert entries[0]["receipt_digest"] == r["receipt_digest"]
     assert not c.exists(index=GOVERNANCE_INDEX, id=f"lock:{MIG}")
     assert main(["verify", str(out)]) == 0
+    assert main(["verify", str(out), "--conn-id", CONN_ID]) == 0
+    # The ledger is the independent witness: a receipt digest it does not hold is refused.
+    c.update(index=GOVERNANCE_INDEX, id=f"ledger:{MIG}:{r['run_id']}", body={"doc": {"receipt_digest": "0" * 64}},
+             refresh=True)
+    assert main(["verify", str(out), "--conn-id", CONN_ID]) == 1
+    c.update(index=GOVERNANCE_INDEX, id=f"ledger:{MIG}:{r['run_id']}",
+             body={"doc": {"receipt_digest": r["receipt_digest"]}}, refresh=True)
     assets = SearchStore.for_planning(CONN_ID).assets(load_bundle(example), DiffSummary.model_validate(s))
     assert assets == [f"opensearch://{CONN_ID}/parcels", f"opensearch://{CONN_ID}/parcels_v2"]
     # A rerun is a no-op without drift (the ledger remembers the store after the flip).
