@@ -165,12 +165,18 @@ def test_example_end_to_end(gexample: Path, graph: Graph, tmp_path: Path) -> Non
     assert ledger[0]["m"]["receipt_digest"] == r["receipt_digest"]
     assert graph.count("KfmLock") == 0
     assert main(["verify", str(out)]) == 0
+    assert main(["verify", str(out), "--conn-id", CONN_ID]) == 0
+    # The ledger is the independent witness: a receipt digest it does not hold is refused.
+    graph.q("MATCH (m:KfmMigration) SET m.receipt_digest = $d", d="0" * 64)
+    assert main(["verify", str(out), "--conn-id", CONN_ID]) == 1
+    graph.q("MATCH (m:KfmMigration) SET m.receipt_digest = $d", d=r["receipt_digest"])
     # Rerun: no-op, no drift.
     assert run(gexample, out) == 0
     again = receipt(out)
     assert again["status"] == "noop" and again["previous_receipt_digest"] == r["receipt_digest"]
     assert {c["name"]: c["passed"] for c in again["validation"]}["drift"] is True
     assert main(["verify", str(out)]) == 0
+    assert main(["verify", str(out), "--conn-id", CONN_ID]) == 0  # a no-op leaves no ledger entry
 
 
 def test_changed_artifact_after_apply_is_refused(gexample: Path, graph: Graph, tmp_path: Path) -> None:

@@ -391,6 +391,25 @@ class GraphStore:
 
         return cls(connect_env, conn_id, info.schema or None)
 
+    def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
+        """The ledger node of one run, read without locks or writes (for ``verify --conn-id``)."""
+        if self._connect is None:
+            raise RefusedError("this graph store was opened for planning only")
+        driver = self._connect()
+        try:
+            with driver.session(database=self.database, default_access_mode="READ") as s:
+                rec = s.run(
+                    f"MATCH (m:{LEDGER_LABEL} {{migration_id: $mid, run_id: $run}}) RETURN properties(m) AS p",
+                    mid=migration_id,
+                    run=run_id,
+                ).single()
+        except Exception as exc:
+            raise RefusedError(f"cannot read the ledger on {self.conn_id}: {_neo_error(exc)}") from None
+        finally:
+            with suppress(Exception):
+                driver.close()
+        return dict(rec["p"]) if rec is not None else None
+
     # -- plan -----------------------------------------------------------------
 
     def plan(self, bundle: Bundle) -> Plan:
