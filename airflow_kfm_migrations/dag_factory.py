@@ -7,8 +7,8 @@ fails with the reason; it never breaks the other DAGs of the file.
 
 Parse speed (issue 4), for a registry of a thousand entries:
 
-- declarations are read through :mod:`.decl_cache`: every file is read and hashed, and only
-  new or changed ones are parsed and validated again;
+- the registry and the declarations are read through :mod:`.decl_cache`: every file is read
+  and hashed, and only new or changed ones are parsed and validated again;
 - every DAG is built with the ``DAG`` constructor. Its tasks differ from one DAG to the next
   only in ``migration_id``, ``conn_id``, ``owner`` and the assets of ``apply``. So the first
   DAG of each shape gets its tasks from the operator constructors, and the next DAGs of
@@ -166,7 +166,7 @@ def _copy_plan(task: Any) -> dict[str, str] | None:
         elif isinstance(v, _IMMUTABLE):
             plan[k] = "share"
         elif type(v) in (set, list, dict) and all(
-            isinstance(x, _IMMUTABLE) for x in (list(v.items()) if isinstance(v, dict) else v)
+            isinstance(x, _IMMUTABLE) for x in ([*v.keys(), *v.values()] if isinstance(v, dict) else v)
         ):
             plan[k] = "container"
         elif type(v) is tuple and all(isinstance(x, _IMMUTABLE) for x in v):
@@ -274,10 +274,14 @@ class _TaskCopier:
     def _shape(dag: Any) -> tuple[Any, ...]:
         return (_params_spec(dag.params), dag.start_date, dag.end_date, dag.fail_fast)
 
-    def fill(self, dag: Any, entry: Any, conn_id: str, outlets: list[Any]) -> None:
+    def fits(self, dag: Any) -> bool:
+        """``dag`` is new and of the prototype's shape (else its tasks come from the constructors)."""
         group = dag.task_group
-        if dag.task_dict or group.children or group.used_group_ids or self._shape(dag) != self.shape:
-            raise ValueError(f"{dag.dag_id}: not of the prototype's shape")
+        return not (dag.task_dict or group.children or group.used_group_ids) and self._shape(dag) == self.shape
+
+    def fill(self, dag: Any, entry: Any, conn_id: str, outlets: list[Any]) -> None:
+        """Copies of the prototype's tasks for ``entry``, in ``dag`` (which :meth:`fits`)."""
+        group = dag.task_group
         values = {"migration_id": entry.migration_id, "conn_id": conn_id, "owner": entry.owner}
         for proto in self.tasks:
             new = proto.cls.__new__(proto.cls)
@@ -362,7 +366,7 @@ def build_dags(
             continue
         dag, conn_id, outlets, backfill = _dag_for(entry, root, env, reader)
         copier = copiers.get(backfill)
-        if copier is not None:
+        if copier is not None and copier.fits(dag):
             copier.fill(dag, entry, conn_id, outlets)
         else:
             _add_tasks(dag, entry, conn_id, outlets, backfill)
