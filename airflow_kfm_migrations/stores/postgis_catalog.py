@@ -419,16 +419,12 @@ QUERIES: dict[str, str] = {
         FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_namespace n ON n.oid = c.opcnamespace
         JOIN pg_catalog.pg_am am ON am.oid = c.opcmethod
         WHERE {_SYSTEM} AND {_not_ext("pg_opclass", "c.oid")}""",
+    # Every collation column but the ids: the locale columns differ between server versions.
     "collation": f"""
         SELECT 'collation', 'collation:' || n.nspname || '.' || c.collname, n.nspname, NULL::text,
                {
         _h(
-            "c.collprovider",
-            "c.collisdeterministic",
-            "c.collencoding",
-            "c.collcollate",
-            "c.collctype",
-            "c.colliculocale",
+            "(to_jsonb(c) - 'oid' - 'collnamespace' - 'collowner')::text",
             "pg_get_userbyid(c.collowner)",
             _descr("pg_collation", "c.oid"),
         )
