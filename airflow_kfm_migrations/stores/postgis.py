@@ -856,7 +856,7 @@ class PgSession:
         self.run_id = run_id
         self.transactional = self.decl.transactional
         self._stat0: dict[str, tuple[int, int, int]] = {}
-        self._files0: dict[int, int] = {}
+        self._files0: dict[int, tuple[int, str]] = {}
 
     # The transaction: timeouts and advisory locks come first, so nothing runs unlocked.
     def open(self) -> None:
@@ -905,9 +905,11 @@ class PgSession:
         cur.execute(XACT_WRITES_QUERY if self.transactional else SHARED_WRITES_QUERY)
         return {t: (i, u, d) for t, i, u, d in cur.fetchall()}
 
-    def _filenodes(self, cur: Any) -> dict[int, int]:
+    def _filenodes(self, cur: Any) -> dict[int, tuple[int, str]]:
+        """Each table's storage file and name: a rewrite (TRUNCATE, VACUUM FULL, ALTER TYPE)
+        gives a table a new file without counting rows."""
         cur.execute(TABLES_QUERY)
-        return {oid: fn for oid, _s, _t, fn in cur.fetchall()}
+        return {oid: (fn, f"{s}.{t}") for oid, s, t, fn in cur.fetchall()}
 
     _SESSION_STATE = "SELECT current_user, session_user, current_setting('session_replication_role')"
 
@@ -929,9 +931,7 @@ class PgSession:
                 cur.execute("SELECT pg_stat_clear_snapshot()")
             now = self._stats(cur)
             files = self._filenodes(cur)
-            cur.execute(TABLES_QUERY)
-            names = {oid: f"{s}.{t}" for oid, s, t, _fn in cur.fetchall()}
-        rewritten = {names[o] for o, fn in files.items() if o in self._files0 and self._files0[o] != fn}
+        rewritten = {name for o, (fn, name) in files.items() if o in self._files0 and self._files0[o][0] != fn}
         out = []
         for table in sorted(set(now) | rewritten):
             i1, u1, d1 = now.get(table, (0, 0, 0))

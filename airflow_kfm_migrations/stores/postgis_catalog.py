@@ -610,9 +610,10 @@ TABLES_QUERY = """
 XACT_WRITES_QUERY = """
     SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_del
     FROM pg_catalog.pg_stat_xact_all_tables
-    WHERE (schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-           AND schemaname NOT LIKE 'pg\\_temp\\_%')
-       OR (schemaname = 'pg_catalog' AND relname = 'pg_largeobject')"""
+    WHERE ((schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+            AND schemaname NOT LIKE 'pg\\_temp\\_%')
+           OR (schemaname = 'pg_catalog' AND relname = 'pg_largeobject'))
+      AND n_tup_ins + n_tup_upd + n_tup_del > 0"""
 
 SHARED_WRITES_QUERY = """
     SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_del
