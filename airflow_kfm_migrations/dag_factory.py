@@ -315,9 +315,7 @@ def build_dag(entry: Any, bundles_root: Path, environment: str, *, facts_reader:
     return dag
 
 
-def _dag_for(
-    entry: Any, bundles_root: Path, environment: str, facts_reader: Any
-) -> tuple[Any, str, list[Any], bool]:
+def _dag_for(entry: Any, bundles_root: Path, environment: str, facts_reader: Any) -> tuple[Any, str, list[Any], bool]:
     from .decl_cache import DeclarationFacts
 
     reader = facts_reader or DeclarationFacts(bundles_root, enabled=False)
