@@ -68,7 +68,7 @@ QUERIES: dict[str, str] = {
             "c.relkind",
             "pg_get_userbyid(c.relowner)",
             "c.relacl::text",
-            _descr("pg_class", "c.oid"),
+            "dsc.description",
             "c.relpersistence",
             "c.relrowsecurity",
             "c.relforcerowsecurity",
@@ -91,6 +91,8 @@ QUERIES: dict[str, str] = {
     }
         FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        LEFT JOIN pg_catalog.pg_description dsc
+          ON dsc.objoid = c.oid AND dsc.classoid = 'pg_class'::regclass AND dsc.objsubid = 0
         LEFT JOIN LATERAL (
             SELECT t.relname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
             WHERE c.relkind = 'S' AND d.classid = 'pg_class'::regclass AND d.objid = c.oid
@@ -111,7 +113,7 @@ QUERIES: dict[str, str] = {
             "(SELECT co.collname FROM pg_catalog.pg_collation co WHERE co.oid = a.attcollation "
             "AND a.attcollation NOT IN (0, 100))",
             "a.attacl::text",
-            _descr("pg_class", "c.oid", "a.attnum"),
+            "dsc.description",
             "a.attnum",
             "a.attstorage",
             "a.attcompression",
@@ -123,6 +125,8 @@ QUERIES: dict[str, str] = {
         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
+        LEFT JOIN pg_catalog.pg_description dsc
+          ON dsc.objoid = c.oid AND dsc.classoid = 'pg_class'::regclass AND dsc.objsubid = a.attnum
         WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
           AND {_SYSTEM} AND {_not_ext("pg_class", "c.oid")}""",
     # Indexes are digested from their catalog structure (access method, key columns by
@@ -149,7 +153,7 @@ QUERIES: dict[str, str] = {
             "x.indclass::text",
             "x.indcollation::text",
             "CASE WHEN x.indexprs IS NOT NULL OR x.indpred IS NOT NULL THEN pg_get_indexdef(i.oid) END",
-            _descr("pg_class", "i.oid"),
+            "dsc.description",
             "x.indisvalid",
             "x.indisclustered",
             "i.reloptions::text",
@@ -160,6 +164,8 @@ QUERIES: dict[str, str] = {
         JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = i.relnamespace
         JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+        LEFT JOIN pg_catalog.pg_description dsc
+          ON dsc.objoid = i.oid AND dsc.classoid = 'pg_class'::regclass AND dsc.objsubid = 0
         WHERE {_SYSTEM} AND {_not_ext("pg_class", "t.oid")}""",
     "constraint": f"""
         SELECT 'constraint',
@@ -182,7 +188,7 @@ QUERIES: dict[str, str] = {
             "co.condeferrable",
             "co.condeferred",
             "co.convalidated",
-            _descr("pg_constraint", "co.oid"),
+            "dsc.description",
         )
     }
         FROM pg_catalog.pg_constraint co
@@ -191,6 +197,8 @@ QUERIES: dict[str, str] = {
         LEFT JOIN pg_catalog.pg_type ty ON ty.oid = co.contypid AND co.contypid <> 0
         LEFT JOIN pg_catalog.pg_class ft ON ft.oid = co.confrelid AND co.confrelid <> 0
         LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = ft.relnamespace
+        LEFT JOIN pg_catalog.pg_description dsc
+          ON dsc.objoid = co.oid AND dsc.classoid = 'pg_constraint'::regclass AND dsc.objsubid = 0
         WHERE {_SYSTEM} AND {_not_ext("pg_constraint", "co.oid")}
           AND (co.conrelid = 0 OR {_not_ext("pg_class", "co.conrelid")})""",
     "function": f"""
