@@ -43,8 +43,20 @@ def merkle_root(leaves: Iterable[str]) -> str:
 
 def merkle_root_raw(leaves: list[bytes]) -> str:
     """:func:`merkle_root` over raw 32-byte digests (hex order and byte order agree)."""
+    return merkle_root_nodes([merkle_leaf_node(x) for x in leaves])
+
+
+def merkle_leaf_node(leaf: bytes) -> bytes:
+    """A 32-byte leaf followed by its tree node (domain-separated with 0x00): what
+    :func:`merkle_root_nodes` takes, so that a caller can hash each leaf as it arrives."""
+    return leaf + hashlib.sha256(b"\x00" + leaf).digest()
+
+
+def merkle_root_nodes(leaf_nodes: list[bytes]) -> str:
+    """:func:`merkle_root` from :func:`merkle_leaf_node` values. Sorts ``leaf_nodes``."""
     sha = hashlib.sha256
-    level = [sha(b"\x00" + x).digest() for x in sorted(leaves)]
+    leaf_nodes.sort()  # by leaf: the first 32 bytes decide
+    level = [x[32:] for x in leaf_nodes]
     if not level:
         return sha256_bytes(b"")
     while len(level) > 1:

@@ -37,7 +37,7 @@ from ..contracts.models import (
     trusted_baseline_object,
 )
 from ..diff import diff_objects, index
-from ..digest import digest_json, leaf, leaf_raw, merkle_root, merkle_root_raw
+from ..digest import digest_json, leaf, leaf_raw, merkle_leaf_node, merkle_root, merkle_root_nodes
 from ..errors import InputError, LockedError, RefusedError
 from ..gate import limit_checks
 from ..policy import approval_covers
@@ -473,7 +473,7 @@ class PostgisStore:
         cur.execute("SELECT set_config('search_path', 'pg_catalog', true), set_config('work_mem', '64MB', true)")
         try:
             scope = PgScope(decl)
-            # (id, object, Merkle leaf). The rows are streamed in chunks, so building the
+            # (id, object, Merkle leaf and tree node). The rows are streamed in chunks, so building the
             # objects and their leaves here overlaps the server's work on the next rows.
             objects: list[tuple[str, BaselineObject, bytes]] = []
             guarded: dict[tuple[str | None, str | None], bool] = {}
@@ -482,7 +482,8 @@ class PostgisStore:
                 g = guarded.get(key)
                 if g is None:
                     g = guarded[key] = scope.guarded(schema, table)
-                objects.append((oid, trusted_baseline_object(oid, kind, schema, table, dig, g), leaf_raw(oid, dig)))
+                obj = trusted_baseline_object(oid, kind, schema, table, dig, g)
+                objects.append((oid, obj, merkle_leaf_node(leaf_raw(oid, dig))))
             rows: dict[str, int] = {}
             cur.execute(TABLES_QUERY)
             tables = [
@@ -507,7 +508,7 @@ class PostgisStore:
                 rows[f"{schema}.{table}"] = min(n, cap)
                 rid = f"rows:{schema}.{table}"
                 obj = trusted_baseline_object(rid, "rows", schema, table, dig, True)
-                objects.append((rid, obj, leaf_raw(rid, dig)))
+                objects.append((rid, obj, merkle_leaf_node(leaf_raw(rid, dig))))
             cur.execute(ACL_QUERY)
             acls = {k: v for k, v in cur.fetchall()}
             cur.execute(RLS_QUERY)
@@ -518,12 +519,12 @@ class PostgisStore:
         counts: dict[str, int] = {}
         leaves: list[bytes] = []
         protected: list[bytes] = []
-        for _oid, obj, raw in objects:
+        for _oid, obj, node in objects:
             counts[obj.kind] = counts.get(obj.kind, 0) + 1
             if obj.kind != "rows":
-                leaves.append(raw)
+                leaves.append(node)
             if obj.protected:
-                protected.append(raw)
+                protected.append(node)
         head = Baseline.model_validate(
             {
                 "schema_version": "baseline.v1",
@@ -533,13 +534,13 @@ class PostgisStore:
                 "scope_digest": digest_json(decl.scope.model_dump(mode="json")),
                 "counts": counts,
                 "objects": [],
-                "schema_fingerprint": merkle_root_raw(leaves),
-                "protected_fingerprint": merkle_root_raw(protected),
+                "schema_fingerprint": merkle_root_nodes(leaves),
+                "protected_fingerprint": merkle_root_nodes(protected),
                 "protected_rows": rows,
                 "extra": {"acls": acls, "rls": rls},
             }
         )
-        return head.model_copy(update={"objects": [obj for _oid, obj, _raw in objects]})
+        return head.model_copy(update={"objects": [obj for _oid, obj, _node in objects]})
 
     def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
         """The ledger row of one run, read without locks or writes (for ``verify --conn-id``)."""
