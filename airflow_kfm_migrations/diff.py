@@ -26,19 +26,51 @@ def index(baseline: Baseline) -> dict[str, BaselineObject]:
     return out
 
 
+_LEAVES: dict[int, tuple[weakref.ref[Baseline], list[bytes]]] = {}
+
+
+def remember_leaves(baseline: Baseline, leaves: list[bytes]) -> None:
+    """Record each object's Merkle leaf (sha256 of id and digest), in object order, as the
+    capture computed them: two baselines then diff by set operations on the leaves."""
+    key = id(baseline)
+    _LEAVES[key] = (weakref.ref(baseline, lambda _r: _LEAVES.pop(key, None)), leaves)
+
+
+def _leaves(baseline: Baseline) -> list[bytes] | None:
+    hit = _LEAVES.get(id(baseline))
+    return hit[1] if hit is not None and hit[0]() is baseline else None
+
+
+def _differing(pre: Baseline, post: Baseline) -> tuple[dict[str, BaselineObject], dict[str, BaselineObject]]:
+    """The objects of each side whose (id, digest) the other side does not have."""
+    la, lb = _leaves(pre), _leaves(post)
+    if la is not None and lb is not None:
+        sa, sb = set(la), set(lb)
+        only_a, only_b = sa - sb, sb - sa
+        return (
+            {o.id: o for o, leaf in zip(pre.objects, la, strict=True) if leaf in only_a},
+            {o.id: o for o, leaf in zip(post.objects, lb, strict=True) if leaf in only_b},
+        )
+    before, after = index(pre), index(post)
+    return (
+        {k: a for k, a in before.items() if (b := after.get(k)) is None or b.digest != a.digest},
+        {k: b for k, b in after.items() if (a := before.get(k)) is None or a.digest != b.digest},
+    )
+
+
 def diff_objects(pre: Baseline, post: Baseline) -> list[DiffEntry]:
     """Added, removed and changed objects, ordered by id."""
     key = (id(pre), id(post))
     hit = _DIFFS.get(key)
     if hit is not None and hit[0]() is pre and hit[1]() is post:
         return list(hit[2])
-    before, after = index(pre), index(post)
+    before, after = _differing(pre, post)
     out: list[DiffEntry] = []
     for oid, b in after.items():
         a = before.get(oid)
         if a is None:
             out.append(DiffEntry(change="added", id=oid, kind=b.kind, schema=b.schema_, table=b.table, after=b.digest))
-        elif a.digest != b.digest:
+        else:
             out.append(
                 DiffEntry(
                     change="changed",
@@ -60,6 +92,12 @@ def diff_objects(pre: Baseline, post: Baseline) -> list[DiffEntry]:
 
     _DIFFS[key] = (weakref.ref(pre, drop), weakref.ref(post, drop), out)
     return list(out)
+
+
+def changed_objects(pre: Baseline, post: Baseline) -> dict[str, BaselineObject]:
+    """The object behind each change, as it was before (or after, when it was added)."""
+    before, after = _differing(pre, post)
+    return {**after, **before}
 
 
 def touched_csv(changes: list[DiffEntry], writes: list[tuple[str, int, int, int]] | None = None) -> str:

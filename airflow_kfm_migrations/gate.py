@@ -12,7 +12,7 @@ from typing import Any
 
 from .bundle import Bundle
 from .contracts.models import Baseline, DiffSummary, Finding, LimitCheck, WriteCount
-from .diff import diff_objects, index
+from .diff import changed_objects, diff_objects
 from .policy import approval_covers
 from .stores.base import Store
 
@@ -31,10 +31,10 @@ def resolve_approvals(bundle: Bundle, findings: list[Finding]) -> list[Finding]:
 
 
 def protected_findings(bundle: Bundle, pre: Baseline, post: Baseline) -> list[Finding]:
-    before, after = index(pre), index(post)
+    objects = changed_objects(pre, post)
     findings: list[Finding] = []
     for change in diff_objects(pre, post):
-        obj = before.get(change.id) or after.get(change.id)
+        obj = objects.get(change.id)
         if obj is None or not obj.protected:
             continue
         target = obj.table or obj.schema_ or obj.id

@@ -36,7 +36,7 @@ from ..contracts.models import (
     WriteCount,
     trusted_baseline_object,
 )
-from ..diff import diff_objects, index
+from ..diff import diff_objects, remember_leaves
 from ..digest import digest_json, leaf, leaf_raw, merkle_leaf_node, merkle_root, merkle_root_nodes
 from ..errors import InputError, LockedError, RefusedError
 from ..gate import limit_checks
@@ -540,7 +540,9 @@ class PostgisStore:
                 "extra": {"acls": acls, "rls": rls},
             }
         )
-        return head.model_copy(update={"objects": [obj for _oid, obj, _node in objects]})
+        baseline = head.model_copy(update={"objects": [obj for _oid, obj, _node in objects]})
+        remember_leaves(baseline, [node[:32] for _oid, _obj, node in objects])
+        return baseline
 
     def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
         """The ledger row of one run, read without locks or writes (for ``verify --conn-id``)."""
@@ -601,7 +603,6 @@ class PostgisStore:
         review_index_rows, review_backfill_rows = review_thresholds()
         findings: list[Finding] = []
         changes = diff_objects(pre, post)
-        before, after = index(pre), index(post)
         tables: set[str] = set()
         index_delta = constraint_delta = 0
         for c in changes:
@@ -695,7 +696,6 @@ class PostgisStore:
                             message=f"index build on a table of ~{rows} rows (review above {review_index_rows})",
                         )
                     )
-        del before, after
         pre_rls, post_rls = pre.extra.get("rls", {}), post.extra.get("rls", {})
         for table, flags in pre_rls.items():
             now = post_rls.get(table, [False, False])
