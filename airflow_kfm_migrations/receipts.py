@@ -146,9 +146,11 @@ def _load_receipt(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise InputError(display(path), "-", "no such receipt") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InputError(display(path), "-", f"not a JSON receipt: {exc}") from None
+        # The file is there but no longer parses: for a verifier that is a failed check
+        # (a truncated or tampered receipt), not a usage error.
+        raise VerifyMismatch(f"the receipt is not valid JSON any more ({exc})", file=display(path)) from None
     if not isinstance(doc, dict):
-        raise InputError(display(path), "-", "not a JSON receipt")
+        raise VerifyMismatch("the receipt is not a JSON object", file=display(path))
     try:
         adapter("run_receipt.v1").validate_python(doc)
     except ValidationError as exc:

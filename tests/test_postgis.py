@@ -500,3 +500,17 @@ def test_verify_against_the_ledger_catches_a_failed_run_dressed_as_success(
     capsys.readouterr()
     assert main(["verify", str(example), "--conn-id", pgdb.conn_id]) == 1
     assert "has no run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["truncate", "not_utf8", "array"])
+def test_a_receipt_that_no_longer_parses_fails_verify(
+    example: Path, pgdb: PgDatabase, damage: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(example, pgdb) == 0
+    path = example / "receipts" / "run_receipt.json"
+    data = path.read_bytes()
+    path.write_bytes({"truncate": data[: len(data) // 2], "not_utf8": b"\xff" + data, "array": b"[]"}[damage])
+    capsys.readouterr()
+    assert main(["verify", str(example)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "run_receipt.json" in err and "Traceback" not in err
