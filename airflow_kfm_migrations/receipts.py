@@ -161,6 +161,16 @@ def _load_receipt(path: Path) -> dict[str, Any]:
     return doc
 
 
+def _inside(root: Path, rel: str, receipt: Path) -> Path:
+    """``root / rel``, refusing a path that leaves ``root``: a receipt only ever lists files
+    of its bundle and its artifacts folder, so anything else is a forgery."""
+    f = root / rel
+    resolved, base = f.resolve(), root.resolve()
+    if Path(rel).is_absolute() or (resolved != base and base not in resolved.parents):
+        raise VerifyMismatch(f"the receipt lists a file outside its folder: {rel}", file=display(receipt))
+    return f
+
+
 def verify(target: Path) -> list[str]:
     """Recompute every digest; raise VerifyMismatch naming the first mismatching artifact."""
     path = target / RECEIPT if target.is_dir() else target
@@ -176,7 +186,7 @@ def verify(target: Path) -> list[str]:
     bundle_dir = (artifacts_dir / doc["bundle_path"]).resolve()
     manifest_artifacts = {}
     for ref in doc["inputs"]:
-        f = bundle_dir / ref["path"]
+        f = _inside(bundle_dir, ref["path"], path)
         if not f.is_file():
             raise VerifyMismatch("input artifact is missing", file=display(f))
         data = f.read_bytes()
@@ -190,7 +200,7 @@ def verify(target: Path) -> list[str]:
     if digest_json(manifest) != doc["bundle_digest"]:
         raise VerifyMismatch("bundle_digest does not match the listed inputs", file=display(path))
     for ref in doc["outputs"]:
-        f = artifacts_dir / ref["path"]
+        f = _inside(artifacts_dir, ref["path"], path)
         if not f.is_file():
             raise VerifyMismatch("output artifact is missing", file=display(f))
         if sha256_file(f) != ref["sha256"]:

@@ -514,3 +514,19 @@ def test_a_receipt_that_no_longer_parses_fails_verify(
     assert main(["verify", str(example)]) == 1
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "run_receipt.json" in err and "Traceback" not in err
+
+
+def test_a_receipt_listing_files_outside_its_folders_fails_verify(
+    example: Path, pgdb: PgDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from airflow_kfm_migrations.digest import sha256_file
+
+    assert run(example, pgdb) == 0
+    outside = example.parent / "elsewhere.json"
+    outside.write_text("{}")
+    doc = json.loads((example / "receipts" / "run_receipt.json").read_text())
+    doc["outputs"].append({"path": "../elsewhere.json", "sha256": sha256_file(outside), "role": "diff_summary"})
+    _forge(example, outputs=doc["outputs"])
+    capsys.readouterr()
+    assert main(["verify", str(example)]) == 1
+    assert "outside its folder" in capsys.readouterr().err
