@@ -530,3 +530,27 @@ def test_a_receipt_listing_files_outside_its_folders_fails_verify(
     capsys.readouterr()
     assert main(["verify", str(example)]) == 1
     assert "outside its folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "DO $$ BEGIN EXECUTE 'UPDATE public.authority_sites SET name = ''x'''; END $$;",
+        "SELECT set_config('x.y', 'z', false);",
+        "CREATE FUNCTION public.f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    ],
+)
+def test_a_non_transactional_run_refuses_what_the_plan_cannot_see(example: Path, pgdb: PgDatabase, sql: str) -> None:
+    """Nothing undoes a non-transactional write the gate refuses, so the plan must see every effect."""
+    before = pgdb.fingerprint()
+    text = (example / "migration.yml").read_text()
+    text += 'transactional: false\nnon_transactional_reason: "CONCURRENTLY keeps parcels writable"\n'
+    (example / "migration.yml").write_text(text)
+    (example / "forward.sql").write_text(
+        "CREATE INDEX CONCURRENTLY parcels_geom_gist ON public.parcels USING gist (geom);\n" + sql + "\n"
+    )
+    assert main(["plan", str(example), "--format", "json"]) == 1
+    assert run(example, pgdb) == 1
+    r = receipt(example)
+    assert "static plan refused" in r["reason"] and "transactional: false" in r["reason"]
+    assert pgdb.fingerprint() == before and not has_index(pgdb)

@@ -414,7 +414,19 @@ class PostgisStore:
                             "transactional: false with a reason",
                         )
                     )
-                if note:
+                if not decl.transactional and (note or isinstance(stmt, (ast.SelectStmt, ast.ExecuteStmt))):
+                    # Without the transaction nothing undoes what the gate refuses, so the
+                    # static plan must see every effect before the first write.
+                    findings.append(
+                        Finding(
+                            code="opaque_non_transactional",
+                            tier="hard_fail",
+                            object=f"statement {i}",
+                            message=f"{type(stmt).__name__} can hide its effects from the static plan, and a "
+                            "transactional: false run cannot roll them back; run it in a transactional migration",
+                        )
+                    )
+                elif note:
                     findings.append(
                         Finding(code="opaque_statement", tier="informational", object=f"statement {i}", message=note)
                     )
