@@ -65,7 +65,7 @@ def _assets(facts: dict[str, Any] | None, conn_id: str) -> list[Any]:
             else:
                 uris += [f"postgis://{conn_id}/{s}/{t}" for s in schemas]
     elif facts["type"] == "search":
-        uris += [f"opensearch://{conn_id}/{a}" for a in scope["allowed_aliases"] if "*" not in a]
+        uris += [f"search://{conn_id}/{a}" for a in scope["allowed_aliases"] if "*" not in a]
     elif facts["type"] == "graph":
         uris += [f"neo4j://{conn_id}/{label}" for label in scope["allowed_labels"] if "*" not in label]
     return [_asset(u) for u in sorted(set(uris))]

@@ -229,7 +229,7 @@ def test_example_end_to_end(example: Path, cluster: Any, tmp_path: Path) -> None
     c.update(index=GOVERNANCE_INDEX, id=f"ledger:{MIG}:{r['run_id']}",
              body={"doc": {"receipt_digest": r["receipt_digest"]}}, refresh=True)
     assets = SearchStore.for_planning(CONN_ID).assets(load_bundle(example), DiffSummary.model_validate(s))
-    assert assets == [f"opensearch://{CONN_ID}/parcels", f"opensearch://{CONN_ID}/parcels_v2"]
+    assert assets == [f"search://{CONN_ID}/parcels", f"search://{CONN_ID}/parcels_v2"]
     # A rerun is a no-op without drift (the ledger remembers the store after the flip).
     assert run(example, out) == 0
     again = receipt(out)
@@ -455,7 +455,7 @@ def test_airflow_hook_client(example: Path, cluster: Any, tmp_path: Path) -> Non
     )
     assert result.status == "succeeded", result.reason
     assert alias_on(cluster) == ["parcels_v2"]
-    assert result.assets == [f"opensearch://{CONN_ID}/parcels", f"opensearch://{CONN_ID}/parcels_v2"]
+    assert result.assets == [f"search://{CONN_ID}/parcels", f"search://{CONN_ID}/parcels_v2"]
 
 
 # ------------------------------------------------------------------ rollback

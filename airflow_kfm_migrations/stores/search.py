@@ -1113,7 +1113,9 @@ class SearchStore:
         for act in load_actions(bundle.by_role("forward")):
             if act.name == "aliases":
                 names |= {al for op, _ix, al in act.alias_ops() if op == "add"}
-        return sorted(f"opensearch://{self.conn_id}/{n}" for n in names)
+        # One scheme for OpenSearch and Elasticsearch: the DAG declares these outlets at parse
+        # time, when the connection (and so the engine) is not looked up.
+        return sorted(f"search://{self.conn_id}/{n}" for n in names)
 
 
 def _dedupe(findings: list[Finding]) -> list[Finding]:
