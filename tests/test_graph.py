@@ -187,23 +187,38 @@ def test_changed_artifact_after_apply_is_refused(gexample: Path, graph: Graph, t
     assert receipt(out)["status"] == "failed" and "forward.cypher changed" in receipt(out)["reason"]
 
 
-def test_protected_label_touched_dynamically_is_compensated(gexample: Path, graph: Graph, tmp_path: Path) -> None:
-    """The label hides in a string, so only the observed diff can catch it."""
+@pytest.mark.parametrize("undone_by_rollback", [True, False])
+def test_protected_label_touched_dynamically_never_commits(
+    gexample: Path, graph: Graph, tmp_path: Path, undone_by_rollback: bool
+) -> None:
+    """The label hides in a string, so the static plan cannot see it. The statement's own
+    transaction compares the protected nodes with the pre-baseline before it commits, so the
+    change never reaches the store, whether or not rollback.cypher would have undone it."""
     out = tmp_path / "out"
     before = graph.baseline(gexample)
     append(gexample, "forward.cypher", "MATCH (a) WHERE 'AuthoritySite' IN labels(a) SET a.touched = true;")
-    append(gexample, "rollback.cypher", "MATCH (a) WHERE 'AuthoritySite' IN labels(a) REMOVE a.touched;")
+    if undone_by_rollback:
+        append(gexample, "rollback.cypher", "MATCH (a) WHERE 'AuthoritySite' IN labels(a) REMOVE a.touched;")
     assert run(gexample, out) == 1
     r = receipt(out)
     assert r["status"] == "rolled_back", r["reason"]
-    assert "protected_domain_changed" in codes(out)
-    assert baseline_file(out, "post")["protected_fingerprint"] == baseline_file(out, "pre")["protected_fingerprint"]
+    assert "changed protected :AuthoritySite" in r["reason"] and "rolled back before commit" in r["reason"]
     after = graph.baseline(gexample)
     assert after.protected_fingerprint == before.protected_fingerprint
     assert after.schema_fingerprint == before.schema_fingerprint
     assert graph.q("MATCH (a:AuthoritySite) RETURN a.touched AS t") == [{"t": None}]
     assert graph.count("LegacyDataset") == 5 and "dataset_id_unique" not in graph.constraints()
     assert graph.count("KfmMigration") == 0  # a compensated run records nothing
+
+
+def test_creating_a_protected_node_dynamically_never_commits(gexample: Path, graph: Graph, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    before = graph.baseline(gexample)
+    append(gexample, "forward.cypher", "WITH 'AuthoritySite' AS l CREATE (n:$(l) {name: 'Forged'});")
+    assert run(gexample, out) == 1
+    assert "changed protected :AuthoritySite" in receipt(out)["reason"]
+    assert graph.count("AuthoritySite") == 1
+    assert graph.baseline(gexample).protected_fingerprint == before.protected_fingerprint
 
 
 def test_protected_label_in_the_script_is_refused_by_the_plan(gexample: Path, graph: Graph, tmp_path: Path) -> None:

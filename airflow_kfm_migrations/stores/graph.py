@@ -1254,9 +1254,29 @@ class GraphSession:
                     )
                 # Tagged: a recovery can find (and terminate) statements of a run that died.
                 meta = {"kfm_run_id": self.run_id, "kfm_migration_id": self.decl.migration_id}
-                query = neo4j.Query(st.text, timeout=self._timeout, metadata=meta)
-                with self._session() as s:
-                    summary = s.run(query).consume()
+                kind, _name = classify(st.masked)
+                if self._phase == "applying" and kind != "schema" and not in_transactions(st.masked):
+                    # A data statement runs in its own transaction, and the protected nodes are
+                    # compared with the pre-baseline before it commits: a protected change
+                    # that only the observed state reveals never reaches the store.
+                    with self._session() as s, s.begin_transaction(timeout=self._timeout, metadata=meta) as tx:
+                        summary = tx.run(st.text).consume()
+                        touched = self._protected_touched(tx) if summary.counters.contains_updates else None
+                        if touched is not None:
+                            tx.rollback()
+                            self.counters = counters
+                            return ApplyOutcome(
+                                ok=False,
+                                error=f"statement {n} of {art.rel} (line {st.line}) changed protected :{touched} "
+                                "nodes without an approval; its transaction was rolled back before commit",
+                                statements_run=n - 1,
+                                facts={"counters": dict(counters)},
+                            )
+                        tx.commit()
+                else:
+                    query = neo4j.Query(st.text, timeout=self._timeout, metadata=meta)
+                    with self._session() as s:
+                        summary = s.run(query).consume()
             except (nx.Neo4jError, nx.DriverError) as exc:
                 self.counters = counters
                 return ApplyOutcome(
@@ -1274,6 +1294,24 @@ class GraphSession:
             facts={"counters": dict(counters)},
             metrics={"apply_seconds": round(time.monotonic() - started, 3)},
         )
+
+    def _protected_touched(self, tx: Any) -> str | None:
+        """Inside a statement's transaction: the first protected label whose nodes (labels and
+        full property maps) differ from the pre-baseline, unless an approval covers it."""
+        pre = self._last_baseline
+        if pre is None:
+            return None
+        before = {o.table: o.digest for o in pre.objects if o.kind == "nodes" and o.table}
+        scope = GraphScope(self.decl)
+        in_use = {r["label"] for r in tx.run("CALL db.labels() YIELD label RETURN label")}
+        named = {x for x in self.decl.scope.protected_labels if not any(c in x for c in "*?[")}
+        for label in sorted(in_use | named | set(before)):
+            if not scope.protected_label(label) or approval_covers(self.decl, f"protected:{label}"):
+                continue
+            nodes = [r["x"] for r in tx.run(f"MATCH (n:{_quote(label)}) RETURN [labels(n), properties(n)] AS x")]
+            if (_digest(_node_digests(nodes)) if nodes else None) != before.get(label):
+                return label
+        return None
 
     def _run_role(self, role: str) -> ApplyOutcome:
         problem = self.preflight((role,))
