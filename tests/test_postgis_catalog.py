@@ -276,3 +276,13 @@ def test_a_script_that_changes_who_or_what_enforces_is_refused(example, pgdb: Pg
     r = receipt(example)
     assert r["status"] == "failed" and "changed the session's enforcement" in r["reason"] and what in r["reason"]
     assert pgdb.fingerprint() == before
+
+
+def test_a_capture_leaves_the_sessions_settings_as_it_found_them(example, pgdb: PgDatabase) -> None:
+    bundle = load_bundle(example)
+    store = PostgisStore(lambda: pgdb.connect(), pgdb.conn_id)
+    with pgdb.connect() as c, c.cursor() as cur:
+        cur.execute("SET LOCAL search_path = public, audit; SET LOCAL work_mem = '5MB'")
+        store.capture(cur, bundle.declaration)
+        cur.execute("SELECT current_setting('search_path'), current_setting('work_mem')")
+        assert cur.fetchone() == ("public, audit", "5MB")

@@ -479,8 +479,10 @@ class PostgisStore:
 
     def capture(self, cur: Any, decl: PostgisDeclaration) -> Baseline:
         """A catalog snapshot through ``cur`` (inside whatever transaction it is in)."""
-        cur.execute("SELECT current_setting('search_path'), current_setting('server_version')")
-        old_path, version = cur.fetchone()
+        cur.execute(
+            "SELECT current_setting('search_path'), current_setting('server_version'), current_setting('work_mem')"
+        )
+        old_path, version, old_work_mem = cur.fetchone()
         # work_mem: the catalog joins of a 10,000-table database spill to disk at the 4 MB default.
         cur.execute("SELECT set_config('search_path', 'pg_catalog', true), set_config('work_mem', '64MB', true)")
         try:
@@ -526,7 +528,10 @@ class PostgisStore:
             cur.execute(RLS_QUERY)
             rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
         finally:
-            cur.execute("SELECT set_config('search_path', %s, true)", (old_path,))
+            # The migration's own statements run with the session's settings, not the capture's.
+            cur.execute(
+                "SELECT set_config('search_path', %s, true), set_config('work_mem', %s, true)", (old_path, old_work_mem)
+            )
         objects.sort(key=itemgetter(0))  # ids are unique
         counts: dict[str, int] = {}
         leaves: list[bytes] = []
