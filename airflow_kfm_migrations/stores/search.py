@@ -1380,28 +1380,9 @@ class SearchSession:
     # -- ledger ---------------------------------------------------------------
 
     def ledger_last(self) -> LedgerRecord | None:
-        self.client.refresh(GOVERNANCE_INDEX)
-        hits = self.client.search(
-            GOVERNANCE_INDEX,
-            {
-                "size": 1,
-                "query": {
-                    "bool": {
-                        "filter": [
-                            {"term": {"type": "ledger"}},
-                            {"term": {"migration_id": self.decl.migration_id}},
-                        ]
-                    }
-                },
-                "sort": [
-                    {"applied_at": {"order": "desc", "unmapped_type": "date"}},
-                    {"applied_ns": {"order": "desc", "unmapped_type": "long"}},
-                ],
-            },
-        )
-        if not hits:
+        src = self.last_entry()
+        if src is None:
             return None
-        src = hits[0]["_source"]
         names = LedgerRecord.__dataclass_fields__
         return LedgerRecord(**{k: v for k, v in src.items() if k in names})
 
