@@ -1231,17 +1231,19 @@ class GraphSession:
         counters = dict.fromkeys(COUNTER_NAMES, 0)
         started = time.monotonic()
         n = 0
+
+        def stopped(error: str) -> ApplyOutcome:
+            """Statement ``n`` did not complete: report the counters of those before it."""
+            self.counters = counters
+            return ApplyOutcome(ok=False, error=error, statements_run=n - 1, facts={"counters": dict(counters)})
+
         for art, st in statements:
             n += 1
             try:
                 if not self._set_lock(statement=n, statements=len(statements), phase=self._phase):
-                    self.counters = counters
-                    return ApplyOutcome(
-                        ok=False,
-                        error=f"before statement {n} of {art.rel}: the graph lock is no longer this run's "
-                        "(broken as stale by another run); stopped",
-                        statements_run=n - 1,
-                        facts={"counters": dict(counters)},
+                    return stopped(
+                        f"before statement {n} of {art.rel}: the graph lock is no longer this run's "
+                        "(broken as stale by another run); stopped"
                     )
                 if self._inflight:
                     self._write(
@@ -1264,13 +1266,9 @@ class GraphSession:
                         touched = self._protected_touched(tx) if summary.counters.contains_updates else None
                         if touched is not None:
                             tx.rollback()
-                            self.counters = counters
-                            return ApplyOutcome(
-                                ok=False,
-                                error=f"statement {n} of {art.rel} (line {st.line}) changed protected :{touched} "
-                                "nodes without an approval; its transaction was rolled back before commit",
-                                statements_run=n - 1,
-                                facts={"counters": dict(counters)},
+                            return stopped(
+                                f"statement {n} of {art.rel} (line {st.line}) changed protected :{touched} "
+                                "nodes without an approval; its transaction was rolled back before commit"
                             )
                         tx.commit()
                 else:
@@ -1278,13 +1276,7 @@ class GraphSession:
                     with self._session() as s:
                         summary = s.run(query).consume()
             except (nx.Neo4jError, nx.DriverError) as exc:
-                self.counters = counters
-                return ApplyOutcome(
-                    ok=False,
-                    error=f"statement {n} of {art.rel} (line {st.line}): {_neo_error(exc)}",
-                    statements_run=n - 1,
-                    facts={"counters": dict(counters)},
-                )
+                return stopped(f"statement {n} of {art.rel} (line {st.line}): {_neo_error(exc)}")
             for k in COUNTER_NAMES:
                 counters[k] += int(getattr(summary.counters, k, 0) or 0)
         self.counters = counters
