@@ -21,6 +21,19 @@ PG_USER = os.environ.get("KFM_PG_USER", "kfm")
 PG_PASSWORD = os.environ.get("KFM_PG_PASSWORD", "kfm-local-only")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _capture_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Catalog states the PostGIS captures save (postgis_state.py) go to a directory of this
+    test session, never to the user's cache; commands the tests start inherit it."""
+    old = os.environ.get("KFM_CAPTURE_CACHE")
+    os.environ["KFM_CAPTURE_CACHE"] = str(tmp_path_factory.mktemp("capture-cache"))
+    yield
+    if old is None:
+        os.environ.pop("KFM_CAPTURE_CACHE", None)
+    else:
+        os.environ["KFM_CAPTURE_CACHE"] = old
+
+
 def server_missing(name: str, how: str) -> None:
     message = f"{name} is not running; start it with `{how}`"
     if os.environ.get("CI", "").lower() == "true":

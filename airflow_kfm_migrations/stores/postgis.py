@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import gc
 import hashlib
+import heapq
 import json
 import os
 import re
@@ -19,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, ClassVar
 
 import pglast
@@ -42,17 +44,20 @@ from ..errors import InputError, LockedError, RefusedError
 from ..gate import limit_checks
 from ..policy import approval_covers
 from ..secret_scan import redact
+from . import postgis_state as state
 from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
 from .postgis_catalog import (
     ACL_QUERY,
     CATALOG_QUERY,
     CLUSTER_KINDS,
+    GLOBAL_QUERY,
     LEDGER_DDL,
     LEDGER_SCHEMA,
     RLS_QUERY,
     SHARED_WRITES_QUERY,
     TABLES_QUERY,
     XACT_WRITES_QUERY,
+    family_query,
 )
 
 
@@ -310,6 +315,18 @@ class PostgisStore:
     def __init__(self, connect: Connect, conn_id: str) -> None:
         self._connect = connect
         self.conn_id = conn_id
+        # The newest capture known to describe committed catalog state, and the last capture.
+        self._prior: state.CatalogState | None = None
+        self._last: state.CatalogState | None = None
+        self.reused = 0  # family objects the last capture took from an earlier one
+        self._made: dict[bytes, BaselineObject] = {}  # the last capture's objects, by Merkle node
+
+    def adopt(self, st: state.CatalogState | None) -> None:
+        """Start later captures from ``st``, and save it for other processes. Only for a
+        capture whose transaction had written nothing, or has committed."""
+        if st is not None and st is not self._prior:
+            self._prior = st
+            state.save(st)
 
     # -- construction ---------------------------------------------------------
 
@@ -478,26 +495,98 @@ class PostgisStore:
     # -- baseline -------------------------------------------------------------
 
     def capture(self, cur: Any, decl: PostgisDeclaration) -> Baseline:
-        """A catalog snapshot through ``cur`` (inside whatever transaction it is in)."""
+        """A catalog snapshot through ``cur`` (inside whatever transaction it is in).
+
+        Family objects an earlier capture of this database saw are reused when the catalog
+        rows show they cannot have changed (see ``postgis_state``); the result is the same
+        as a full capture's."""
+        conn = getattr(cur, "connection", None)
+        if conn is not None and conn.autocommit:
+            # The capture's settings are transaction-local: an autocommit session would drop
+            # them after the first statement and render names with its own search_path.
+            with conn.transaction():
+                return self._capture(cur, decl)
+        return self._capture(cur, decl)
+
+    def _capture(self, cur: Any, decl: PostgisDeclaration) -> Baseline:
         cur.execute(
-            "SELECT current_setting('search_path'), current_setting('server_version'), current_setting('work_mem')"
+            "SELECT current_setting('search_path'), current_setting('server_version'), current_setting('work_mem'), "
+            "current_setting('jit'), current_setting('enable_nestloop')"
         )
-        old_path, version, old_work_mem = cur.fetchone()
+        old_path, version, old_work_mem, old_jit, old_nestloop = cur.fetchone()
         # work_mem: the catalog joins of a 10,000-table database spill to disk at the 4 MB default.
-        cur.execute("SELECT set_config('search_path', 'pg_catalog', true), set_config('work_mem', '64MB', true)")
+        # jit: compiling these wide queries takes longer than running them.
+        # enable_nestloop: the planner estimates one row for the user schemas and would scan a whole
+        # catalog once per schema; lookups by OID (family_query, dirty_families) turn it back on.
+        cur.execute(
+            "SELECT set_config('search_path', 'pg_catalog', true), set_config('work_mem', '64MB', true), "
+            "set_config('jit', 'off', true), set_config('enable_nestloop', 'off', true)"
+        )
+        # Building 120k objects would otherwise set off the cyclic collector again and again.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             scope = PgScope(decl)
+            now = state.probe(cur, self.conn_id) if state.enabled() else None
+            prior = None
+            if now is not None:
+                prior = self._prior if self._prior is not None and self._prior.key == now.key else state.load(now.key)
+            dirty = None
+            rows_fam: list[Any] = []
+            if prior is not None and now is not None:
+                cur.execute("SELECT set_config('enable_nestloop', 'on', true)")
+                dirty = state.dirty_families(cur, prior, now)
+                if dirty:
+                    cur.execute(family_query(dirty))
+                    rows_fam = cur.fetchall()
+                cur.execute("SELECT set_config('enable_nestloop', 'off', true)")
             # (id, object, Merkle leaf and tree node). The rows are streamed in chunks, so building the
             # objects and their leaves here overlaps the server's work on the next rows.
             objects: list[tuple[str, BaselineObject, bytes]] = []
+            reused: list[state.FamilyObject] = []
             guarded: dict[tuple[str | None, str | None], bool] = {}
-            for kind, oid, schema, table, dig in cur.stream(CATALOG_QUERY, size=5000):
+            if prior is None or dirty is None:
+                rows_in: Any = cur.stream(CATALOG_QUERY, size=5000)
+            else:
+                reused = [o for o in prior.objects if o.fam not in dirty]
+                rows_in = rows_fam if dirty else []
+                cur.execute(GLOBAL_QUERY)
+                rows_in += cur.fetchall()
+            self.reused = len(reused)
+            fresh: list[state.FamilyObject] = []
+            global_nodes: list[bytes] = []
+            for kind, oid, schema, table, dig, fam in rows_in:
+                node = merkle_leaf_node(leaf_raw(oid, dig))
                 key = (schema, table)
                 g = guarded.get(key)
                 if g is None:
                     g = guarded[key] = scope.guarded(schema, table)
-                obj = trusted_baseline_object(oid, kind, schema, table, dig, g)
-                objects.append((oid, obj, merkle_leaf_node(leaf_raw(oid, dig))))
+                objects.append((oid, trusted_baseline_object(oid, kind, schema, table, dig, g), node))
+                if fam:
+                    fresh.append(state.FamilyObject(oid, kind, schema, table, dig, fam, node))
+                else:
+                    global_nodes.append(node)
+            made = self._made
+            for o in reused:
+                key = (o.schema, o.table)
+                g = guarded.get(key)
+                if g is None:
+                    g = guarded[key] = scope.guarded(o.schema, o.table)
+                obj = made.get(o.node)  # the same object as the last capture's, when nothing about it changed
+                if obj is None or obj.protected is not g:
+                    obj = trusted_baseline_object(o.id, o.kind, o.schema, o.table, o.digest, g)
+                objects.append((o.id, obj, o.node))
+            # The schema fingerprint is the prior one when no object it covers changed.
+            global_nodes.sort()
+            globals_digest = hashlib.sha256(b"".join(global_nodes)).hexdigest()
+            same_tree = (
+                prior is not None
+                and dirty is not None
+                and prior.globals_digest == globals_digest
+                and sorted(o.node for o in prior.objects if o.fam in dirty) == sorted(o.node for o in fresh)
+            )
+            fresh.sort(key=attrgetter("id"))
+            family = list(heapq.merge(reused, fresh, key=attrgetter("id")))  # kept sorted: reuse keeps it in order
             rows: dict[str, int] = {}
             cur.execute(TABLES_QUERY)
             tables = [
@@ -527,39 +616,62 @@ class PostgisStore:
             acls = {k: v for k, v in cur.fetchall()}
             cur.execute(RLS_QUERY)
             rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
+            objects.sort(key=itemgetter(0))  # ids are unique
+            counts: dict[str, int] = {}
+            leaves: list[bytes] = []
+            protected: list[bytes] = []
+            for _oid, obj, node in objects:
+                counts[obj.kind] = counts.get(obj.kind, 0) + 1
+                if obj.kind != "rows":
+                    leaves.append(node)
+                if obj.protected:
+                    protected.append(node)
+            schema_root = prior.schema_root if same_tree and prior is not None else merkle_root_nodes(leaves)
+            head = Baseline.model_validate(
+                {
+                    "schema_version": "baseline.v1",
+                    "store": "postgis",
+                    "migration_id": decl.migration_id,
+                    "store_version": f"PostgreSQL {version}",
+                    "scope_digest": digest_json(decl.scope.model_dump(mode="json")),
+                    "counts": counts,
+                    "objects": [],
+                    "schema_fingerprint": schema_root,
+                    "protected_fingerprint": merkle_root_nodes(protected),
+                    "protected_rows": rows,
+                    "extra": {"acls": acls, "rls": rls},
+                }
+            )
+            baseline = head.model_copy(update={"objects": [obj for _oid, obj, _node in objects]})
+            remember_leaves(baseline, [node[:32] for _oid, _obj, node in objects])
+            self._made = {node: obj for _oid, obj, node in objects}
+            self._last = None
+            if now is not None:
+                self._last = state.CatalogState(
+                    state.CACHE_FORMAT,
+                    now.key,
+                    now.snapshot,
+                    now.own_xid,
+                    now.counts,
+                    now.names,
+                    family,
+                    globals_digest,
+                    schema_root,
+                )
+                if now.own_xid is None and not (same_tree and prior is self._prior and not dirty):
+                    # Nothing written in this transaction yet: the capture holds whatever it commits.
+                    # (Unchanged since the state this store already holds: nothing new to keep.)
+                    self.adopt(self._last)
+            return baseline
         finally:
+            if collecting:
+                gc.enable()
             # The migration's own statements run with the session's settings, not the capture's.
             cur.execute(
-                "SELECT set_config('search_path', %s, true), set_config('work_mem', %s, true)", (old_path, old_work_mem)
+                "SELECT set_config('search_path', %s, true), set_config('work_mem', %s, true), "
+                "set_config('jit', %s, true), set_config('enable_nestloop', %s, true)",
+                (old_path, old_work_mem, old_jit, old_nestloop),
             )
-        objects.sort(key=itemgetter(0))  # ids are unique
-        counts: dict[str, int] = {}
-        leaves: list[bytes] = []
-        protected: list[bytes] = []
-        for _oid, obj, node in objects:
-            counts[obj.kind] = counts.get(obj.kind, 0) + 1
-            if obj.kind != "rows":
-                leaves.append(node)
-            if obj.protected:
-                protected.append(node)
-        head = Baseline.model_validate(
-            {
-                "schema_version": "baseline.v1",
-                "store": "postgis",
-                "migration_id": decl.migration_id,
-                "store_version": f"PostgreSQL {version}",
-                "scope_digest": digest_json(decl.scope.model_dump(mode="json")),
-                "counts": counts,
-                "objects": [],
-                "schema_fingerprint": merkle_root_nodes(leaves),
-                "protected_fingerprint": merkle_root_nodes(protected),
-                "protected_rows": rows,
-                "extra": {"acls": acls, "rls": rls},
-            }
-        )
-        baseline = head.model_copy(update={"objects": [obj for _oid, obj, _node in objects]})
-        remember_leaves(baseline, [node[:32] for _oid, _obj, node in objects])
-        return baseline
 
     def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
         """The ledger row of one run, read without locks or writes (for ``verify --conn-id``)."""
@@ -875,6 +987,8 @@ class PgSession:
         self.transactional = self.decl.transactional
         self._stat0: dict[str, tuple[int, int, int]] = {}
         self._files0: dict[int, tuple[int, str]] = {}
+        self._captured = False
+        self._pending: state.CatalogState | None = None
 
     # The transaction: timeouts and advisory locks come first, so nothing runs unlocked.
     def open(self) -> None:
@@ -917,7 +1031,16 @@ class PgSession:
 
     def baseline(self) -> Baseline:
         with self.conn.cursor() as cur:
-            return self.store.capture(cur, self.decl)
+            b = self.store.capture(cur, self.decl)
+        # The first capture comes before the migration writes anything (the ledger schema aside,
+        # which captures leave out); a later one in a transaction holds uncommitted changes, and
+        # only becomes the store's starting point if they commit.
+        if not self.transactional or not self._captured:
+            self.store.adopt(self.store._last)
+        else:
+            self._pending = self.store._last
+        self._captured = True
+        return b
 
     def _stats(self, cur: Any) -> dict[str, tuple[int, int, int]]:
         cur.execute(XACT_WRITES_QUERY if self.transactional else SHARED_WRITES_QUERY)
@@ -1071,8 +1194,11 @@ class PgSession:
     def commit(self) -> None:
         if self.transactional:
             self.conn.commit()
+            self.store.adopt(self._pending)
+            self._pending = None
 
     def abort(self) -> None:
+        self._pending = None  # rolled back: the store keeps the state it had
         if self.transactional:
             try:
                 self.conn.rollback()

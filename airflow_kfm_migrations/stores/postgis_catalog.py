@@ -9,6 +9,8 @@ holds the ledger is excluded by name.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 LEDGER_SCHEMA = "kfm_governance"
 
 _SYSTEM = (
@@ -53,7 +55,8 @@ def _h(*exprs: str) -> str:
 QUERIES: dict[str, str] = {
     "schema": f"""
         SELECT 'schema', 'schema:' || n.nspname, n.nspname, NULL::text,
-               {_h("n.nspname", "pg_get_userbyid(n.nspowner)", "n.nspacl::text", _descr("pg_namespace", "n.oid"))}
+               {_h("n.nspname", "pg_get_userbyid(n.nspowner)", "n.nspacl::text", _descr("pg_namespace", "n.oid"))},
+               NULL::oid
         FROM pg_catalog.pg_namespace n
         WHERE {_SYSTEM} AND {_not_ext("pg_namespace", "n.oid")}""",
     # Inheritance is digested both ways: attaching a child changes what a parent's queries return.
@@ -88,7 +91,7 @@ QUERIES: dict[str, str] = {
             "s.seqincrement, s.seqmax, s.seqmin, s.seqcache, s.seqcycle) FROM pg_catalog.pg_sequence s "
             "WHERE s.seqrelid = c.oid) END",
         )
-    }
+    }, c.oid
         FROM pg_catalog.pg_class c
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_catalog.pg_description dsc
@@ -120,7 +123,7 @@ QUERIES: dict[str, str] = {
             "a.attstattarget",
             "a.attoptions::text",
         )
-    }
+    }, c.oid
         FROM pg_catalog.pg_attribute a
         JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -158,7 +161,7 @@ QUERIES: dict[str, str] = {
             "x.indisclustered",
             "i.reloptions::text",
         )
-    }
+    }, x.indrelid
         FROM pg_catalog.pg_index x
         JOIN pg_catalog.pg_class i ON i.oid = x.indexrelid
         JOIN pg_catalog.pg_class t ON t.oid = x.indrelid
@@ -190,7 +193,7 @@ QUERIES: dict[str, str] = {
             "co.convalidated",
             "dsc.description",
         )
-    }
+    }, co.conrelid
         FROM pg_catalog.pg_constraint co
         JOIN pg_catalog.pg_namespace n ON n.oid = co.connamespace
         LEFT JOIN pg_catalog.pg_class t ON t.oid = co.conrelid AND co.conrelid <> 0
@@ -216,7 +219,7 @@ QUERIES: dict[str, str] = {
             "p.prosecdef",
             "p.proconfig::text",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_proc p
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_proc", "p.oid")}""",
@@ -232,7 +235,7 @@ QUERIES: dict[str, str] = {
             "(SELECT md5(row(p.prosrc, p.probin, p.prosecdef, p.proconfig::text, pg_get_userbyid(p.proowner))::text) "
             "FROM pg_catalog.pg_proc p WHERE p.oid = tg.tgfoid)",
         )
-    }
+    }, c.oid
         FROM pg_catalog.pg_trigger tg
         JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -248,7 +251,7 @@ QUERIES: dict[str, str] = {
             "pg_get_expr(po.polqual, po.polrelid)",
             "pg_get_expr(po.polwithcheck, po.polrelid)",
         )
-    }
+    }, c.oid
         FROM pg_catalog.pg_policy po
         JOIN pg_catalog.pg_class c ON c.oid = po.polrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -279,7 +282,7 @@ QUERIES: dict[str, str] = {
             "JOIN pg_catalog.pg_class c ON c.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
             "AND d.refobjid = e.oid AND d.classid = 'pg_class'::regclass AND d.deptype = 'e') x)",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_extension e
         JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
         WHERE e.extname <> 'plpgsql'""",
@@ -298,7 +301,7 @@ QUERIES: dict[str, str] = {
             "(SELECT array_agg(en.enumlabel ORDER BY en.enumsortorder) FROM pg_catalog.pg_enum en "
             "WHERE en.enumtypid = ty.oid)::text",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_type ty
         JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
         WHERE ty.typtype IN ('e', 'd', 'r', 'm') AND {_SYSTEM} AND {_not_ext("pg_type", "ty.oid")}""",
@@ -313,13 +316,13 @@ QUERIES: dict[str, str] = {
             "e.evtfoid::regprocedure::text",
             "pg_get_userbyid(e.evtowner)",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_event_trigger e
         WHERE {_not_ext("pg_event_trigger", "e.oid")}""",
     "default_acl": f"""
         SELECT 'default_acl', 'default_acl:' || pg_get_userbyid(d.defaclrole) || '.' || COALESCE(n.nspname, '*')
                || '.' || d.defaclobjtype::text, n.nspname, NULL::text,
-               {_h("d.defaclacl::text")}
+               {_h("d.defaclacl::text")}, NULL::oid
         FROM pg_catalog.pg_default_acl d
         LEFT JOIN pg_catalog.pg_namespace n ON n.oid = d.defaclnamespace""",
     "role": f"""
@@ -341,7 +344,7 @@ QUERIES: dict[str, str] = {
             "(SELECT array_agg(g.rolname ORDER BY g.rolname) FROM pg_catalog.pg_auth_members m "
             "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid)::text",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_roles r
         WHERE r.rolname NOT LIKE 'pg\\_%'""",
     "publication": f"""
@@ -356,7 +359,7 @@ QUERIES: dict[str, str] = {
             "(SELECT array_agg(pr.prrelid::regclass::text ORDER BY 1) FROM pg_catalog.pg_publication_rel pr "
             "WHERE pr.prpubid = p.oid)::text",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_publication p""",
     "foreign_server": f"""
         SELECT 'foreign_server', 'foreign_server:' || s.srvname, NULL::text, NULL::text,
@@ -369,7 +372,7 @@ QUERIES: dict[str, str] = {
             "(SELECT array_agg(um.umuser::text ORDER BY 1) FROM pg_catalog.pg_user_mapping um "
             "WHERE um.umserver = s.oid)::text",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_foreign_server s
         WHERE {_not_ext("pg_foreign_server", "s.oid")}""",
     # Schema-level objects that belong to no table: out of scope unless the scope allows
@@ -391,7 +394,7 @@ QUERIES: dict[str, str] = {
             "pg_get_userbyid(o.oprowner)",
             _descr("pg_operator", "o.oid"),
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_operator o JOIN pg_catalog.pg_namespace n ON n.oid = o.oprnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_operator", "o.oid")}""",
     "opfamily": f"""
@@ -407,7 +410,7 @@ QUERIES: dict[str, str] = {
             "ap.amproc::regprocedure::text)::text ORDER BY 1) FROM pg_catalog.pg_amproc ap "
             "WHERE ap.amprocfamily = f.oid)::text",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_opfamily f JOIN pg_catalog.pg_namespace n ON n.oid = f.opfnamespace
         JOIN pg_catalog.pg_am am ON am.oid = f.opfmethod
         WHERE {_SYSTEM} AND {_not_ext("pg_opfamily", "f.oid")}""",
@@ -423,7 +426,7 @@ QUERIES: dict[str, str] = {
             "c.opckeytype::regtype::text",
             "pg_get_userbyid(c.opcowner)",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_opclass c JOIN pg_catalog.pg_namespace n ON n.oid = c.opcnamespace
         JOIN pg_catalog.pg_am am ON am.oid = c.opcmethod
         WHERE {_SYSTEM} AND {_not_ext("pg_opclass", "c.oid")}""",
@@ -436,7 +439,7 @@ QUERIES: dict[str, str] = {
             "pg_get_userbyid(c.collowner)",
             _descr("pg_collation", "c.oid"),
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_collation c JOIN pg_catalog.pg_namespace n ON n.oid = c.collnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_collation", "c.oid")}""",
     "conversion": f"""
@@ -449,7 +452,7 @@ QUERIES: dict[str, str] = {
             "c.condefault",
             "pg_get_userbyid(c.conowner)",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_conversion c JOIN pg_catalog.pg_namespace n ON n.oid = c.connamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_conversion", "c.oid")}""",
     "text_search": f"""
@@ -463,7 +466,7 @@ QUERIES: dict[str, str] = {
             "FROM pg_catalog.pg_ts_config_map m WHERE m.mapcfg = c.oid)::text",
             "pg_get_userbyid(c.cfgowner)",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_ts_config c JOIN pg_catalog.pg_namespace n ON n.oid = c.cfgnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_ts_config", "c.oid")}
         UNION ALL
@@ -475,18 +478,25 @@ QUERIES: dict[str, str] = {
             "d.dictinitoption",
             "pg_get_userbyid(d.dictowner)",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_ts_dict d JOIN pg_catalog.pg_namespace n ON n.oid = d.dictnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_ts_dict", "d.oid")}
         UNION ALL
         SELECT 'text_search', 'text_search:parser:' || n.nspname || '.' || pr.prsname, n.nspname, NULL::text,
-               {_h("pr.prsstart::regproc::text", "pr.prstoken::regproc::text", "pr.prsend::regproc::text",
-                   "pr.prsheadline::regproc::text", "pr.prslextype::regproc::text")}
+               {
+        _h(
+            "pr.prsstart::regproc::text",
+            "pr.prstoken::regproc::text",
+            "pr.prsend::regproc::text",
+            "pr.prsheadline::regproc::text",
+            "pr.prslextype::regproc::text",
+        )
+    }, NULL::oid
         FROM pg_catalog.pg_ts_parser pr JOIN pg_catalog.pg_namespace n ON n.oid = pr.prsnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_ts_parser", "pr.oid")}
         UNION ALL
         SELECT 'text_search', 'text_search:template:' || n.nspname || '.' || t.tmplname, n.nspname, NULL::text,
-               {_h("t.tmplinit::regproc::text", "t.tmpllexize::regproc::text")}
+               {_h("t.tmplinit::regproc::text", "t.tmpllexize::regproc::text")}, NULL::oid
         FROM pg_catalog.pg_ts_template t JOIN pg_catalog.pg_namespace n ON n.oid = t.tmplnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_ts_template", "t.oid")}""",
     # Objects that belong to a table: scoped, protected and forbidden with it.
@@ -501,13 +511,13 @@ QUERIES: dict[str, str] = {
             "pg_get_userbyid(x.stxowner)",
             _descr("pg_statistic_ext", "x.oid"),
         )
-    }
+    }, x.stxrelid
         FROM pg_catalog.pg_statistic_ext x JOIN pg_catalog.pg_namespace n ON n.oid = x.stxnamespace
         JOIN pg_catalog.pg_class t ON t.oid = x.stxrelid JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
         WHERE {_SYSTEM} AND {_not_ext("pg_statistic_ext", "x.oid")}""",
     "rule": f"""
         SELECT 'rule', 'rule:' || n.nspname || '.' || c.relname || '.' || r.rulename, n.nspname, c.relname,
-               {_h("md5(pg_get_ruledef(r.oid))", "r.ev_enabled", _descr("pg_rewrite", "r.oid"))}
+               {_h("md5(pg_get_ruledef(r.oid))", "r.ev_enabled", _descr("pg_rewrite", "r.oid"))}, c.oid
         FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         WHERE r.rulename <> '_RETURN' AND {_SYSTEM} AND {_not_ext("pg_class", "c.oid")}""",
@@ -516,12 +526,13 @@ QUERIES: dict[str, str] = {
     "enforcement_disabled": f"""
         SELECT 'enforcement_disabled', 'enforcement_disabled:' || n.nspname || '.' || c.relname || '.'
                || COALESCE(co.conname, tg.tgname), n.nspname, c.relname,
-               encode(sha256(convert_to(string_agg(tg.tgenabled::text, '' ORDER BY tg.tgenabled), 'UTF8')), 'hex')
+               encode(sha256(convert_to(string_agg(tg.tgenabled::text, '' ORDER BY tg.tgenabled), 'UTF8')), 'hex'),
+               c.oid
         FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid
         JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN pg_catalog.pg_constraint co ON co.oid = tg.tgconstraint
         WHERE tg.tgisinternal AND tg.tgenabled <> 'O' AND {_SYSTEM}
-        GROUP BY n.nspname, c.relname, COALESCE(co.conname, tg.tgname)""",
+        GROUP BY n.nspname, c.relname, c.oid, COALESCE(co.conname, tg.tgname)""",
     # Database-level objects: no schema scope can allow changing them.
     "database": f"""
         SELECT 'database', 'database:current', NULL::text, NULL::text,
@@ -536,44 +547,96 @@ QUERIES: dict[str, str] = {
             "(SELECT array_agg(array_to_string(rs.setconfig, ',') ORDER BY 1) FROM pg_catalog.pg_db_role_setting rs "
             "WHERE rs.setdatabase = d.oid AND rs.setrole = 0)::text",
         )
-    }
+    }, NULL::oid
         FROM pg_catalog.pg_database d WHERE d.datname = current_database()""",
     "cast": f"""
         SELECT 'cast', 'cast:' || c.castsource::regtype::text || '->' || c.casttarget::regtype::text, NULL::text,
-               NULL::text, {_h("c.castfunc::regprocedure::text", "c.castcontext", "c.castmethod")}
+               NULL::text, {_h("c.castfunc::regprocedure::text", "c.castcontext", "c.castmethod")}, NULL::oid
         FROM pg_catalog.pg_cast c
         WHERE c.oid >= 16384 AND {_not_ext("pg_cast", "c.oid")}""",
     "language": f"""
         SELECT 'language', 'language:' || l.lanname, NULL::text, NULL::text,
-               {_h("l.lanpltrusted", "l.lanplcallfoid::regproc::text", "l.laninline::regproc::text",
-                   "l.lanvalidator::regproc::text", "l.lanacl::text", "pg_get_userbyid(l.lanowner)")}
+               {
+        _h(
+            "l.lanpltrusted",
+            "l.lanplcallfoid::regproc::text",
+            "l.laninline::regproc::text",
+            "l.lanvalidator::regproc::text",
+            "l.lanacl::text",
+            "pg_get_userbyid(l.lanowner)",
+        )
+    }, NULL::oid
         FROM pg_catalog.pg_language l
         WHERE l.oid >= 16384 AND {_not_ext("pg_language", "l.oid")}""",
     "foreign_data_wrapper": f"""
         SELECT 'foreign_data_wrapper', 'foreign_data_wrapper:' || w.fdwname, NULL::text, NULL::text,
-               {_h("w.fdwhandler::regproc::text", "w.fdwvalidator::regproc::text", "w.fdwoptions::text",
-                   "w.fdwacl::text", "pg_get_userbyid(w.fdwowner)")}
+               {
+        _h(
+            "w.fdwhandler::regproc::text",
+            "w.fdwvalidator::regproc::text",
+            "w.fdwoptions::text",
+            "w.fdwacl::text",
+            "pg_get_userbyid(w.fdwowner)",
+        )
+    }, NULL::oid
         FROM pg_catalog.pg_foreign_data_wrapper w
         WHERE {_not_ext("pg_foreign_data_wrapper", "w.oid")}""",
     "access_method": f"""
         SELECT 'access_method', 'access_method:' || a.amname, NULL::text, NULL::text,
-               {_h("a.amtype", "a.amhandler::regproc::text")}
+               {_h("a.amtype", "a.amhandler::regproc::text")}, NULL::oid
         FROM pg_catalog.pg_am a
         WHERE a.oid >= 16384 AND {_not_ext("pg_am", "a.oid")}""",
     "large_objects": f"""
         SELECT 'large_objects', 'large_objects:metadata', NULL::text, NULL::text,
-               {_h("count(*)", "md5(string_agg(row(lo.oid, pg_get_userbyid(lo.lomowner), lo.lomacl::text)::text, ',' "
-                   "ORDER BY lo.oid))")}
+               {
+        _h(
+            "count(*)",
+            "md5(string_agg(row(lo.oid, pg_get_userbyid(lo.lomowner), lo.lomacl::text)::text, ',' ORDER BY lo.oid))",
+        )
+    }, NULL::oid
         FROM pg_catalog.pg_largeobject_metadata lo""",
     "subscription": f"""
         SELECT 'subscription', 'subscription:' || s.subname, NULL::text, NULL::text,
-               {_h("s.subenabled", "s.subpublications::text", "pg_get_userbyid(s.subowner)")}
+               {_h("s.subenabled", "s.subpublications::text", "pg_get_userbyid(s.subowner)")}, NULL::oid
         FROM pg_catalog.pg_subscription s
         WHERE s.subdbid = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())""",
 }
 
+# Kinds whose objects belong to one relation (its family: the relation's OID, in the ``fam``
+# column). A capture can reuse an earlier capture's objects family by family (see
+# postgis_state.py); every other kind is captured in full each time.
+FAMILY_KINDS = (
+    "relation",
+    "column",
+    "index",
+    "constraint",
+    "trigger",
+    "policy",
+    "statistics",
+    "rule",
+    "enforcement_disabled",
+)
+_COLUMNS = "o(kind, id, schema, tbl, digest, fam)"
+
+
+def _select(queries: Iterable[str]) -> str:
+    return _EXT_CTE + "SELECT * FROM (" + " UNION ALL ".join(f"({q})" for q in queries) + ") " + _COLUMNS
+
+
 # All of the above in one statement (the caller sorts by id).
-CATALOG_QUERY = _EXT_CTE + "SELECT * FROM (" + " UNION ALL ".join(f"({q})" for q in QUERIES.values()) + ") o"
+CATALOG_QUERY = _select(QUERIES.values())
+# The kinds that belong to no family, and domain constraints (``fam`` 0).
+GLOBAL_QUERY = _select(
+    [q for k, q in QUERIES.items() if k not in FAMILY_KINDS]
+    + [f"SELECT * FROM ({QUERIES['constraint']}) {_COLUMNS} WHERE fam = 0"]
+)
+
+
+def family_query(fams: Iterable[int]) -> str:
+    """The family kinds' objects of the given relations only."""
+    arr = "'{" + ",".join(str(int(f)) for f in sorted(set(fams))) + "}'::oid[]"
+    return _select(f"SELECT * FROM ({QUERIES[k]}) {_COLUMNS} WHERE fam = ANY({arr})" for k in FAMILY_KINDS)
+
 
 # Kinds that live outside any schema: a migration's scope can never allow changing them.
 CLUSTER_KINDS = {
