@@ -13,6 +13,7 @@ objects inside allowed scope, file existence) lives in ``policy.py``.
 
 from __future__ import annotations
 
+import gc
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -388,17 +389,23 @@ def baseline_document(baseline: Baseline) -> dict[str, Any]:
     """``baseline.model_dump(mode="json", by_alias=True)``, with the objects dumped directly
     (a test holds the two equal): a 10,000-table catalog has 120k of them."""
     doc = baseline.model_dump(mode="json", by_alias=True, exclude={"objects"})
-    doc["objects"] = [
-        {
-            "id": o.id,
-            "kind": o.kind,
-            "schema": o.schema_,
-            "table": o.table,
-            "digest": o.digest,
-            "protected": o.protected,
-        }
-        for o in baseline.objects
-    ]
+    collecting = gc.isenabled()
+    gc.disable()  # 120k new dicts would set off the cyclic collector again and again
+    try:
+        doc["objects"] = [
+            {
+                "id": o.id,
+                "kind": o.kind,
+                "schema": o.schema_,
+                "table": o.table,
+                "digest": o.digest,
+                "protected": o.protected,
+            }
+            for o in baseline.objects
+        ]
+    finally:
+        if collecting:
+            gc.enable()
     return doc
 _BASELINE_OBJECT_FIELDS = frozenset(BaselineObject.model_fields)
 

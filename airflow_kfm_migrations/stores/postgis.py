@@ -13,11 +13,12 @@ import fnmatch
 import functools
 import gc
 import hashlib
-import heapq
 import json
 import os
 import re
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -527,10 +528,44 @@ class PostgisStore:
         gc.disable()
         try:
             scope = PgScope(decl)
-            now = state.probe(cur, self.conn_id) if state.enabled() else None
+            guarded: dict[tuple[str | None, str | None], bool] = {}
+
+            def is_guarded(schema: str | None, table: str | None) -> bool:
+                g = guarded.get((schema, table))
+                if g is None:
+                    g = guarded[(schema, table)] = scope.guarded(schema, table)
+                return g
+
+            ident = state.identify(cur, self.conn_id) if state.enabled() else None
             prior = None
-            if now is not None:
-                prior = self._prior if self._prior is not None and self._prior.key == now.key else state.load(now.key)
+            if ident is not None:
+                prior = self._prior if self._prior is not None and self._prior.key == ident[0] else None
+            # Building the earlier capture's objects (and reading its file) is Python work: a
+            # thread does it while the server answers the probe and the change queries below.
+            built: list[tuple[str, BaselineObject, bytes, int]] = []
+            loaded: list[state.CatalogState | None] = [prior]
+
+            def build() -> None:
+                st = loaded[0]
+                if st is None and ident is not None:
+                    st = loaded[0] = state.load(ident[0])
+                if st is None:
+                    return
+                made = self._made
+                for o in st.objects:
+                    g = is_guarded(o.schema, o.table)
+                    obj = made.get(o.node)  # the last capture's object, when nothing about it changed
+                    if obj is None or obj.protected is not g:
+                        obj = trusted_baseline_object(o.id, o.kind, o.schema, o.table, o.digest, g)
+                    built.append((o.id, obj, o.node, o.fam))
+
+            worker = threading.Thread(target=build, name="kfm-capture-reuse", daemon=True)
+            worker.start()
+            try:
+                now = state.probe(cur, ident) if ident is not None else None
+            finally:
+                worker.join()
+            prior = loaded[0]
             dirty = None
             rows_fam: list[Any] = []
             if prior is not None and now is not None:
@@ -544,12 +579,12 @@ class PostgisStore:
             # objects and their leaves here overlaps the server's work on the next rows.
             objects: list[tuple[str, BaselineObject, bytes]] = []
             reused: list[state.FamilyObject] = []
-            guarded: dict[tuple[str | None, str | None], bool] = {}
             if prior is None or dirty is None:
                 rows_in: Any = cur.stream(CATALOG_QUERY, size=5000)
             else:
                 reused = [o for o in prior.objects if o.fam not in dirty]
-                rows_in = rows_fam if dirty else []
+                objects = [(oid, obj, node) for oid, obj, node, fam in built if fam not in dirty]
+                rows_in = rows_fam
                 cur.execute(GLOBAL_QUERY)
                 rows_in += cur.fetchall()
             self.reused = len(reused)
@@ -557,25 +592,13 @@ class PostgisStore:
             global_nodes: list[bytes] = []
             for kind, oid, schema, table, dig, fam in rows_in:
                 node = merkle_leaf_node(leaf_raw(oid, dig))
-                key = (schema, table)
-                g = guarded.get(key)
-                if g is None:
-                    g = guarded[key] = scope.guarded(schema, table)
-                objects.append((oid, trusted_baseline_object(oid, kind, schema, table, dig, g), node))
+                objects.append(
+                    (oid, trusted_baseline_object(oid, kind, schema, table, dig, is_guarded(schema, table)), node)
+                )
                 if fam:
                     fresh.append(state.FamilyObject(oid, kind, schema, table, dig, fam, node))
                 else:
                     global_nodes.append(node)
-            made = self._made
-            for o in reused:
-                key = (o.schema, o.table)
-                g = guarded.get(key)
-                if g is None:
-                    g = guarded[key] = scope.guarded(o.schema, o.table)
-                obj = made.get(o.node)  # the same object as the last capture's, when nothing about it changed
-                if obj is None or obj.protected is not g:
-                    obj = trusted_baseline_object(o.id, o.kind, o.schema, o.table, o.digest, g)
-                objects.append((o.id, obj, o.node))
             # The schema fingerprint is the prior one when no object it covers changed.
             global_nodes.sort()
             globals_digest = hashlib.sha256(b"".join(global_nodes)).hexdigest()
@@ -585,8 +608,8 @@ class PostgisStore:
                 and prior.globals_digest == globals_digest
                 and sorted(o.node for o in prior.objects if o.fam in dirty) == sorted(o.node for o in fresh)
             )
-            fresh.sort(key=attrgetter("id"))
-            family = list(heapq.merge(reused, fresh, key=attrgetter("id")))  # kept sorted: reuse keeps it in order
+            family = reused + fresh
+            family.sort(key=attrgetter("id"))  # kept in id order, so that the next capture's sort is cheap
             rows: dict[str, int] = {}
             cur.execute(TABLES_QUERY)
             tables = [
@@ -617,16 +640,14 @@ class PostgisStore:
             cur.execute(RLS_QUERY)
             rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
             objects.sort(key=itemgetter(0))  # ids are unique
-            counts: dict[str, int] = {}
-            leaves: list[bytes] = []
-            protected: list[bytes] = []
-            for _oid, obj, node in objects:
-                counts[obj.kind] = counts.get(obj.kind, 0) + 1
-                if obj.kind != "rows":
-                    leaves.append(node)
-                if obj.protected:
-                    protected.append(node)
-            schema_root = prior.schema_root if same_tree and prior is not None else merkle_root_nodes(leaves)
+            objs = list(map(itemgetter(1), objects))
+            nodes = list(map(itemgetter(2), objects))
+            counts = dict(Counter(map(attrgetter("kind"), objs)))
+            protected = [node for obj, node in zip(objs, nodes, strict=True) if obj.protected]
+            if same_tree and prior is not None:
+                schema_root = prior.schema_root
+            else:
+                schema_root = merkle_root_nodes([n for o, n in zip(objs, nodes, strict=True) if o.kind != "rows"])
             head = Baseline.model_validate(
                 {
                     "schema_version": "baseline.v1",
@@ -642,9 +663,9 @@ class PostgisStore:
                     "extra": {"acls": acls, "rls": rls},
                 }
             )
-            baseline = head.model_copy(update={"objects": [obj for _oid, obj, _node in objects]})
-            remember_leaves(baseline, [node[:32] for _oid, _obj, node in objects])
-            self._made = {node: obj for _oid, obj, node in objects}
+            baseline = head.model_copy(update={"objects": objs})
+            remember_leaves(baseline, [node[:32] for node in nodes])
+            self._made = dict(zip(nodes, objs, strict=True))
             self._last = None
             if now is not None:
                 self._last = state.CatalogState(
@@ -658,10 +679,14 @@ class PostgisStore:
                     globals_digest,
                     schema_root,
                 )
-                if now.own_xid is None and not (same_tree and prior is self._prior and not dirty):
+                if now.own_xid is None:
                     # Nothing written in this transaction yet: the capture holds whatever it commits.
-                    # (Unchanged since the state this store already holds: nothing new to keep.)
-                    self.adopt(self._last)
+                    # When nothing changed since the state it started from, that one stays (and
+                    # its file need not be written again).
+                    if same_tree and not dirty and prior is not None:
+                        self._prior = prior
+                    else:
+                        self.adopt(self._last)
             return baseline
         finally:
             if collecting:

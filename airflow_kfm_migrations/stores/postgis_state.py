@@ -333,14 +333,20 @@ class Probe:
     counts: dict[int, tuple[int, int]]
 
 
-def probe(cur: Any, conn_id: str) -> Probe:
+def identify(cur: Any, conn_id: str) -> tuple[str, str, int | None]:
+    """(key, snapshot, own transaction id): the first thing a capture reads."""
     cur.execute(IDENT_QUERY)
     snapshot, own, db_oid, started = cur.fetchone()
+    return state_key(conn_id, db_oid, started), snapshot, int(own) if own is not None else None
+
+
+def probe(cur: Any, ident: tuple[str, str, int | None]) -> Probe:
+    key, snapshot, own = ident
     cur.execute(NAMES_QUERY)
     names = {k: v for k, v in cur.fetchall()}
     cur.execute(COUNTS_QUERY)
     counts = {int(f): (int(n), int(w)) for f, n, w in cur.fetchall()}
-    return Probe(snapshot, int(own) if own is not None else None, state_key(conn_id, db_oid, started), names, counts)
+    return Probe(snapshot, own, key, names, counts)
 
 
 def dirty_families(cur: Any, prior: CatalogState, now: Probe) -> set[int] | None:
