@@ -723,7 +723,15 @@ class PostgisStore:
         decl = bundle.declaration
         assert isinstance(decl, PostgisDeclaration)
         scope = PgScope(decl)
-        return merkle_root(leaf(o.id, o.digest) for o in baseline.objects if scope.allowed(o.schema_, o.table))
+        allowed: dict[tuple[str | None, str | None], bool] = {}
+
+        def inside(schema: str | None, table: str | None) -> bool:
+            a = allowed.get((schema, table))
+            if a is None:
+                a = allowed[(schema, table)] = scope.allowed(schema, table)
+            return a
+
+        return merkle_root(leaf(o.id, o.digest) for o in baseline.objects if inside(o.schema_, o.table))
 
     # -- session --------------------------------------------------------------
 

@@ -676,22 +676,25 @@ TABLES_QUERY = """
     WHERE c.relkind IN ('r', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
       AND n.nspname NOT LIKE 'pg\\_temp\\_%' AND n.nspname NOT LIKE 'pg\\_toast\\_temp\\_%'"""
 
+
+def _writes_query(prefix: str, only_written: bool) -> str:
+    """Rows inserted, updated and deleted per table, as pg_stat_{xact_,}all_tables report
+    them, through the three counters only (the views compute a dozen per table)."""
+    cols = [f"pg_catalog.pg_stat_get_{prefix}tuples_{k}(c.oid)" for k in ("inserted", "updated", "deleted")]
+    return f"""
+    SELECT n.nspname || '.' || c.relname, {", ".join(cols)}
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 't', 'm', 'p')
+      AND ((n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') AND n.nspname NOT LIKE 'pg\\_temp\\_%')
+           OR (n.nspname = 'pg_catalog' AND c.relname = 'pg_largeobject'))""" + (
+        f" AND {' + '.join(cols)} > 0" if only_written else ""
+    )
+
+
 # Writes this backend made: pg_stat_xact_* counts statements, functions, DO blocks and
 # triggers alike (it is per backend, not per statement).
-XACT_WRITES_QUERY = """
-    SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_del
-    FROM pg_catalog.pg_stat_xact_all_tables
-    WHERE ((schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-            AND schemaname NOT LIKE 'pg\\_temp\\_%')
-           OR (schemaname = 'pg_catalog' AND relname = 'pg_largeobject'))
-      AND n_tup_ins + n_tup_upd + n_tup_del > 0"""
-
-SHARED_WRITES_QUERY = """
-    SELECT schemaname || '.' || relname, n_tup_ins, n_tup_upd, n_tup_del
-    FROM pg_catalog.pg_stat_all_tables
-    WHERE (schemaname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
-           AND schemaname NOT LIKE 'pg\\_temp\\_%')
-       OR (schemaname = 'pg_catalog' AND relname = 'pg_largeobject')"""
+XACT_WRITES_QUERY = _writes_query("xact_", True)
+SHARED_WRITES_QUERY = _writes_query("", False)
 
 LEDGER_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
