@@ -540,15 +540,19 @@ class PostgisStore:
             prior = None
             if ident is not None:
                 prior = self._prior if self._prior is not None and self._prior.key == ident[0] else None
-            # Building the earlier capture's objects (and reading its file) is Python work: a
-            # thread does it while the server answers the probe and the change queries below.
+            # Reading an earlier capture's file and building its objects is Python work: a thread
+            # does it while the server answers the probe and the change queries below.
             built: list[tuple[str, BaselineObject, bytes, int]] = []
             loaded: list[state.CatalogState | None] = [prior]
+            ready = threading.Event()
 
             def build() -> None:
-                st = loaded[0]
-                if st is None and ident is not None:
-                    st = loaded[0] = state.load(ident[0])
+                try:
+                    st = loaded[0]
+                    if st is None and ident is not None:
+                        st = loaded[0] = state.load(ident[0])
+                finally:
+                    ready.set()
                 if st is None:
                     return
                 made = self._made
@@ -561,20 +565,25 @@ class PostgisStore:
 
             worker = threading.Thread(target=build, name="kfm-capture-reuse", daemon=True)
             worker.start()
-            try:
-                now = state.probe(cur, ident) if ident is not None else None
-            finally:
-                worker.join()
-            prior = loaded[0]
             dirty = None
             rows_fam: list[Any] = []
-            if prior is not None and now is not None:
-                cur.execute("SELECT set_config('enable_nestloop', 'on', true)")
-                dirty = state.dirty_families(cur, prior, now)
-                if dirty:
-                    cur.execute(family_query(dirty))
-                    rows_fam = cur.fetchall()
-                cur.execute("SELECT set_config('enable_nestloop', 'off', true)")
+            rows_global: list[Any] = []
+            try:
+                now = state.probe(cur, ident) if ident is not None else None
+                ready.wait()
+                prior = loaded[0]
+                if prior is not None and now is not None:
+                    cur.execute("SELECT set_config('enable_nestloop', 'on', true)")
+                    dirty = state.dirty_families(cur, prior, now)
+                    if dirty:
+                        cur.execute(family_query(dirty))
+                        rows_fam = cur.fetchall()
+                    cur.execute("SELECT set_config('enable_nestloop', 'off', true)")
+                    if dirty is not None:
+                        cur.execute(GLOBAL_QUERY)
+                        rows_global = cur.fetchall()
+            finally:
+                worker.join()
             # (id, object, Merkle leaf and tree node). The rows are streamed in chunks, so building the
             # objects and their leaves here overlaps the server's work on the next rows.
             objects: list[tuple[str, BaselineObject, bytes]] = []
@@ -584,9 +593,7 @@ class PostgisStore:
             else:
                 reused = [o for o in prior.objects if o.fam not in dirty]
                 objects = [(oid, obj, node) for oid, obj, node, fam in built if fam not in dirty]
-                rows_in = rows_fam
-                cur.execute(GLOBAL_QUERY)
-                rows_in += cur.fetchall()
+                rows_in = rows_fam + rows_global
             self.reused = len(reused)
             fresh: list[state.FamilyObject] = []
             global_nodes: list[bytes] = []
