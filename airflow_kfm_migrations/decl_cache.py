@@ -154,8 +154,9 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def cache_dir() -> Path | None:
-    value = os.environ.get("KFM_PARSE_CACHE", "").strip()
+def cache_dir(variable: str = "KFM_PARSE_CACHE") -> Path | None:
+    """The cache directory ``variable`` names, the default one, or None when it says ``off``."""
+    value = os.environ.get(variable, "").strip()
     if value.lower() in _OFF:
         return None
     if value:

@@ -290,3 +290,32 @@ def test_off_turns_reuse_off(example, rich, monkeypatch: pytest.MonkeyPatch, tmp
             _bytes(store, cur, decl)
         assert store.reused == 0
     assert not postgis_state.enabled() and not any(tmp_path.rglob("pg-catalog-*"))
+
+
+def test_a_failure_while_reusing_falls_back_to_a_full_capture(
+    example, rich, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: the thread that builds the reused objects dies half-way."""
+    import threading
+
+    from airflow_kfm_migrations.stores import postgis
+
+    db = rich
+    decl = load_bundle(example).declaration
+    with db.connect() as c, c.cursor() as cur:
+        _bytes(PostgisStore(db.connect, db.conn_id), cur, decl)
+    real = postgis.trusted_baseline_object
+    calls = []
+
+    def dies_in_the_worker(*args):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "kfm-capture-reuse":
+            calls.append(1)
+            if len(calls) > 3:
+                raise MemoryError("injected")
+        return real(*args)
+
+    monkeypatch.setattr(postgis, "trusted_baseline_object", dies_in_the_worker)
+    store = PostgisStore(db.connect, db.conn_id)
+    got, want = both(store, db, decl, monkeypatch)
+    assert calls and store.reused == 0
+    assert got == want

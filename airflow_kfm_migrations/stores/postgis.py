@@ -106,6 +106,20 @@ class _Globs:
         return bool(schema and (self.schema(schema) or (table and self.table(schema, table))))
 
 
+def _memo(
+    test: Callable[[str | None, str | None], bool], seen: dict[tuple[str | None, str | None], bool]
+) -> Callable[[str | None, str | None], bool]:
+    """``test`` remembered per (schema, table) in ``seen``: 120k objects share 10k tables."""
+
+    def memo(schema: str | None, table: str | None) -> bool:
+        r = seen.get((schema, table))
+        if r is None:
+            r = seen[(schema, table)] = test(schema, table)
+        return r
+
+    return memo
+
+
 @dataclass(frozen=True)
 class PgScope:
     decl: PostgisDeclaration
@@ -529,12 +543,7 @@ class PostgisStore:
         try:
             scope = PgScope(decl)
             guarded: dict[tuple[str | None, str | None], bool] = {}
-
-            def is_guarded(schema: str | None, table: str | None) -> bool:
-                g = guarded.get((schema, table))
-                if g is None:
-                    g = guarded[(schema, table)] = scope.guarded(schema, table)
-                return g
+            is_guarded = _memo(scope.guarded, guarded)
 
             ident = state.identify(cur, self.conn_id) if state.enabled() else None
             prior = None
@@ -544,6 +553,7 @@ class PostgisStore:
             # does it while the server answers the probe and the change queries below.
             built: list[tuple[str, BaselineObject, bytes, int]] = []
             loaded: list[state.CatalogState | None] = [prior]
+            failed: list[BaseException] = []
             ready = threading.Event()
 
             def build() -> None:
@@ -551,17 +561,18 @@ class PostgisStore:
                     st = loaded[0]
                     if st is None and ident is not None:
                         st = loaded[0] = state.load(ident[0])
+                    ready.set()
+                    made = self._made
+                    for o in st.objects if st is not None else ():
+                        g = is_guarded(o.schema, o.table)
+                        obj = made.get(o.node)  # the last capture's object, when nothing about it changed
+                        if obj is None or obj.protected is not g:
+                            obj = trusted_baseline_object(o.id, o.kind, o.schema, o.table, o.digest, g)
+                        built.append((o.id, obj, o.node, o.fam))
+                except BaseException as exc:  # whatever went wrong, the capture starts afresh
+                    failed.append(exc)
                 finally:
                     ready.set()
-                if st is None:
-                    return
-                made = self._made
-                for o in st.objects:
-                    g = is_guarded(o.schema, o.table)
-                    obj = made.get(o.node)  # the last capture's object, when nothing about it changed
-                    if obj is None or obj.protected is not g:
-                        obj = trusted_baseline_object(o.id, o.kind, o.schema, o.table, o.digest, g)
-                    built.append((o.id, obj, o.node, o.fam))
 
             worker = threading.Thread(target=build, name="kfm-capture-reuse", daemon=True)
             worker.start()
@@ -584,6 +595,8 @@ class PostgisStore:
                         rows_global = cur.fetchall()
             finally:
                 worker.join()
+            if failed:
+                dirty = None  # the reused objects are incomplete: compute every object
             # (id, object, Merkle leaf and tree node). The rows are streamed in chunks, so building the
             # objects and their leaves here overlaps the server's work on the next rows.
             objects: list[tuple[str, BaselineObject, bytes]] = []
@@ -729,15 +742,7 @@ class PostgisStore:
     def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str:
         decl = bundle.declaration
         assert isinstance(decl, PostgisDeclaration)
-        scope = PgScope(decl)
-        allowed: dict[tuple[str | None, str | None], bool] = {}
-
-        def inside(schema: str | None, table: str | None) -> bool:
-            a = allowed.get((schema, table))
-            if a is None:
-                a = allowed[(schema, table)] = scope.allowed(schema, table)
-            return a
-
+        inside = _memo(PgScope(decl).allowed, {})
         return merkle_root(leaf(o.id, o.digest) for o in baseline.objects if inside(o.schema_, o.table))
 
     # -- session --------------------------------------------------------------

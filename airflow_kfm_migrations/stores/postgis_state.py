@@ -47,10 +47,11 @@ from typing import Any
 
 import msgspec
 
+from ..decl_cache import cache_dir as _cache_dir
+
 CACHE_FORMAT = "kfm-pg-catalog-state.v1"
 FIRST_NORMAL_OID = 16384  # OIDs below it belong to objects built into the server
 MAX_SNAPSHOT_AGE = 1 << 30  # transactions; beyond it 32-bit xmin comparisons are not trusted
-_OFF = {"off", "0", "false", "no", "none"}
 
 IDENT_QUERY = """
     SELECT pg_current_snapshot()::text, pg_current_xact_id_if_assigned()::text, d.oid::bigint,
@@ -189,28 +190,31 @@ def new_rows_query(xmax: int, xids: list[int]) -> str:
     return f"WITH b AS (SELECT age('{xmax & 0xFFFFFFFF}'::xid) AS lim) " + " UNION ALL ".join(parts)
 
 
+# A family's member objects: (their pg_depend class, catalog, key column, column naming the relation).
+_MEMBERS = (
+    ("pg_class", "pg_index", "indexrelid", "indrelid"),
+    ("pg_constraint", "pg_constraint", "oid", "conrelid"),
+    ("pg_trigger", "pg_trigger", "oid", "tgrelid"),
+    ("pg_rewrite", "pg_rewrite", "oid", "ev_class"),
+    ("pg_policy", "pg_policy", "oid", "polrelid"),
+    ("pg_statistic_ext", "pg_statistic_ext", "oid", "stxrelid"),
+    ("pg_attrdef", "pg_attrdef", "oid", "adrelid"),
+)
+
+
 def neighbours_query(fams: set[int], sources: list[tuple[int, int]]) -> str:
     """The families one pg_depend edge away (either way) from the given families' objects
     or from the given database-wide objects (classid, oid)."""
     arr = "'{" + ",".join(str(int(f)) for f in sorted(fams)) + "}'::oid[]"
-    members = f"""
-        SELECT 'pg_catalog.pg_class'::regclass::oid, c.oid FROM pg_catalog.pg_class c WHERE c.oid = ANY({arr})
-        UNION ALL SELECT 'pg_catalog.pg_type'::regclass::oid, c.reltype FROM pg_catalog.pg_class c
-            WHERE c.oid = ANY({arr}) AND c.reltype <> 0
-        UNION ALL SELECT 'pg_catalog.pg_class'::regclass::oid, x.indexrelid FROM pg_catalog.pg_index x
-            WHERE x.indrelid = ANY({arr})
-        UNION ALL SELECT 'pg_catalog.pg_constraint'::regclass::oid, x.oid FROM pg_catalog.pg_constraint x
-            WHERE x.conrelid = ANY({arr})
-        UNION ALL SELECT 'pg_catalog.pg_trigger'::regclass::oid, x.oid FROM pg_catalog.pg_trigger x
-            WHERE x.tgrelid = ANY({arr})
-        UNION ALL SELECT 'pg_catalog.pg_rewrite'::regclass::oid, x.oid FROM pg_catalog.pg_rewrite x
-            WHERE x.ev_class = ANY({arr})
-        UNION ALL SELECT 'pg_catalog.pg_policy'::regclass::oid, x.oid FROM pg_catalog.pg_policy x
-            WHERE x.polrelid = ANY({arr})
-        UNION ALL SELECT 'pg_catalog.pg_statistic_ext'::regclass::oid, x.oid FROM pg_catalog.pg_statistic_ext x
-            WHERE x.stxrelid = ANY({arr})
-        UNION ALL SELECT 'pg_catalog.pg_attrdef'::regclass::oid, x.oid FROM pg_catalog.pg_attrdef x
-            WHERE x.adrelid = ANY({arr})"""
+    parts = [
+        f"SELECT 'pg_catalog.pg_class'::regclass::oid, c.oid FROM pg_catalog.pg_class c WHERE c.oid = ANY({arr})",
+        f"SELECT 'pg_catalog.pg_type'::regclass::oid, c.reltype FROM pg_catalog.pg_class c "
+        f"WHERE c.oid = ANY({arr}) AND c.reltype <> 0",
+    ] + [
+        f"SELECT 'pg_catalog.{cls}'::regclass::oid, x.{key} FROM pg_catalog.{cat} x WHERE x.{owner} = ANY({arr})"
+        for cls, cat, key, owner in _MEMBERS
+    ]
+    members = " UNION ALL ".join(parts)
     if sources:
         cls = "'{" + ",".join(str(c) for c, _ in sources) + "}'::oid[]"
         oids = "'{" + ",".join(str(o) for _, o in sources) + "}'::oid[]"
@@ -257,24 +261,20 @@ def _parse_snapshot(text: str) -> tuple[int, int, list[int]]:
 
 
 def enabled() -> bool:
-    return os.environ.get("KFM_CAPTURE_CACHE", "").strip().lower() not in _OFF
+    """Reuse is on unless ``KFM_CAPTURE_CACHE`` says ``off``."""
+    return cache_dir() is not None
 
 
 def cache_dir() -> Path | None:
-    value = os.environ.get("KFM_CAPTURE_CACHE", "").strip()
-    if value.lower() in _OFF:
-        return None
-    if value:
-        return Path(value)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "airflow-kfm-migrations"
+    return _cache_dir("KFM_CAPTURE_CACHE")
 
 
 @functools.cache
 def code_fingerprint() -> str:
     here = Path(__file__).resolve().parent
     h = hashlib.sha256(CACHE_FORMAT.encode())
-    for name in ("postgis_catalog.py", "postgis_state.py"):
+    # The SQL that computes the digests, this module, and the Merkle leaves the states keep.
+    for name in ("postgis_catalog.py", "postgis_state.py", "../digest.py"):
         with contextlib.suppress(OSError):
             h.update((here / name).read_bytes())
     return h.hexdigest()
