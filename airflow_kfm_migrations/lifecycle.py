@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundle import Bundle
-from .contracts.models import Baseline, DiffSummary, ValidationCheck, baseline_document
+from .contracts.models import Baseline, DiffSummary, ValidationCheck, baseline_json
 from .diff import touched_csv
 from .digest import write_bytes_atomic, write_json
 from .errors import KfmError, LockedError, RefusedError
@@ -115,11 +115,11 @@ class _Run:
         paths = self.bundle.declaration.artifacts
         if self.pre is not None:
             p = self.dir / paths.baselines.pre
-            write_json(p, baseline_document(self.pre))
+            write_bytes_atomic(p, baseline_json(self.pre))
             self.outputs.append(("baseline_pre", p))
         if self.post is not None:
             p = self.dir / paths.baselines.post
-            write_json(p, baseline_document(self.post))
+            write_bytes_atomic(p, baseline_json(self.post))
             self.outputs.append(("baseline_post", p))
         if self.summary is not None:
             p = self.dir / paths.diffs.summary

@@ -30,8 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from airflow_kfm_migrations.bundle import load_bundle  # noqa: E402
 from airflow_kfm_migrations.cli import main as cli  # noqa: E402
-from airflow_kfm_migrations.contracts.models import baseline_document  # noqa: E402
-from airflow_kfm_migrations.digest import dump_json  # noqa: E402
+from airflow_kfm_migrations.contracts.models import baseline_json  # noqa: E402
 from airflow_kfm_migrations.stores.postgis import PostgisStore  # noqa: E402
 
 PORT = int(os.environ.get("KFM_PG_PORT", "55432"))
@@ -93,7 +92,7 @@ def main() -> int:
         # A new store each time, as a new process has: a warm capture starts from the state file.
         store = PostgisStore(lambda: psycopg.connect(DSN + f" dbname={DB}"), "kfm_bench")
         with psycopg.connect(DSN + f" dbname={DB}") as c, c.cursor() as cur:
-            return dump_json(baseline_document(store.capture(cur, bundle.declaration)))
+            return baseline_json(store.capture(cur, bundle.declaration))
 
     blobs: list[bytes] = []
     dumps, cold, warm = [], [], []

@@ -7,7 +7,8 @@ import pytest
 from conftest import PgDatabase
 
 from airflow_kfm_migrations.bundle import load_bundle
-from airflow_kfm_migrations.contracts.models import Baseline, baseline_document
+from airflow_kfm_migrations.contracts.models import Baseline, baseline_json
+from airflow_kfm_migrations.digest import dump_json
 from airflow_kfm_migrations.stores.postgis import PostgisStore
 
 pytestmark = pytest.mark.postgis
@@ -144,7 +145,7 @@ def test_trusted_objects_equal_validated_ones(example, pgdb: PgDatabase) -> None
     assert again.objects == b.objects
     assert [o.model_dump(by_alias=True) for o in again.objects] == [o.model_dump(by_alias=True) for o in b.objects]
     assert [o.id for o in b.objects] == sorted(o.id for o in b.objects)
-    assert baseline_document(b) == b.model_dump(mode="json", by_alias=True)
+    assert baseline_json(b) == dump_json(b.model_dump(mode="json", by_alias=True))
 
 
 def _dynamic(sql: str) -> str:

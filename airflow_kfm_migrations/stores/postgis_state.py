@@ -88,10 +88,12 @@ def _fam_of(classid: str, objid: str) -> str:
     )
 
 
-# Rows per family in the catalogs where a DELETE alone can remove one, and the index flags.
+# Rows per family in the catalogs where a DELETE alone can remove one, and the index flags,
+# packed into one integer (rows * 2^32 + flags): a state holds one per relation, and a Python
+# int, unlike a tuple, is nothing for the cyclic collector to scan.
 # (An index's pg_class row goes with its pg_index row; a sequence's owner is a pg_depend row.)
 COUNTS_QUERY = f"""
-    SELECT fam::bigint, sum(n)::bigint, sum(w)::bigint FROM (
+    SELECT fam::bigint, (sum(n) * 4294967296 + sum(w))::bigint FROM (
         SELECT c.oid AS fam, 1 AS n, 0 AS w FROM pg_catalog.pg_class c WHERE c.relkind NOT IN ('i', 'I')
         UNION ALL SELECT x.indrelid, count(*), sum(1 + (NOT x.indisvalid)::int + 2 * (NOT x.indisready)::int
                + 4 * (NOT x.indislive)::int + 8 * x.indisclustered::int + 16 * x.indisreplident::int)
@@ -108,9 +110,10 @@ COUNTS_QUERY = f"""
         FROM pg_catalog.pg_description ds
         WHERE ds.classoid <> 'pg_catalog.pg_proc'::regclass
         UNION ALL SELECT {_fam_of("d.classid", "d.objid")}, 1, 0
-        FROM pg_catalog.pg_depend d WHERE d.deptype = 'e'
-        UNION ALL SELECT d.objid, 1, 0 FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class sq ON sq.oid = d.objid
-        WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.deptype IN ('a', 'i') AND sq.relkind = 'S'
+        FROM pg_catalog.pg_depend d WHERE d.refclassid = 'pg_catalog.pg_extension'::regclass AND d.deptype = 'e'
+        UNION ALL SELECT sq.oid, (SELECT count(*) FROM pg_catalog.pg_depend d
+            WHERE d.classid = 'pg_catalog.pg_class'::regclass AND d.objid = sq.oid AND d.deptype IN ('a', 'i')), 0
+        FROM pg_catalog.pg_class sq WHERE sq.relkind = 'S'
     ) r WHERE fam IS NOT NULL GROUP BY fam"""
 
 # Catalogs whose rows belong to a family: (table, alias, family expression).
@@ -231,7 +234,7 @@ def neighbours_query(fams: set[int], sources: list[tuple[int, int]]) -> str:
 # -- state -------------------------------------------------------------------
 
 
-class FamilyObject(msgspec.Struct, array_like=True, frozen=True):
+class FamilyObject(msgspec.Struct, array_like=True, frozen=True, gc=False):
     id: str
     kind: str
     schema: str | None
@@ -248,7 +251,7 @@ class CatalogState(msgspec.Struct, frozen=True):
     key: str
     snapshot: str  # pg_snapshot text, taken before the capture read anything
     own_xid: int | None  # the capture's transaction, when it had an id
-    counts: dict[int, tuple[int, int]]
+    counts: dict[int, int]  # family -> rows * 2^32 + index flags (COUNTS_QUERY)
     names: dict[str, str]
     objects: list[FamilyObject]  # family objects only
     globals_digest: str  # sha256 over the other kinds' sorted Merkle nodes
@@ -330,7 +333,7 @@ class Probe:
     own_xid: int | None
     key: str
     names: dict[str, str]
-    counts: dict[int, tuple[int, int]]
+    counts: dict[int, int]
 
 
 def identify(cur: Any, conn_id: str) -> tuple[str, str, int | None]:
@@ -345,7 +348,7 @@ def probe(cur: Any, ident: tuple[str, str, int | None]) -> Probe:
     cur.execute(NAMES_QUERY)
     names = {k: v for k, v in cur.fetchall()}
     cur.execute(COUNTS_QUERY)
-    counts = {int(f): (int(n), int(w)) for f, n, w in cur.fetchall()}
+    counts = {int(f): int(n) for f, n in cur.fetchall()}
     return Probe(snapshot, own, key, names, counts)
 
 
