@@ -13,8 +13,7 @@ import pytest
 from conftest import PgDatabase
 
 from airflow_kfm_migrations.bundle import load_bundle
-from airflow_kfm_migrations.contracts.models import baseline_document
-from airflow_kfm_migrations.digest import dump_json
+from airflow_kfm_migrations.contracts.models import baseline_json
 from airflow_kfm_migrations.stores import postgis_state
 from airflow_kfm_migrations.stores.postgis import PostgisStore
 
@@ -133,7 +132,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _bytes(store: PostgisStore, cur, decl) -> bytes:  # type: ignore[no-untyped-def]
-    return dump_json(baseline_document(store.capture(cur, decl)))
+    return baseline_json(store.capture(cur, decl))
 
 
 def full(db: PgDatabase, decl, monkeypatch: pytest.MonkeyPatch, cur) -> bytes:  # type: ignore[no-untyped-def]
@@ -319,3 +318,27 @@ def test_a_failure_while_reusing_falls_back_to_a_full_capture(
     got, want = both(store, db, decl, monkeypatch)
     assert calls and store.reused == 0
     assert got == want
+
+
+@pytest.mark.parametrize("commit", [True, False], ids=["commit", "rollback"])
+def test_a_session_saves_the_state_it_ends_with_once(
+    example, rich, cache: Path, monkeypatch: pytest.MonkeyPatch, commit: bool
+) -> None:
+    """A run's pre-baseline state is followed by its post-baseline's: the file is written once,
+    when the session ends, with the post-state if the run committed and the pre-state if not."""
+    db = rich
+    bundle = load_bundle(example)
+    store = PostgisStore(db.connect, db.conn_id)
+    with store.session(bundle, "run-state") as s:
+        s.baseline()
+        with s.conn.cursor() as cur:
+            cur.execute("CREATE INDEX owner_name ON app.owner (name)")
+        s.baseline()
+        s.commit() if commit else s.abort()
+        assert not list(cache.glob("pg-catalog-*.msgpack"))
+    (file,) = cache.glob("pg-catalog-*.msgpack")
+    assert store._prior is not None and postgis_state.load(store._prior.key) == store._prior
+    fresh = PostgisStore(db.connect, db.conn_id)  # as the next process does
+    got, want = both(fresh, db, bundle.declaration, monkeypatch)
+    assert fresh.reused > 0 and got == want
+    assert (b'"index:app.owner_name"' in got) is commit

@@ -22,7 +22,8 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from operator import attrgetter, itemgetter
+from itertools import compress
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import pglast
@@ -335,12 +336,26 @@ class PostgisStore:
         self._last: state.CatalogState | None = None
         self.reused = 0  # family objects the last capture took from an earlier one
         self._made: dict[bytes, BaselineObject] = {}  # the last capture's objects, by Merkle node
+        self._sessions = 0  # open sessions: while there are any, a new state is saved when they end
+        self._unsaved: state.CatalogState | None = None
 
     def adopt(self, st: state.CatalogState | None) -> None:
         """Start later captures from ``st``, and save it for other processes. Only for a
-        capture whose transaction had written nothing, or has committed."""
+        capture whose transaction had written nothing, or has committed.
+
+        During a session the state file is written once, when the session ends: its
+        pre-baseline's state is usually followed by the post-baseline's a moment later, and
+        a 10,000-table state is a 20 MB file."""
         if st is not None and st is not self._prior:
             self._prior = st
+            if self._sessions:
+                self._unsaved = st
+            else:
+                state.save(st)
+
+    def _save_unsaved(self) -> None:
+        st, self._unsaved = self._unsaved, None
+        if st is not None:
             state.save(st)
 
     # -- construction ---------------------------------------------------------
@@ -551,7 +566,7 @@ class PostgisStore:
                 prior = self._prior if self._prior is not None and self._prior.key == ident[0] else None
             # Reading an earlier capture's file and building its objects is Python work: a thread
             # does it while the server answers the probe and the change queries below.
-            built: list[tuple[str, BaselineObject, bytes, int]] = []
+            built: list[BaselineObject] = []  # one per loaded[0].objects, in the same order
             loaded: list[state.CatalogState | None] = [prior]
             failed: list[BaseException] = []
             ready = threading.Event()
@@ -568,7 +583,7 @@ class PostgisStore:
                         obj = made.get(o.node)  # the last capture's object, when nothing about it changed
                         if obj is None or obj.protected is not g:
                             obj = trusted_baseline_object(o.id, o.kind, o.schema, o.table, o.digest, g)
-                        built.append((o.id, obj, o.node, o.fam))
+                        built.append(obj)
                 except BaseException as exc:  # whatever went wrong, the capture starts afresh
                     failed.append(exc)
                 finally:
@@ -597,24 +612,34 @@ class PostgisStore:
                 worker.join()
             if failed:
                 dirty = None  # the reused objects are incomplete: compute every object
-            # (id, object, Merkle leaf and tree node). The rows are streamed in chunks, so building the
-            # objects and their leaves here overlaps the server's work on the next rows.
-            objects: list[tuple[str, BaselineObject, bytes]] = []
+            # Ids, objects and Merkle nodes (leaf and tree node) in three parallel lists, not a tuple
+            # per object: 120k tuples would be 120k more objects for the cyclic collector to scan.
+            # The rows are streamed in chunks, so building the objects here overlaps the server's
+            # work on the next rows.
+            ids: list[str] = []
+            objs: list[BaselineObject] = []
+            nodes: list[bytes] = []
             reused: list[state.FamilyObject] = []
             if prior is None or dirty is None:
                 rows_in: Any = cur.stream(CATALOG_QUERY, size=5000)
             else:
-                reused = [o for o in prior.objects if o.fam not in dirty]
-                objects = [(oid, obj, node) for oid, obj, node, fam in built if fam not in dirty]
+                if dirty:
+                    keep = [o.fam not in dirty for o in prior.objects]
+                    reused = list(compress(prior.objects, keep))
+                    objs = list(compress(built, keep))
+                else:
+                    reused, objs = list(prior.objects), built
+                ids = [o.id for o in reused]
+                nodes = [o.node for o in reused]
                 rows_in = rows_fam + rows_global
             self.reused = len(reused)
             fresh: list[state.FamilyObject] = []
             global_nodes: list[bytes] = []
             for kind, oid, schema, table, dig, fam in rows_in:
                 node = merkle_leaf_node(leaf_raw(oid, dig))
-                objects.append(
-                    (oid, trusted_baseline_object(oid, kind, schema, table, dig, is_guarded(schema, table)), node)
-                )
+                ids.append(oid)
+                objs.append(trusted_baseline_object(oid, kind, schema, table, dig, is_guarded(schema, table)))
+                nodes.append(node)
                 if fam:
                     fresh.append(state.FamilyObject(oid, kind, schema, table, dig, fam, node))
                 else:
@@ -653,15 +678,18 @@ class PostgisStore:
                     dig = digest_json(["over-cap", n])
                 rows[f"{schema}.{table}"] = min(n, cap)
                 rid = f"rows:{schema}.{table}"
-                obj = trusted_baseline_object(rid, "rows", schema, table, dig, True)
-                objects.append((rid, obj, merkle_leaf_node(leaf_raw(rid, dig))))
+                ids.append(rid)
+                objs.append(trusted_baseline_object(rid, "rows", schema, table, dig, True))
+                nodes.append(merkle_leaf_node(leaf_raw(rid, dig)))
             cur.execute(ACL_QUERY)
             acls = {k: v for k, v in cur.fetchall()}
             cur.execute(RLS_QUERY)
             rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
-            objects.sort(key=itemgetter(0))  # ids are unique
-            objs = list(map(itemgetter(1), objects))
-            nodes = list(map(itemgetter(2), objects))
+            # Into id order (ids are unique). The reused objects come first and already in id order,
+            # so this sort is a merge of the few others into them.
+            order = sorted(range(len(ids)), key=ids.__getitem__)
+            objs = [objs[i] for i in order]
+            nodes = [nodes[i] for i in order]
             counts = dict(Counter(map(attrgetter("kind"), objs)))
             protected = [node for obj, node in zip(objs, nodes, strict=True) if obj.protected]
             if same_tree and prior is not None:
@@ -752,6 +780,7 @@ class PostgisStore:
         decl = bundle.declaration
         assert isinstance(decl, PostgisDeclaration)
         conn = self._connect()
+        self._sessions += 1
         try:
             s = PgSession(self, conn, bundle, run_id)
             s.open()
@@ -765,6 +794,9 @@ class PostgisStore:
                 conn.close()
             except Exception:  # the connection may already be gone (killed backend)
                 pass
+            self._sessions -= 1
+            if not self._sessions:
+                self._save_unsaved()
 
     # -- gate -----------------------------------------------------------------
 
