@@ -31,7 +31,8 @@ _LEAVES: dict[int, tuple[weakref.ref[Baseline], list[bytes]]] = {}
 
 def remember_leaves(baseline: Baseline, leaves: list[bytes]) -> None:
     """Record each object's Merkle leaf (sha256 of id and digest), in object order, as the
-    capture computed them: two baselines then diff by set operations on the leaves."""
+    capture computed them: two baselines then diff by set operations on the leaves. Bytes
+    that start with the leaf and follow from it (``digest.merkle_leaf_node``) serve as well."""
     key = id(baseline)
     _LEAVES[key] = (weakref.ref(baseline, lambda _r: _LEAVES.pop(key, None)), leaves)
 

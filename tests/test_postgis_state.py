@@ -103,6 +103,9 @@ STEPS: list[tuple[str, str, bool]] = [
     ("rename a built-in type a column uses", "ALTER TYPE pg_catalog.money RENAME TO cash_money", False),
     ("and back", "ALTER TYPE pg_catalog.cash_money RENAME TO money", False),
     ("new schema and table", "CREATE SCHEMA newer; CREATE TABLE newer.t (id int PRIMARY KEY)", True),
+    # More new objects than the capture inserts one by one among the reused ones.
+    ("a wide new table", "CREATE TABLE newer.wide (" + ", ".join(f"c{i} int" for i in range(80)) + ")", True),
+    ("and a column more", "ALTER TABLE newer.wide ADD COLUMN c80 int", True),
     ("rename a schema", "ALTER SCHEMA newer RENAME TO newest", False),
     ("rename a role", "ALTER ROLE {role} RENAME TO {role}_2", False),
     ("and back", "ALTER ROLE {role}_2 RENAME TO {role}", False),

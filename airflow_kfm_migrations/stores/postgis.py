@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -325,6 +326,53 @@ def _db_error(exc: BaseException) -> str:
     return f"{sqlstate or type(exc).__name__}: database error"
 
 
+def leaf_node(object_id: str, digest: str) -> bytes:
+    return merkle_leaf_node(leaf_raw(object_id, digest))
+
+
+def _same_nodes(objects: list[state.FamilyObject], fams: set[int], fresh: list[state.FamilyObject]) -> bool:
+    """Whether the families ``fams`` of ``objects`` have exactly the objects ``fresh``."""
+    return sorted(o.node for o in objects if o.fam in fams) == sorted(o.node for o in fresh)
+
+
+class _Objects:
+    """A capture's computed objects, in parallel lists, and their merge into the reused ones."""
+
+    __slots__ = ("ids", "nodes", "objs")
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.objs: list[BaselineObject] = []
+        self.nodes: list[bytes] = []
+
+    def add(self, oid: str, obj: BaselineObject, node: bytes) -> None:
+        self.ids.append(oid)
+        self.objs.append(obj)
+        self.nodes.append(node)
+
+    def merged_into(
+        self, reused: list[state.FamilyObject], objs: list[BaselineObject]
+    ) -> tuple[list[BaselineObject], list[bytes]]:
+        """All objects and their nodes in id order (ids are unique): ``reused`` (in id order)
+        with their objects ``objs``, and these. A few are inserted where they belong; many,
+        as in a full capture, are sorted in with the rest."""
+        ids = [o.id for o in reused]
+        nodes = [o.node for o in reused]
+        objs = list(objs)
+        if len(self.ids) <= 64:
+            for i in sorted(range(len(self.ids)), key=self.ids.__getitem__):
+                at = bisect_left(ids, self.ids[i])
+                ids.insert(at, self.ids[i])
+                objs.insert(at, self.objs[i])
+                nodes.insert(at, self.nodes[i])
+            return objs, nodes
+        ids += self.ids
+        objs += self.objs
+        nodes += self.nodes
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        return [objs[i] for i in order], [nodes[i] for i in order]
+
+
 class PostgisStore:
     kind: ClassVar[str] = "postgis"
 
@@ -612,14 +660,14 @@ class PostgisStore:
                 worker.join()
             if failed:
                 dirty = None  # the reused objects are incomplete: compute every object
-            # Ids, objects and Merkle nodes (leaf and tree node) in three parallel lists, not a tuple
-            # per object: 120k tuples would be 120k more objects for the cyclic collector to scan.
+            # Ids, objects and Merkle nodes (leaf and tree node) in parallel lists, not a tuple per
+            # object: 120k tuples would be 120k more objects for the cyclic collector to scan. The
+            # reused objects, in id order, and the others (computed now), in any order.
             # The rows are streamed in chunks, so building the objects here overlaps the server's
             # work on the next rows.
-            ids: list[str] = []
-            objs: list[BaselineObject] = []
-            nodes: list[bytes] = []
             reused: list[state.FamilyObject] = []
+            objs: list[BaselineObject] = []
+            new = _Objects()
             if prior is None or dirty is None:
                 rows_in: Any = cur.stream(CATALOG_QUERY, size=5000)
             else:
@@ -628,18 +676,14 @@ class PostgisStore:
                     reused = list(compress(prior.objects, keep))
                     objs = list(compress(built, keep))
                 else:
-                    reused, objs = list(prior.objects), built
-                ids = [o.id for o in reused]
-                nodes = [o.node for o in reused]
+                    reused, objs = prior.objects, built
                 rows_in = rows_fam + rows_global
             self.reused = len(reused)
             fresh: list[state.FamilyObject] = []
             global_nodes: list[bytes] = []
             for kind, oid, schema, table, dig, fam in rows_in:
                 node = merkle_leaf_node(leaf_raw(oid, dig))
-                ids.append(oid)
-                objs.append(trusted_baseline_object(oid, kind, schema, table, dig, is_guarded(schema, table)))
-                nodes.append(node)
+                new.add(oid, trusted_baseline_object(oid, kind, schema, table, dig, is_guarded(schema, table)), node)
                 if fam:
                     fresh.append(state.FamilyObject(oid, kind, schema, table, dig, fam, node))
                 else:
@@ -651,10 +695,11 @@ class PostgisStore:
                 prior is not None
                 and dirty is not None
                 and prior.globals_digest == globals_digest
-                and sorted(o.node for o in prior.objects if o.fam in dirty) == sorted(o.node for o in fresh)
+                and (not dirty or _same_nodes(prior.objects, dirty, fresh))
             )
-            family = reused + fresh
-            family.sort(key=attrgetter("id"))  # kept in id order, so that the next capture's sort is cheap
+            family = reused
+            if fresh:  # kept in id order, so that the next capture need not sort the objects it reuses
+                family = sorted(reused + fresh, key=attrgetter("id"))
             rows: dict[str, int] = {}
             cur.execute(TABLES_QUERY)
             tables = [
@@ -678,18 +723,12 @@ class PostgisStore:
                     dig = digest_json(["over-cap", n])
                 rows[f"{schema}.{table}"] = min(n, cap)
                 rid = f"rows:{schema}.{table}"
-                ids.append(rid)
-                objs.append(trusted_baseline_object(rid, "rows", schema, table, dig, True))
-                nodes.append(merkle_leaf_node(leaf_raw(rid, dig)))
+                new.add(rid, trusted_baseline_object(rid, "rows", schema, table, dig, True), leaf_node(rid, dig))
             cur.execute(ACL_QUERY)
             acls = {k: v for k, v in cur.fetchall()}
             cur.execute(RLS_QUERY)
             rls = {k: [bool(a), bool(b)] for k, a, b in cur.fetchall()}
-            # Into id order (ids are unique). The reused objects come first and already in id order,
-            # so this sort is a merge of the few others into them.
-            order = sorted(range(len(ids)), key=ids.__getitem__)
-            objs = [objs[i] for i in order]
-            nodes = [nodes[i] for i in order]
+            objs, nodes = new.merged_into(reused, objs)
             counts = dict(Counter(map(attrgetter("kind"), objs)))
             protected = [node for obj, node in zip(objs, nodes, strict=True) if obj.protected]
             if same_tree and prior is not None:
@@ -712,7 +751,7 @@ class PostgisStore:
                 }
             )
             baseline = head.model_copy(update={"objects": objs})
-            remember_leaves(baseline, [node[:32] for node in nodes])
+            remember_leaves(baseline, nodes)
             self._made = dict(zip(nodes, objs, strict=True))
             self._last = None
             if now is not None:
