@@ -666,15 +666,15 @@ class PostgisStore:
                 ready.wait()
                 prior = loaded[0]
                 if prior is not None and now is not None:
-                    cur.execute("SELECT set_config('enable_nestloop', 'on', true)")
+                    # Nested loops for the lookups by OID, off again for the wide global query:
+                    # each setting travels with its query (state.results).
                     dirty = state.dirty_families(cur, prior, now)
                     if dirty:
-                        cur.execute(family_query(dirty))
-                        rows_fam = cur.fetchall()
-                    cur.execute("SELECT set_config('enable_nestloop', 'off', true)")
+                        _, rows_fam = state.results(cur, state.NESTED_LOOPS, family_query(dirty))
                     if dirty is not None:
-                        cur.execute(GLOBAL_QUERY)
-                        rows_global = cur.fetchall()
+                        _, rows_global = state.results(
+                            cur, "SELECT set_config('enable_nestloop', 'off', true)", GLOBAL_QUERY
+                        )
             finally:
                 worker.join()
             if failed:

@@ -343,12 +343,25 @@ def identify(cur: Any, conn_id: str) -> tuple[str, str, int | None]:
     return state_key(conn_id, db_oid, started), snapshot, int(own) if own is not None else None
 
 
+def results(cur: Any, *queries: str) -> list[list[Any]]:
+    """The rows of each query, sent together (no parameters): one round trip, where a thread
+    building objects meanwhile would otherwise make each wait for the interpreter lock."""
+    cur.execute(";\n".join(queries))
+    out = [cur.fetchall()]
+    while cur.nextset():
+        out.append(cur.fetchall())
+    return out
+
+
+# The capture turns nested loops off for its wide queries; lookups by OID want them.
+NESTED_LOOPS = "SELECT set_config('enable_nestloop', 'on', true)"
+
+
 def probe(cur: Any, ident: tuple[str, str, int | None]) -> Probe:
     key, snapshot, own = ident
-    cur.execute(NAMES_QUERY)
-    names = {k: v for k, v in cur.fetchall()}
-    cur.execute(COUNTS_QUERY)
-    counts = {int(f): int(n) for f, n in cur.fetchall()}
+    names_rows, count_rows = results(cur, NAMES_QUERY, COUNTS_QUERY)
+    names = {k: v for k, v in names_rows}
+    counts = {int(f): int(n) for f, n in count_rows}
     return Probe(snapshot, own, key, names, counts)
 
 
@@ -377,6 +390,6 @@ def dirty_families(cur: Any, prior: CatalogState, now: Probe) -> set[int] | None
                 return None  # a built-in object was altered
             sources.append((int(b), int(a)))
     if dirty or sources:
-        cur.execute(neighbours_query(dirty, sources))
-        dirty |= {int(f) for (f,) in cur.fetchall() if f is not None}
+        _, rows = results(cur, NESTED_LOOPS, neighbours_query(dirty, sources))
+        dirty |= {int(f) for (f,) in rows if f is not None}
     return dirty
