@@ -336,10 +336,6 @@ def _db_error(exc: BaseException) -> str:
     return f"{sqlstate or type(exc).__name__}: database error"
 
 
-def leaf_node(object_id: str, digest: str) -> bytes:
-    return merkle_leaf_node(leaf_raw(object_id, digest))
-
-
 def _same_nodes(objects: list[state.FamilyObject], fams: set[int], fresh: list[state.FamilyObject]) -> bool:
     """Whether the families ``fams`` of ``objects`` have exactly the objects ``fresh``."""
     return sorted(o.node for o in objects if o.fam in fams) == sorted(o.node for o in fresh)
@@ -670,11 +666,9 @@ class PostgisStore:
                     # each setting travels with its query (state.results).
                     dirty = state.dirty_families(cur, prior, now)
                     if dirty:
-                        _, rows_fam = state.results(cur, state.NESTED_LOOPS, family_query(dirty))
+                        _, rows_fam = state.results(cur, state.NESTED_LOOPS_ON, family_query(dirty))
                     if dirty is not None:
-                        _, rows_global = state.results(
-                            cur, "SELECT set_config('enable_nestloop', 'off', true)", GLOBAL_QUERY
-                        )
+                        _, rows_global = state.results(cur, state.NESTED_LOOPS_OFF, GLOBAL_QUERY)
             finally:
                 worker.join()
             if failed:
@@ -742,7 +736,11 @@ class PostgisStore:
                     dig = digest_json(["over-cap", n])
                 rows[f"{schema}.{table}"] = min(n, cap)
                 rid = f"rows:{schema}.{table}"
-                new.add(rid, trusted_baseline_object(rid, "rows", schema, table, dig, True), leaf_node(rid, dig))
+                new.add(
+                    rid,
+                    trusted_baseline_object(rid, "rows", schema, table, dig, True),
+                    merkle_leaf_node(leaf_raw(rid, dig)),
+                )
             cur.execute(ACL_QUERY)
             acls = {k: v for k, v in cur.fetchall()}
             cur.execute(RLS_QUERY)

@@ -354,7 +354,8 @@ def results(cur: Any, *queries: str) -> list[list[Any]]:
 
 
 # The capture turns nested loops off for its wide queries; lookups by OID want them.
-NESTED_LOOPS = "SELECT set_config('enable_nestloop', 'on', true)"
+NESTED_LOOPS_ON = "SELECT set_config('enable_nestloop', 'on', true)"
+NESTED_LOOPS_OFF = "SELECT set_config('enable_nestloop', 'off', true)"
 
 
 def probe(cur: Any, ident: tuple[str, str, int | None]) -> Probe:
@@ -390,6 +391,6 @@ def dirty_families(cur: Any, prior: CatalogState, now: Probe) -> set[int] | None
                 return None  # a built-in object was altered
             sources.append((int(b), int(a)))
     if dirty or sources:
-        _, rows = results(cur, NESTED_LOOPS, neighbours_query(dirty, sources))
+        _, rows = results(cur, NESTED_LOOPS_ON, neighbours_query(dirty, sources))
         dirty |= {int(f) for (f,) in rows if f is not None}
     return dirty
