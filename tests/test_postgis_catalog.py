@@ -123,6 +123,7 @@ def test_an_object_recreated_from_different_sql_digests_the_same(
         ("ALTER TABLE public.parcels ALTER COLUMN code SET DEFAULT 'y';", {"column:public.parcels.code"}),
         ("ALTER TABLE public.parcels ALTER COLUMN code TYPE varchar(20);", {"column:public.parcels.code"}),
         ("ALTER TABLE public.parcels ALTER COLUMN code SET NOT NULL;", {"column:public.parcels.code"}),
+        ("ALTER TABLE public.parcels ALTER COLUMN code SET (n_distinct = 5);", {"column:public.parcels.code"}),
     ],
 )
 def test_each_definition_change_changes_exactly_that_object(
@@ -287,3 +288,16 @@ def test_a_capture_leaves_the_sessions_settings_as_it_found_them(example, pgdb: 
         store.capture(cur, bundle.declaration)
         cur.execute("SELECT current_setting('search_path'), current_setting('work_mem')")
         assert cur.fetchone() == ("public, audit", "5MB")
+
+
+def test_a_column_option_set_and_reset_digests_as_before(example, pgdb: PgDatabase) -> None:
+    """Column options are digested, without the server's own ``pg_attver`` stamp (15.20+):
+    setting one changes the column, resetting it gives the digest it had."""
+    pgdb.sql(SETUP)
+    pre = capture(pgdb, example)
+    pgdb.sql("ALTER TABLE public.parcels ALTER COLUMN parent SET (n_distinct = 5)")
+    mid = capture(pgdb, example)
+    pgdb.sql("ALTER TABLE public.parcels ALTER COLUMN parent RESET (n_distinct)")
+    post = capture(pgdb, example)
+    assert changed(pre, mid) == {"column:public.parcels.parent"}
+    assert changed(pre, post) == set()
