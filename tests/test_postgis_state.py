@@ -62,6 +62,11 @@ STEPS: list[tuple[str, str, bool]] = [
     ),
     ("rename a trigger's function", "ALTER FUNCTION app.touch() RENAME TO touch2", True),
     ("rename an enum type a column uses", "ALTER TYPE app.mood RENAME TO mood2", True),
+    ("an enum label in a default", "ALTER TABLE app.item ALTER COLUMN m SET DEFAULT 'calm'", True),
+    # An enum label renders in constants of the enum and of every type built on it, which
+    # pg_depend does not link to the label: a changed label starts afresh.
+    ("rename that label", "ALTER TYPE app.mood2 RENAME VALUE 'calm' TO 'relaxed'", False),
+    ("add a label", "ALTER TYPE app.mood2 ADD VALUE 'sleepy'", False),
     ("rename a domain a column uses", "ALTER DOMAIN app.posint RENAME TO posint2", True),
     ("drop a column comment", "COMMENT ON COLUMN app.item.note IS NULL", True),
     ("comment an index", "COMMENT ON INDEX app.item_note IS 'lower-case notes'", True),
@@ -203,6 +208,13 @@ def test_a_change_in_the_capture_s_own_transaction(example, rich, cache: Path, m
         cur.execute(
             "DO $$BEGIN BEGIN CREATE INDEX parent_kind ON app.parent (kind); "
             "COMMENT ON TABLE app.child IS 'a child'; EXCEPTION WHEN others THEN RAISE; END; END$$"
+        )
+        # Nothing of the session's own may change how a capture renders: a temporary type
+        # shadowing a built-in one, output settings.
+        cur.execute(
+            "CREATE DOMAIN pg_temp.money AS int; CREATE TEMP TABLE pg_class (x int); "
+            "SET LOCAL quote_all_identifiers = on; SET LOCAL bytea_output = escape; "
+            "SET LOCAL IntervalStyle = iso_8601; SET LOCAL TimeZone = 'Asia/Tokyo'"
         )
         post = _bytes(store, cur, decl)
         assert store.reused > 0

@@ -341,6 +341,37 @@ def _same_nodes(objects: list[state.FamilyObject], fams: set[int], fresh: list[s
     return sorted(o.node for o in objects if o.fam in fams) == sorted(o.node for o in fresh)
 
 
+# What a capture sets for itself (transaction-local), whatever the session, role or database says.
+_CAPTURE_SETTINGS: list[tuple[str, str]] = [
+    # Names render unqualified when visible: only pg_catalog is, and pg_temp is searched after
+    # it, so that no temporary object of the session can shadow a built-in one.
+    ("search_path", "pg_catalog, pg_temp"),
+    # How identifiers and constants in stored expressions and defaults are written out.
+    ("quote_all_identifiers", "off"),
+    ("standard_conforming_strings", "on"),
+    ("bytea_output", "hex"),
+    ("IntervalStyle", "postgres"),
+    ("DateStyle", "ISO, MDY"),
+    ("TimeZone", "UTC"),
+    ("extra_float_digits", "1"),
+    ("lc_monetary", "C"),
+    # work_mem: the catalog joins of a 10,000-table database spill to disk at the 4 MB default.
+    # jit: compiling these wide queries takes longer than running them.
+    # enable_nestloop: the planner estimates one row for the user schemas and would scan a whole
+    # catalog once per schema; lookups by OID (family_query, dirty_families) turn it back on.
+    ("work_mem", "64MB"),
+    ("jit", "off"),
+    ("enable_nestloop", "off"),
+]
+
+
+def _set_local(cur: Any, settings: list[tuple[str, str]]) -> None:
+    cur.execute(
+        "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings),
+        [x for pair in settings for x in pair],
+    )
+
+
 class _Objects:
     """A capture's computed objects, in parallel lists, and their merge into the reused ones."""
 
@@ -593,19 +624,12 @@ class PostgisStore:
         return self._capture(cur, decl)
 
     def _capture(self, cur: Any, decl: PostgisDeclaration) -> Baseline:
-        cur.execute(
-            "SELECT current_setting('search_path'), current_setting('server_version'), current_setting('work_mem'), "
-            "current_setting('jit'), current_setting('enable_nestloop')"
-        )
-        old_path, version, old_work_mem, old_jit, old_nestloop = cur.fetchone()
-        # work_mem: the catalog joins of a 10,000-table database spill to disk at the 4 MB default.
-        # jit: compiling these wide queries takes longer than running them.
-        # enable_nestloop: the planner estimates one row for the user schemas and would scan a whole
-        # catalog once per schema; lookups by OID (family_query, dirty_families) turn it back on.
-        cur.execute(
-            "SELECT set_config('search_path', 'pg_catalog', true), set_config('work_mem', '64MB', true), "
-            "set_config('jit', 'off', true), set_config('enable_nestloop', 'off', true)"
-        )
+        cur.execute("SELECT current_setting('server_version')")
+        (version,) = cur.fetchone()
+        # The capture's own settings, transaction-local, and the session's to restore after it.
+        cur.execute("SELECT " + ", ".join(f"current_setting('{name}')" for name, _ in _CAPTURE_SETTINGS))
+        old = list(zip((name for name, _ in _CAPTURE_SETTINGS), cur.fetchone(), strict=True))
+        _set_local(cur, _CAPTURE_SETTINGS)
         # Building 120k objects would otherwise set off the cyclic collector again and again.
         collecting = gc.isenabled()
         gc.disable()
@@ -796,11 +820,7 @@ class PostgisStore:
             if collecting:
                 gc.enable()
             # The migration's own statements run with the session's settings, not the capture's.
-            cur.execute(
-                "SELECT set_config('search_path', %s, true), set_config('work_mem', %s, true), "
-                "set_config('jit', %s, true), set_config('enable_nestloop', %s, true)",
-                (old_path, old_work_mem, old_jit, old_nestloop),
-            )
+            _set_local(cur, old)
 
     def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
         """The ledger row of one run, read without locks or writes (for ``verify --conn-id``)."""

@@ -24,8 +24,9 @@ rendered from another object: a renamed table changes the foreign keys that refe
 the views over it and its inheritance children, and each of those has a ``pg_depend`` row
 pointing at it. Every other kind (schemas, functions, types, roles, extensions...) and the
 protected rows are recaptured every time. Anything unusual falls back to a full capture:
-a renamed schema, role or tablespace; a changed built-in object; another database, server
-start or catalog code; a snapshot too far in the past. ``tests/test_postgis_state.py``
+a renamed schema, role or tablespace; a changed built-in object; a changed enum label or
+type I/O function (either shows in objects more than one dependency away); another
+database, server start or catalog code; a snapshot too far in the past. ``tests/test_postgis_state.py``
 holds reused captures byte-equal to full ones across each of these changes.
 
 A capture taken in a transaction that has written nothing, or one kept until its
@@ -189,6 +190,16 @@ def new_rows_query(xmax: int, xids: list[int]) -> str:
         f"SELECT 'g', x.oid::bigint, 'pg_catalog.{table}'::regclass::oid::bigint FROM pg_catalog.{table} x "
         f"WHERE {cond('x')}"
         for table in _GLOBAL_ROWS
+    ]
+    # Changes whose effect can reach objects more than one dependency away: an enum label
+    # renders inside constants of the enum, of its arrays, domains, ranges and composites; a
+    # type's I/O or typmod function renders every column of the type. Either means a full
+    # capture.
+    parts += [
+        f"SELECT 'x', x.enumtypid::bigint, NULL FROM pg_catalog.pg_enum x WHERE {cond('x')}",
+        f"SELECT 'x', p.oid::bigint, NULL FROM pg_catalog.pg_proc p WHERE {cond('p')} AND EXISTS (SELECT 1 "
+        "FROM pg_catalog.pg_type t WHERE p.oid IN (t.typinput, t.typoutput, t.typreceive, t.typsend, t.typmodin, "
+        "t.typmodout, t.typanalyze, t.typsubscript))",
     ]
     return f"WITH b AS (SELECT age('{xmax & 0xFFFFFFFF}'::xid) AS lim) " + " UNION ALL ".join(parts)
 
@@ -386,6 +397,8 @@ def dirty_families(cur: Any, prior: CatalogState, now: Probe) -> set[int] | None
         if what == "f":
             if a is not None:
                 dirty.add(int(a))
+        elif what == "x":
+            return None  # see new_rows_query
         else:
             if int(a) < FIRST_NORMAL_OID:
                 return None  # a built-in object was altered
