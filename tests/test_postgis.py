@@ -554,3 +554,64 @@ def test_a_non_transactional_run_refuses_what_the_plan_cannot_see(example: Path,
     r = receipt(example)
     assert "static plan refused" in r["reason"] and "transactional: false" in r["reason"]
     assert pgdb.fingerprint() == before and not has_index(pgdb)
+
+
+# Code that would run after the gate has judged the post-baseline, in the same transaction.
+AFTER_THE_GATE = {
+    # A deferred constraint trigger fires at COMMIT: its DDL would land after the gate.
+    "deferred_trigger": (
+        "DO $$ BEGIN "
+        "EXECUTE 'CREATE TEMP TABLE tick (id int) ON COMMIT DROP'; "
+        "EXECUTE 'CREATE FUNCTION pg_temp.late() RETURNS trigger LANGUAGE plpgsql AS "
+        "$f$ BEGIN ALTER TABLE public.authority_sites ADD COLUMN late int; RETURN NULL; END $f$'; "
+        "EXECUTE 'CREATE CONSTRAINT TRIGGER late AFTER INSERT ON pg_temp.tick DEFERRABLE INITIALLY DEFERRED "
+        "FOR EACH ROW EXECUTE FUNCTION pg_temp.late()'; "
+        "EXECUTE 'INSERT INTO pg_temp.tick VALUES (1)'; END $$;"
+    ),
+    # A trigger on the ledger fires when the run records itself, after the gate.
+    "ledger_trigger": (
+        "DO $$ BEGIN "
+        "EXECUTE 'CREATE FUNCTION pg_temp.on_ledger() RETURNS trigger LANGUAGE plpgsql AS "
+        "$f$ BEGIN ALTER TABLE public.authority_sites ADD COLUMN late int; RETURN NEW; END $f$'; "
+        "EXECUTE 'CREATE TRIGGER on_ledger BEFORE INSERT ON kfm_governance.ledger FOR EACH ROW "
+        "EXECUTE FUNCTION pg_temp.on_ledger()'; END $$;"
+    ),
+    # So does a default the ledger's columns are given.
+    "ledger_default": (
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE kfm_governance.ledger ALTER COLUMN receipt_digest SET DEFAULT md5(''x'')'; "
+        "END $$;"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(AFTER_THE_GATE))
+def test_nothing_runs_after_the_gate(example: Path, pgdb: PgDatabase, case: str) -> None:
+    """Changes the gate never saw must not commit: deferred triggers are fired before the
+    post-baseline, and the governance schema must be as the run found it."""
+    before = pgdb.fingerprint()
+    append(example, AFTER_THE_GATE[case])
+    assert run(example, pgdb) == 1
+    assert receipt(example)["status"] == "failed"
+    assert pgdb.sql(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'public.authority_sites'::regclass AND attname = 'late'"
+    ) == [(0,)]
+    assert pgdb.fingerprint() == before
+    assert not has_index(pgdb)
+    assert main(["verify", str(example)]) == 0
+
+
+def test_a_ledger_with_a_trigger_someone_added_is_refused(example: Path, pgdb: PgDatabase) -> None:
+    """A trigger on the ledger, added outside any run, would fire when a run records itself."""
+    from airflow_kfm_migrations.stores.postgis_catalog import LEDGER_DDL
+
+    pgdb.sql(LEDGER_DDL)
+    pgdb.sql(
+        "CREATE FUNCTION public.on_ledger() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;"
+        "CREATE TRIGGER on_ledger BEFORE INSERT ON kfm_governance.ledger FOR EACH ROW "
+        "EXECUTE FUNCTION public.on_ledger()"
+    )
+    assert run(example, pgdb) == 1
+    r = receipt(example)
+    assert r["status"] == "failed" and "triggers, rules or policies" in r["reason"]
+    assert not has_index(pgdb)
+    assert pgdb.sql("SELECT count(*) FROM kfm_governance.ledger") == [(0,)]

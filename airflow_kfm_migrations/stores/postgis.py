@@ -54,6 +54,7 @@ from .postgis_catalog import (
     CATALOG_QUERY,
     CLUSTER_KINDS,
     GLOBAL_QUERY,
+    GOVERNANCE_QUERY,
     LEDGER_DDL,
     LEDGER_SCHEMA,
     RLS_QUERY,
@@ -1144,6 +1145,7 @@ class PgSession:
         self._files0: dict[int, tuple[int, str]] = {}
         self._captured = False
         self._pending: state.CatalogState | None = None
+        self._governance: str | None = None  # GOVERNANCE_QUERY's digest when the session opened
 
     # The transaction: timeouts and advisory locks come first, so nothing runs unlocked.
     def open(self) -> None:
@@ -1167,8 +1169,16 @@ class PgSession:
                         f"{self.decl.migration_id} on {self.store.conn_id}; refusing to run concurrently"
                     )
                 cur.execute(LEDGER_DDL)
+                cur.execute(GOVERNANCE_QUERY)
+                self._governance, hazards = cur.fetchone()
         except psycopg.Error as exc:
             raise RefusedError(f"cannot prepare the run on {self.store.conn_id}: {_db_error(exc)}") from None
+        if hazards:
+            # They would run when the run records itself, after the gate.
+            raise RefusedError(
+                f"{LEDGER_SCHEMA} on {self.store.conn_id} has triggers, rules or policies on its tables, "
+                "which no run creates; refusing to record runs there until they are removed"
+            )
 
     def ledger_last(self) -> LedgerRecord | None:
         with self.conn.cursor() as cur:
@@ -1259,10 +1269,24 @@ class PgSession:
             return ApplyOutcome(ok=False, error=f"statement {n} of {art.rel}: {_db_error(exc)}", statements_run=n - 1)
         try:
             with self.conn.cursor() as cur:
+                if self.transactional:
+                    # Deferred triggers would otherwise fire at COMMIT, after the gate: fire them
+                    # now, so that what they do is in the post-baseline (or fails the run).
+                    cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
                 cur.execute(self._SESSION_STATE)
                 state = cur.fetchone()
+                cur.execute(GOVERNANCE_QUERY)
+                governance, _hazards = cur.fetchone()
         except psycopg.Error as exc:
             return ApplyOutcome(ok=False, error=f"after the script: {_db_error(exc)}", statements_run=n)
+        if governance != self._governance:
+            # Captures leave the ledger's schema out; anything attached to it would run when the
+            # run records itself, after the gate.
+            return ApplyOutcome(
+                ok=False,
+                error=f"the script changed the governance schema {LEDGER_SCHEMA}; refused",
+                statements_run=n,
+            )
         if state != self._session0:
             # SET ROLE / SET SESSION AUTHORIZATION change who the observed writes and the
             # ledger are attributed to; session_replication_role = replica silently turns off

@@ -710,6 +710,47 @@ def _writes_query(prefix: str, only_written: bool) -> str:
 XACT_WRITES_QUERY = _writes_query("xact_", True)
 SHARED_WRITES_QUERY = _writes_query("", False)
 
+# The governance schema's definition, and how many triggers, rules and policies its tables
+# have (ours have none). Captures leave the schema out by name, so a session checks it itself:
+# anything a migration attached to the ledger would run when the run records itself, after
+# the gate. Node trees and OIDs are compared as they are: only a change within one
+# transaction matters.
+GOVERNANCE_QUERY = f"""
+    WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = '{LEDGER_SCHEMA}'),
+    rel AS (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns))
+    SELECT md5(COALESCE(string_agg(x, E'\\n' ORDER BY x), '')),
+           (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid IN (SELECT oid FROM rel)
+              AND NOT t.tgisinternal)
+         + (SELECT count(*) FROM pg_catalog.pg_rewrite r WHERE r.ev_class IN (SELECT oid FROM rel))
+         + (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid IN (SELECT oid FROM rel))
+    FROM (
+        SELECT row(n.oid, n.nspname, n.nspowner, n.nspacl)::text AS x
+        FROM pg_catalog.pg_namespace n WHERE n.oid IN (SELECT oid FROM ns)
+        UNION ALL SELECT row(c.oid, c.relname, c.relkind, c.relowner, c.relacl, c.relrowsecurity,
+                             c.relforcerowsecurity, c.reloptions, c.relpersistence, c.reltype)::text
+        FROM pg_catalog.pg_class c WHERE c.oid IN (SELECT oid FROM rel)
+        UNION ALL SELECT row(a.attrelid, a.attnum, a.attname, a.atttypid, a.atttypmod, a.attnotnull, a.attgenerated,
+                             a.attidentity, a.attcollation, a.attacl, d.adbin)::text
+        FROM pg_catalog.pg_attribute a
+        LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+        WHERE a.attrelid IN (SELECT oid FROM rel) AND a.attnum > 0 AND NOT a.attisdropped
+        UNION ALL SELECT row(co.oid, co.conname, co.conrelid, co.contypid, co.contype, co.conbin, co.conkey,
+                             co.confrelid, co.condeferrable, co.convalidated)::text
+        FROM pg_catalog.pg_constraint co WHERE co.connamespace IN (SELECT oid FROM ns)
+        UNION ALL SELECT row(t.oid, t.tgname, t.tgrelid, t.tgfoid, t.tgenabled, t.tgtype, t.tgdeferrable)::text
+        FROM pg_catalog.pg_trigger t WHERE t.tgrelid IN (SELECT oid FROM rel)
+        UNION ALL SELECT row(r.oid, r.rulename, r.ev_class, r.ev_enabled, r.ev_action)::text
+        FROM pg_catalog.pg_rewrite r WHERE r.ev_class IN (SELECT oid FROM rel)
+        UNION ALL SELECT row(p.oid, p.polname, p.polrelid, p.polcmd, p.polroles, p.polqual, p.polwithcheck)::text
+        FROM pg_catalog.pg_policy p WHERE p.polrelid IN (SELECT oid FROM rel)
+        UNION ALL SELECT row(i.indexrelid, i.indrelid, i.indkey, i.indclass, i.indexprs, i.indpred)::text
+        FROM pg_catalog.pg_index i WHERE i.indrelid IN (SELECT oid FROM rel)
+        UNION ALL SELECT row(p.oid, p.proname, p.prosrc, p.proconfig, p.prosecdef, p.proowner)::text
+        FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
+        UNION ALL SELECT row(ty.oid, ty.typname, ty.typtype, ty.typbasetype, ty.typdefaultbin)::text
+        FROM pg_catalog.pg_type ty WHERE ty.typnamespace IN (SELECT oid FROM ns) AND ty.typrelid = 0
+    ) s"""
+
 LEDGER_DDL = f"""
 CREATE SCHEMA IF NOT EXISTS {LEDGER_SCHEMA};
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.ledger (
