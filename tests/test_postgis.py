@@ -576,6 +576,11 @@ AFTER_THE_GATE = {
         "EXECUTE 'CREATE TRIGGER on_ledger BEFORE INSERT ON kfm_governance.ledger FOR EACH ROW "
         "EXECUTE FUNCTION pg_temp.on_ledger()'; END $$;"
     ),
+    # And a rule, whose write would not be counted either.
+    "ledger_rule": (
+        "DO $$ BEGIN EXECUTE 'CREATE RULE on_ledger AS ON INSERT TO kfm_governance.ledger DO ALSO "
+        "UPDATE public.authority_sites SET name = ''x'''; END $$;"
+    ),
     # So does a default the ledger's columns are given.
     "ledger_default": (
         "DO $$ BEGIN EXECUTE 'ALTER TABLE kfm_governance.ledger ALTER COLUMN receipt_digest SET DEFAULT md5(''x'')'; "

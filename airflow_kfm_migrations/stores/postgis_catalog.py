@@ -717,7 +717,11 @@ SHARED_WRITES_QUERY = _writes_query("", False)
 # transaction matters.
 GOVERNANCE_QUERY = f"""
     WITH ns AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = '{LEDGER_SCHEMA}'),
-    rel AS (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace IN (SELECT oid FROM ns))
+    -- Everything created in a schema depends on it: found through pg_depend's index, not by
+    -- scanning the catalogs of a 10,000-table database.
+    inside AS MATERIALIZED (SELECT d.classid, d.objid FROM pg_catalog.pg_depend d
+        WHERE d.refclassid = 'pg_catalog.pg_namespace'::regclass AND d.refobjid = (SELECT oid FROM ns)),
+    rel AS MATERIALIZED (SELECT objid AS oid FROM inside WHERE classid = 'pg_catalog.pg_class'::regclass)
     SELECT md5(COALESCE(string_agg(x, E'\\n' ORDER BY x), '')),
            (SELECT count(*) FROM pg_catalog.pg_trigger t WHERE t.tgrelid IN (SELECT oid FROM rel)
               AND NOT t.tgisinternal)
@@ -725,7 +729,7 @@ GOVERNANCE_QUERY = f"""
          + (SELECT count(*) FROM pg_catalog.pg_policy p WHERE p.polrelid IN (SELECT oid FROM rel))
     FROM (
         SELECT row(n.oid, n.nspname, n.nspowner, n.nspacl)::text AS x
-        FROM pg_catalog.pg_namespace n WHERE n.oid IN (SELECT oid FROM ns)
+        FROM pg_catalog.pg_namespace n WHERE n.oid = (SELECT oid FROM ns)
         UNION ALL SELECT row(c.oid, c.relname, c.relkind, c.relowner, c.relacl, c.relrowsecurity,
                              c.relforcerowsecurity, c.reloptions, c.relpersistence, c.reltype)::text
         FROM pg_catalog.pg_class c WHERE c.oid IN (SELECT oid FROM rel)
@@ -736,7 +740,9 @@ GOVERNANCE_QUERY = f"""
         WHERE a.attrelid IN (SELECT oid FROM rel) AND a.attnum > 0 AND NOT a.attisdropped
         UNION ALL SELECT row(co.oid, co.conname, co.conrelid, co.contypid, co.contype, co.conbin, co.conkey,
                              co.confrelid, co.condeferrable, co.convalidated)::text
-        FROM pg_catalog.pg_constraint co WHERE co.connamespace IN (SELECT oid FROM ns)
+        FROM pg_catalog.pg_constraint co
+        WHERE co.conrelid IN (SELECT oid FROM rel)
+           OR co.oid IN (SELECT objid FROM inside WHERE classid = 'pg_catalog.pg_constraint'::regclass)
         UNION ALL SELECT row(t.oid, t.tgname, t.tgrelid, t.tgfoid, t.tgenabled, t.tgtype, t.tgdeferrable)::text
         FROM pg_catalog.pg_trigger t WHERE t.tgrelid IN (SELECT oid FROM rel)
         UNION ALL SELECT row(r.oid, r.rulename, r.ev_class, r.ev_enabled, r.ev_action)::text
@@ -746,9 +752,11 @@ GOVERNANCE_QUERY = f"""
         UNION ALL SELECT row(i.indexrelid, i.indrelid, i.indkey, i.indclass, i.indexprs, i.indpred)::text
         FROM pg_catalog.pg_index i WHERE i.indrelid IN (SELECT oid FROM rel)
         UNION ALL SELECT row(p.oid, p.proname, p.prosrc, p.proconfig, p.prosecdef, p.proowner)::text
-        FROM pg_catalog.pg_proc p WHERE p.pronamespace IN (SELECT oid FROM ns)
+        FROM pg_catalog.pg_proc p
+        WHERE p.oid IN (SELECT objid FROM inside WHERE classid = 'pg_catalog.pg_proc'::regclass)
         UNION ALL SELECT row(ty.oid, ty.typname, ty.typtype, ty.typbasetype, ty.typdefaultbin)::text
-        FROM pg_catalog.pg_type ty WHERE ty.typnamespace IN (SELECT oid FROM ns) AND ty.typrelid = 0
+        FROM pg_catalog.pg_type ty
+        WHERE ty.oid IN (SELECT objid FROM inside WHERE classid = 'pg_catalog.pg_type'::regclass)
     ) s"""
 
 LEDGER_DDL = f"""
