@@ -581,6 +581,29 @@ AFTER_THE_GATE = {
         "DO $$ BEGIN EXECUTE 'CREATE RULE on_ledger AS ON INSERT TO kfm_governance.ledger DO ALSO "
         "UPDATE public.authority_sites SET name = ''x'''; END $$;"
     ),
+    # A forbidden table typed by a temporary type is dropped with it when the session ends.
+    "typed_by_temp": (
+        "DO $$ BEGIN EXECUTE 'CREATE TYPE pg_temp.rt_t AS (id int, name text)'; "
+        "EXECUTE 'ALTER TABLE public.authority_sites OF pg_temp.rt_t'; END $$;"
+    ),
+    # With track_counts off the write counters see nothing, whatever is written.
+    "track_counts": "SET LOCAL track_counts = off; UPDATE parcels SET name = name WHERE false;",
+    # A forged entry in the ledger, written where the counters cannot see it.
+    "ledger_write": (
+        "DO $do$ BEGIN EXECUTE $q$CREATE FUNCTION pg_temp.forge() RETURNS void LANGUAGE plpgsql "
+        "SET track_counts = off AS $f$ BEGIN INSERT INTO kfm_governance.ledger (migration_id, operation, status, "
+        "bundle_digest, artifacts, environment, run_id, pre_schema_fingerprint, pre_protected_fingerprint, "
+        "post_schema_fingerprint, post_scope_fingerprint) VALUES ('PG-MIG-2099-01-01-01', 'apply', 'succeeded', "
+        "'x', '{}', 'prod', 'forged', 'x', 'x', 'x', 'x'); END $f$ $q$; PERFORM pg_temp.forge(); END $do$;"
+    ),
+    # Who owns a forbidden table's sequence.
+    "sequence_disowned": "DO $$ BEGIN EXECUTE 'ALTER SEQUENCE audit.events_id_seq OWNED BY NONE'; END $$;",
+    # Privileges on built-in objects, and objects added to the system schemas.
+    "builtin_grant": "GRANT EXECUTE ON FUNCTION pg_catalog.pg_read_file(text) TO PUBLIC;",
+    "system_schema_object": (
+        "DO $$ BEGIN EXECUTE 'CREATE FUNCTION pg_catalog.kfm_backdoor() RETURNS int LANGUAGE sql "
+        "AS ''SELECT 1'''; END $$;"
+    ),
     # So does a default the ledger's columns are given.
     "ledger_default": (
         "DO $$ BEGIN EXECUTE 'ALTER TABLE kfm_governance.ledger ALTER COLUMN receipt_digest SET DEFAULT md5(''x'')'; "

@@ -55,11 +55,13 @@ from .postgis_catalog import (
     CLUSTER_KINDS,
     GLOBAL_QUERY,
     GOVERNANCE_QUERY,
+    GOVERNANCE_ROWS_QUERY,
     LEDGER_DDL,
     LEDGER_SCHEMA,
     RLS_QUERY,
     SHARED_WRITES_QUERY,
     TABLES_QUERY,
+    TEMP_DEPENDANTS_QUERY,
     XACT_WRITES_QUERY,
     family_query,
 )
@@ -1146,6 +1148,7 @@ class PgSession:
         self._captured = False
         self._pending: state.CatalogState | None = None
         self._governance: str | None = None  # GOVERNANCE_QUERY's digest when the session opened
+        self._governance_rows: tuple[str, str] | None = None
 
     # The transaction: timeouts and advisory locks come first, so nothing runs unlocked.
     def open(self) -> None:
@@ -1171,6 +1174,8 @@ class PgSession:
                 cur.execute(LEDGER_DDL)
                 cur.execute(GOVERNANCE_QUERY)
                 self._governance, hazards = cur.fetchone()
+                cur.execute(GOVERNANCE_ROWS_QUERY)
+                self._governance_rows = cur.fetchone()
         except psycopg.Error as exc:
             raise RefusedError(f"cannot prepare the run on {self.store.conn_id}: {_db_error(exc)}") from None
         if hazards:
@@ -1217,7 +1222,13 @@ class PgSession:
         cur.execute(TABLES_QUERY)
         return {oid: (fn, f"{s}.{t}") for oid, s, t, fn in cur.fetchall()}
 
-    _SESSION_STATE = "SELECT current_user, session_user, current_setting('session_replication_role')"
+    # Who the session is, and what makes the gate's evidence complete: with
+    # session_replication_role = replica, triggers and foreign keys are off; with
+    # track_counts off, the write counters see nothing.
+    _SESSION_STATE = (
+        "SELECT current_user, session_user, current_setting('session_replication_role'), "
+        "current_setting('track_counts')"
+    )
 
     def _snapshot(self) -> None:
         with self.conn.cursor() as cur:
@@ -1257,6 +1268,12 @@ class PgSession:
         import psycopg
 
         self._snapshot()
+        if self._session0[3] != "on":
+            return ApplyOutcome(
+                ok=False,
+                error="track_counts is off for this session, so the run could not see what its script writes; refused",
+                statements_run=0,
+            )
         n = 0
         started = time.monotonic()
         try:
@@ -1277,8 +1294,23 @@ class PgSession:
                 state = cur.fetchone()
                 cur.execute(GOVERNANCE_QUERY)
                 governance, _hazards = cur.fetchone()
+                cur.execute(GOVERNANCE_ROWS_QUERY)
+                governance_rows = cur.fetchone()
+                cur.execute(TEMP_DEPENDANTS_QUERY)
+                doomed = cur.fetchone()
         except psycopg.Error as exc:
             return ApplyOutcome(ok=False, error=f"after the script: {_db_error(exc)}", statements_run=n)
+        if governance_rows != self._governance_rows:
+            return ApplyOutcome(
+                ok=False, error=f"the script wrote to the ledger in {LEDGER_SCHEMA}; refused", statements_run=n
+            )
+        if doomed is not None:
+            return ApplyOutcome(
+                ok=False,
+                error=f"the script left {doomed[0]} depending on a temporary object, which the server drops "
+                "when the session ends; refused",
+                statements_run=n,
+            )
         if governance != self._governance:
             # Captures leave the ledger's schema out; anything attached to it would run when the
             # run records itself, after the gate.
@@ -1294,7 +1326,10 @@ class PgSession:
             what = ", ".join(
                 f"{k} {a} -> {b}"
                 for k, a, b in zip(
-                    ("current_user", "session_user", "session_replication_role"), self._session0, state, strict=True
+                    ("current_user", "session_user", "session_replication_role", "track_counts"),
+                    self._session0,
+                    state,
+                    strict=True,
                 )
                 if a != b
             )

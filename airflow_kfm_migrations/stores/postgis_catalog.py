@@ -74,6 +74,9 @@ QUERIES: dict[str, str] = {
         FROM pg_catalog.pg_namespace n
         WHERE {_SYSTEM} AND {_not_ext("pg_namespace", "n.oid")}""",
     # Inheritance is digested both ways: attaching a child changes what a parent's queries return.
+    # A typed table (OF type) is digested with its type, since it is dropped with it: a
+    # temporary type would take it along when the session ends. A sequence, with who owns it
+    # (OWNED BY, identity): the table and column.
     "relation": f"""
         SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'v' THEN 'view'
                               WHEN 'm' THEN 'matview' WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign_table'
@@ -104,6 +107,9 @@ QUERIES: dict[str, str] = {
             "CASE WHEN c.relkind = 'S' THEN (SELECT json_build_array(s.seqtypid::regtype::text, s.seqstart, "
             "s.seqincrement, s.seqmax, s.seqmin, s.seqcache, s.seqcycle) FROM pg_catalog.pg_sequence s "
             "WHERE s.seqrelid = c.oid) END",
+            "CASE WHEN c.reloftype <> 0 THEN (SELECT tn.nspname || '.' || ty.typname FROM pg_catalog.pg_type ty "
+            "JOIN pg_catalog.pg_namespace tn ON tn.oid = ty.typnamespace WHERE ty.oid = c.reloftype) END",
+            "owner_tbl.owner",
         )
     }, c.oid
         FROM pg_catalog.pg_class c
@@ -111,7 +117,11 @@ QUERIES: dict[str, str] = {
         LEFT JOIN pg_catalog.pg_description dsc
           ON dsc.objoid = c.oid AND dsc.classoid = 'pg_class'::regclass AND dsc.objsubid = 0
         LEFT JOIN LATERAL (
-            SELECT t.relname FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+            SELECT t.relname, d.deptype::text || ':' || tn.nspname || '.' || t.relname || '.'
+                   || COALESCE((SELECT a.attname FROM pg_catalog.pg_attribute a
+                                WHERE a.attrelid = t.oid AND a.attnum = d.refobjsubid), '') AS owner
+            FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_class t ON t.oid = d.refobjid
+            JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
             WHERE c.relkind = 'S' AND d.classid = 'pg_class'::regclass AND d.objid = c.oid
               AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') LIMIT 1
         ) owner_tbl ON true
@@ -563,6 +573,34 @@ QUERIES: dict[str, str] = {
         )
     }, NULL::oid
         FROM pg_catalog.pg_database d WHERE d.datname = current_database()""",
+    # Built-in objects are not captured one by one, but granting on them (pg_read_file to
+    # PUBLIC, pg_authid to anyone) or adding objects to the system schemas changes what every
+    # role may do: one digest over all of it, which no scope can allow changing. Objects added
+    # to the system schemas are those with OIDs past the built-in range.
+    "builtin": f"""
+        WITH sys AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname IN ('pg_catalog', 'information_schema'))
+        SELECT 'builtin', 'builtin:privileges-and-additions', NULL::text, NULL::text,
+               {
+        _h(
+            "(SELECT string_agg(c.oid::text || '=' || c.relacl::text, ',' ORDER BY c.oid) "
+            "FROM pg_catalog.pg_class c WHERE c.oid < 16384 AND c.relacl IS NOT NULL)",
+            "(SELECT string_agg(p.oid::text || '=' || p.proacl::text, ',' ORDER BY p.oid) "
+            "FROM pg_catalog.pg_proc p WHERE p.oid < 16384 AND p.proacl IS NOT NULL)",
+            "(SELECT string_agg(t.oid::text || '=' || t.typacl::text, ',' ORDER BY t.oid) "
+            "FROM pg_catalog.pg_type t WHERE t.oid < 16384 AND t.typacl IS NOT NULL)",
+            "(SELECT string_agg(n.oid::text || '=' || n.nspacl::text, ',' ORDER BY n.oid) "
+            "FROM pg_catalog.pg_namespace n WHERE n.oid < 16384 AND n.nspacl IS NOT NULL)",
+            "(SELECT string_agg(l.lanname || '=' || COALESCE(l.lanacl::text, '') || '/' "
+            "|| pg_get_userbyid(l.lanowner), ',' ORDER BY l.lanname) FROM pg_catalog.pg_language l)",
+            "(SELECT string_agg(x, ',' ORDER BY x) FROM ("
+            "SELECT 'r' || c.oid FROM pg_catalog.pg_class c "
+            "WHERE c.oid >= 16384 AND c.relnamespace IN (SELECT oid FROM sys) "
+            "UNION ALL SELECT 'p' || p.oid FROM pg_catalog.pg_proc p "
+            "WHERE p.oid >= 16384 AND p.pronamespace IN (SELECT oid FROM sys) "
+            "UNION ALL SELECT 't' || t.oid FROM pg_catalog.pg_type t "
+            "WHERE t.oid >= 16384 AND t.typnamespace IN (SELECT oid FROM sys)) added(x))",
+        )
+    }, NULL::oid""",
     "cast": f"""
         SELECT 'cast', 'cast:' || c.castsource::regtype::text || '->' || c.casttarget::regtype::text, NULL::text,
                NULL::text, {_h("c.castfunc::regprocedure::text", "c.castcontext", "c.castmethod")}, NULL::oid
@@ -654,6 +692,7 @@ def family_query(fams: Iterable[int]) -> str:
 
 # Kinds that live outside any schema: a migration's scope can never allow changing them.
 CLUSTER_KINDS = {
+    "builtin",
     "event_trigger",
     "role",
     "publication",
@@ -709,6 +748,30 @@ def _writes_query(prefix: str, only_written: bool) -> str:
 # triggers alike (it is per backend, not per statement).
 XACT_WRITES_QUERY = _writes_query("xact_", True)
 SHARED_WRITES_QUERY = _writes_query("", False)
+
+# What the ledger and the backfill progress hold. A run writes them only after its gate, so
+# the script must leave them as the session found them.
+GOVERNANCE_ROWS_QUERY = f"""
+    SELECT (SELECT md5(COALESCE(string_agg(l::text, E'\\n' ORDER BY l.id), '')) FROM {LEDGER_SCHEMA}.ledger l),
+           (SELECT md5(COALESCE(string_agg(b::text, E'\\n' ORDER BY b::text), ''))
+            FROM {LEDGER_SCHEMA}.backfill_progress b)"""
+
+# Objects outside the session's temporary schema that depend on something in it: the server
+# drops them with it (DROP ... CASCADE) when the session ends, after any gate.
+TEMP_DEPENDANTS_QUERY = """
+    WITH tmp AS (SELECT pg_catalog.pg_my_temp_schema() AS oid),
+    objs AS (
+        SELECT oid FROM pg_catalog.pg_type WHERE typnamespace = (SELECT oid FROM tmp)
+        UNION ALL SELECT oid FROM pg_catalog.pg_proc WHERE pronamespace = (SELECT oid FROM tmp)
+        UNION ALL SELECT oid FROM pg_catalog.pg_class WHERE relnamespace = (SELECT oid FROM tmp)
+        UNION ALL SELECT oid FROM pg_catalog.pg_collation WHERE collnamespace = (SELECT oid FROM tmp)
+        UNION ALL SELECT oid FROM pg_catalog.pg_operator WHERE oprnamespace = (SELECT oid FROM tmp))
+    SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid)
+    FROM pg_catalog.pg_depend d
+    WHERE (SELECT oid FROM tmp) <> 0 AND d.refobjid IN (SELECT oid FROM objs)
+      AND COALESCE((pg_catalog.pg_identify_object(d.classid, d.objid, d.objsubid)).schema, '')
+          !~ '^pg_(toast_)?temp_[0-9]+$'
+    LIMIT 1"""
 
 # The governance schema's definition, and how many triggers, rules and policies its tables
 # have (ours have none). Captures leave the schema out by name, so a session checks it itself:
