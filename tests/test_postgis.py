@@ -604,6 +604,30 @@ AFTER_THE_GATE = {
         "DO $$ BEGIN EXECUTE 'CREATE FUNCTION pg_catalog.kfm_backdoor() RETURNS int LANGUAGE sql "
         "AS ''SELECT 1'''; END $$;"
     ),
+    # What hangs off an extension's table: a rule that empties a forbidden table later, an
+    # index and a column default.
+    "extension_table_rule": (
+        "DO $$ BEGIN EXECUTE 'CREATE RULE wipe AS ON INSERT TO public.spatial_ref_sys DO ALSO "
+        "DELETE FROM public.authority_sites'; END $$;"
+    ),
+    "extension_table_default": (
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE public.spatial_ref_sys ALTER COLUMN auth_name SET DEFAULT ''x'''; END $$;"
+    ),
+    "extension_table_index": (
+        "DO $$ BEGIN EXECUTE 'CREATE INDEX srs_auth ON public.spatial_ref_sys (auth_name)'; END $$;"
+    ),
+    # Another database of the cluster.
+    "other_database": "DO $$ BEGIN EXECUTE 'ALTER DATABASE postgres SET work_mem = ''1GB'''; END $$;",
+    # An aggregate's definition, not its placeholder body.
+    "aggregate_redefined": (
+        "CREATE OR REPLACE AGGREGATE public.st_extent(geometry) (SFUNC = public.st_combinebbox, STYPE = box3d, "
+        "FINALFUNC = public.box2d, COMBINEFUNC = public.st_combinebbox, PARALLEL = safe, "
+        "INITCOND = 'BOX3D(-1000 -1000 0,1000 1000 0)');"
+    ),
+    # A forbidden table's TOAST options.
+    "toast_options": (
+        "DO $$ BEGIN EXECUTE 'ALTER TABLE public.authority_sites SET (toast.autovacuum_enabled = false)'; END $$;"
+    ),
     # So does a default the ledger's columns are given.
     "ledger_default": (
         "DO $$ BEGIN EXECUTE 'ALTER TABLE kfm_governance.ledger ALTER COLUMN receipt_digest SET DEFAULT md5(''x'')'; "
@@ -643,3 +667,18 @@ def test_a_ledger_with_a_trigger_someone_added_is_refused(example: Path, pgdb: P
     assert r["status"] == "failed" and "triggers, rules or policies" in r["reason"]
     assert not has_index(pgdb)
     assert pgdb.sql("SELECT count(*) FROM kfm_governance.ledger") == [(0,)]
+
+
+def test_a_script_that_lifts_its_own_timeout_is_still_stopped(example: Path, pgdb: PgDatabase) -> None:
+    """The runner cancels a statement that outlives the declared timeout, even when the
+    script turned the server's timeout off, and the run fails closed."""
+    before = pgdb.fingerprint()
+    text = (example / "migration.yml").read_text() + "timeouts:\n  statement_timeout: 1s\n"
+    (example / "migration.yml").write_text(text)
+    append(example, "SET LOCAL statement_timeout = 0; SELECT pg_sleep(60);")
+    started = time.monotonic()
+    assert run(example, pgdb) == 1
+    assert time.monotonic() - started < 30
+    assert "57014" in receipt(example)["reason"]  # query_canceled
+    assert pgdb.fingerprint() == before
+    assert not has_index(pgdb)

@@ -1149,6 +1149,7 @@ class PgSession:
         self._pending: state.CatalogState | None = None
         self._governance: str | None = None  # GOVERNANCE_QUERY's digest when the session opened
         self._governance_rows: tuple[str, str] | None = None
+        self._statement_ms = 0  # the declared statement timeout, as the server took it
 
     # The transaction: timeouts and advisory locks come first, so nothing runs unlocked.
     def open(self) -> None:
@@ -1163,6 +1164,8 @@ class PgSession:
             with conn.cursor() as cur:
                 cur.execute(sql.SQL("SET " + scope + "lock_timeout = {}").format(sql.Literal(t.lock_timeout)))
                 cur.execute(sql.SQL("SET " + scope + "statement_timeout = {}").format(sql.Literal(t.statement_timeout)))
+                cur.execute("SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'")
+                self._statement_ms = int(cur.fetchone()[0])
                 fn = "pg_try_advisory_xact_lock" if self.transactional else "pg_try_advisory_lock"
                 cur.execute(f"SELECT {fn}(%s), {fn}(%s)", (_key("kfm-store"), _key("kfm:" + self.decl.migration_id)))
                 store_lock, mig_lock = cur.fetchone()
@@ -1264,6 +1267,22 @@ class PgSession:
                 out.append(w)
         return out
 
+    @contextmanager
+    def _watchdog(self) -> Iterator[None]:
+        """Cancel a statement that outlives the declared statement timeout. The server enforces
+        it too, unless the script turned it off (``SET LOCAL statement_timeout = 0``) and would
+        hold its locks for as long as it likes."""
+        if not self._statement_ms:
+            yield
+            return
+        timer = threading.Timer(self._statement_ms / 1000 * 1.1 + 1, self.conn.cancel_safe)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
+
     def _run(self, artifacts: list[Artifact]) -> ApplyOutcome:
         import psycopg
 
@@ -1280,7 +1299,7 @@ class PgSession:
             for art in artifacts:
                 for text, _stmt in plan_sql(art.text, display(art.path)):
                     n += 1
-                    with self.conn.cursor() as cur:
+                    with self.conn.cursor() as cur, self._watchdog():
                         cur.execute(text.encode(), prepare=False)
         except psycopg.Error as exc:
             return ApplyOutcome(ok=False, error=f"statement {n} of {art.rel}: {_db_error(exc)}", statements_run=n - 1)

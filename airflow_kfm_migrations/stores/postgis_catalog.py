@@ -65,6 +65,37 @@ _ATTOPTIONS = (
 )
 
 
+# An aggregate's definition lives in pg_aggregate, not in its pg_proc row (whose body is a
+# placeholder): CREATE OR REPLACE AGGREGATE with another initial state or final function
+# changes what it returns.
+_AGGREGATE = (
+    "(SELECT row(a.aggkind, a.aggnumdirectargs, a.aggtransfn::text, a.aggfinalfn::text, a.aggcombinefn::text, "
+    "a.aggserialfn::text, a.aggdeserialfn::text, a.aggmtransfn::text, a.aggminvtransfn::text, a.aggmfinalfn::text, "
+    "a.aggfinalextra, a.aggmfinalextra, a.aggfinalmodify, a.aggmfinalmodify, a.aggsortop::regoper::text, "
+    "a.aggtranstype::regtype::text, a.aggtransspace, a.aggmtranstype::regtype::text, a.aggmtransspace, "
+    "a.agginitval, a.aggminitval)::text FROM pg_catalog.pg_aggregate a WHERE a.aggfnoid = p.oid)"
+)
+
+
+# What hangs off an extension's member table (c): its indexes, triggers, rules, policies,
+# constraints and column defaults. The capture leaves the table to the extension's digest,
+# and these with it, so a rule or trigger added to spatial_ref_sys shows there.
+_ATTACHED = (
+    "(SELECT md5(string_agg(x, E'\\n' ORDER BY x)) FROM ("
+    "SELECT pg_get_indexdef(i.indexrelid) AS x FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid "
+    "UNION ALL SELECT pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text FROM pg_catalog.pg_trigger t "
+    "WHERE t.tgrelid = c.oid AND NOT t.tgisinternal "
+    "UNION ALL SELECT pg_get_ruledef(r.oid) || ' ' || r.ev_enabled::text FROM pg_catalog.pg_rewrite r "
+    "WHERE r.ev_class = c.oid "
+    "UNION ALL SELECT row(p.polname, p.polcmd, p.polpermissive, p.polroles::text, pg_get_expr(p.polqual, c.oid), "
+    "pg_get_expr(p.polwithcheck, c.oid))::text FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid "
+    "UNION ALL SELECT co.conname || ' ' || pg_get_constraintdef(co.oid) FROM pg_catalog.pg_constraint co "
+    "WHERE co.conrelid = c.oid "
+    "UNION ALL SELECT 'default ' || ad.adnum || ' ' || pg_get_expr(ad.adbin, c.oid) FROM pg_catalog.pg_attrdef ad "
+    "WHERE ad.adrelid = c.oid) attached)"
+)
+
+
 # Each query returns: kind, id, schema, table, digest (ordered by id for stable output).
 QUERIES: dict[str, str] = {
     "schema": f"""
@@ -110,6 +141,7 @@ QUERIES: dict[str, str] = {
             "CASE WHEN c.reloftype <> 0 THEN (SELECT tn.nspname || '.' || ty.typname FROM pg_catalog.pg_type ty "
             "JOIN pg_catalog.pg_namespace tn ON tn.oid = ty.typnamespace WHERE ty.oid = c.reloftype) END",
             "owner_tbl.owner",
+            "(SELECT ts.reloptions FROM pg_catalog.pg_class ts WHERE ts.oid = c.reltoastrelid)::text",
         )
     }, c.oid
         FROM pg_catalog.pg_class c
@@ -242,6 +274,7 @@ QUERIES: dict[str, str] = {
             _descr("pg_proc", "p.oid"),
             "p.prosecdef",
             "p.proconfig::text",
+            _AGGREGATE,
         )
     }, NULL::oid
         FROM pg_catalog.pg_proc p
@@ -295,6 +328,8 @@ QUERIES: dict[str, str] = {
             "(SELECT md5(string_agg(h, '' ORDER BY h)) FROM (SELECT md5(row(p.proname, "
             "pg_get_function_identity_arguments(p.oid), p.prosrc, p.probin, p.prosecdef, p.proconfig::text, "
             "p.proacl::text, pg_get_userbyid(p.proowner), p.provolatile, p.proisstrict, p.proleakproof, "
+            + _AGGREGATE
+            + ", "
             "p.proparallel, p.prorettype::regtype::text)::text) AS h FROM pg_catalog.pg_depend d "
             "JOIN pg_catalog.pg_proc p ON p.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
             "AND d.refobjid = e.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e') x)",
@@ -302,7 +337,9 @@ QUERIES: dict[str, str] = {
             "c.relacl::text, pg_get_userbyid(c.relowner), c.relrowsecurity, c.relforcerowsecurity, "
             "c.reloptions::text, (SELECT array_agg(row(a.attname, format_type(a.atttypid, a.atttypmod), "
             "a.attnotnull)::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid "
-            "AND a.attnum > 0 AND NOT a.attisdropped)::text)::text) AS h FROM pg_catalog.pg_depend d "
+            "AND a.attnum > 0 AND NOT a.attisdropped)::text, "
+            + _ATTACHED
+            + ")::text) AS h FROM pg_catalog.pg_depend d "
             "JOIN pg_catalog.pg_class c ON c.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
             "AND d.refobjid = e.oid AND d.classid = 'pg_class'::regclass AND d.deptype = 'e') x)",
         )
@@ -364,9 +401,11 @@ QUERIES: dict[str, str] = {
             "r.rolvaliduntil::text",
             "(SELECT array_agg(COALESCE(sd.datname, '*') || ':' || array_to_string(rs.setconfig, ',') ORDER BY 1) "
             "FROM pg_catalog.pg_db_role_setting rs LEFT JOIN pg_catalog.pg_database sd ON sd.oid = rs.setdatabase "
-            "WHERE rs.setrole = r.oid AND (rs.setdatabase = 0 OR sd.datname = current_database()))::text",
-            "(SELECT array_agg(g.rolname ORDER BY g.rolname) FROM pg_catalog.pg_auth_members m "
+            "WHERE rs.setrole = r.oid)::text",
+            "(SELECT array_agg(g.rolname || CASE WHEN m.admin_option THEN '+admin' ELSE '' END ORDER BY g.rolname) "
+            "FROM pg_catalog.pg_auth_members m "
             "JOIN pg_catalog.pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid)::text",
+            "shobj_description(r.oid, 'pg_authid')",
         )
     }, NULL::oid
         FROM pg_catalog.pg_roles r
@@ -601,6 +640,26 @@ QUERIES: dict[str, str] = {
             "WHERE t.oid >= 16384 AND t.typnamespace IN (SELECT oid FROM sys)) added(x))",
         )
     }, NULL::oid""",
+    # What else of the cluster a migration could change: the other databases' settings,
+    # privileges and limits, tablespaces, and replication slots and origins (a slot holds WAL
+    # for as long as it exists).
+    "cluster": f"""
+        SELECT 'cluster', 'cluster:databases-tablespaces-replication', NULL::text, NULL::text,
+               {
+        _h(
+            "(SELECT string_agg(row(d.datname, pg_get_userbyid(d.datdba), d.datacl::text, d.datconnlimit, "
+            "d.datallowconn, d.datistemplate, shobj_description(d.oid, 'pg_database'), (SELECT array_agg("
+            "array_to_string(rs.setconfig, ',') ORDER BY 1) FROM pg_catalog.pg_db_role_setting rs "
+            "WHERE rs.setdatabase = d.oid AND rs.setrole = 0)::text)::text, ',' ORDER BY d.datname) "
+            "FROM pg_catalog.pg_database d)",
+            "(SELECT string_agg(row(t.spcname, pg_get_userbyid(t.spcowner), t.spcacl::text, t.spcoptions::text, "
+            "shobj_description(t.oid, 'pg_tablespace'))::text, ',' ORDER BY t.spcname) "
+            "FROM pg_catalog.pg_tablespace t)",
+            "(SELECT string_agg(row(s.slot_name, s.plugin, s.slot_type, s.database, s.temporary)::text, ',' "
+            "ORDER BY s.slot_name) FROM pg_catalog.pg_replication_slots s WHERE NOT s.temporary)",
+            "(SELECT string_agg(o.roname, ',' ORDER BY o.roname) FROM pg_catalog.pg_replication_origin o)",
+        )
+    }, NULL::oid""",
     "cast": f"""
         SELECT 'cast', 'cast:' || c.castsource::regtype::text || '->' || c.casttarget::regtype::text, NULL::text,
                NULL::text, {_h("c.castfunc::regprocedure::text", "c.castcontext", "c.castmethod")}, NULL::oid
@@ -693,6 +752,7 @@ def family_query(fams: Iterable[int]) -> str:
 # Kinds that live outside any schema: a migration's scope can never allow changing them.
 CLUSTER_KINDS = {
     "builtin",
+    "cluster",
     "event_trigger",
     "role",
     "publication",
