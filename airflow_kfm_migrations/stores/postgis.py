@@ -1283,6 +1283,31 @@ class PgSession:
         finally:
             timer.cancel()
 
+    def _after_script(
+        self, state: Any, governance: str, governance_rows: tuple[str, str], doomed: tuple[str] | None
+    ) -> str | None:
+        """Why the script's outcome cannot be judged or committed, if it cannot."""
+        if governance_rows != self._governance_rows:
+            return f"the script wrote to the ledger in {LEDGER_SCHEMA}"
+        if doomed is not None:
+            return (
+                f"the script left {doomed[0]} depending on a temporary object, which the server drops "
+                "when the session ends"
+            )
+        if governance != self._governance:
+            # Captures leave the ledger's schema out; anything attached to it would run when the
+            # run records itself, after the gate.
+            return f"the script changed the governance schema {LEDGER_SCHEMA}"
+        if state != self._session0:
+            # SET ROLE / SET SESSION AUTHORIZATION change who the observed writes and the
+            # ledger are attributed to; session_replication_role = replica silently turns off
+            # triggers and foreign keys; track_counts off blinds the write counters. Any of them
+            # would make the gate's evidence unreliable.
+            names = ("current_user", "session_user", "session_replication_role", "track_counts")
+            what = ", ".join(f"{k} {a} -> {b}" for k, a, b in zip(names, self._session0, state, strict=True) if a != b)
+            return f"the script changed the session's enforcement ({what})"
+        return None
+
     def _run(self, artifacts: list[Artifact]) -> ApplyOutcome:
         import psycopg
 
@@ -1312,51 +1337,16 @@ class PgSession:
                 cur.execute(self._SESSION_STATE)
                 state = cur.fetchone()
                 cur.execute(GOVERNANCE_QUERY)
-                governance, _hazards = cur.fetchone()
+                governance = cur.fetchone()[0]
                 cur.execute(GOVERNANCE_ROWS_QUERY)
                 governance_rows = cur.fetchone()
                 cur.execute(TEMP_DEPENDANTS_QUERY)
                 doomed = cur.fetchone()
         except psycopg.Error as exc:
             return ApplyOutcome(ok=False, error=f"after the script: {_db_error(exc)}", statements_run=n)
-        if governance_rows != self._governance_rows:
-            return ApplyOutcome(
-                ok=False, error=f"the script wrote to the ledger in {LEDGER_SCHEMA}; refused", statements_run=n
-            )
-        if doomed is not None:
-            return ApplyOutcome(
-                ok=False,
-                error=f"the script left {doomed[0]} depending on a temporary object, which the server drops "
-                "when the session ends; refused",
-                statements_run=n,
-            )
-        if governance != self._governance:
-            # Captures leave the ledger's schema out; anything attached to it would run when the
-            # run records itself, after the gate.
-            return ApplyOutcome(
-                ok=False,
-                error=f"the script changed the governance schema {LEDGER_SCHEMA}; refused",
-                statements_run=n,
-            )
-        if state != self._session0:
-            # SET ROLE / SET SESSION AUTHORIZATION change who the observed writes and the
-            # ledger are attributed to; session_replication_role = replica silently turns off
-            # triggers and foreign keys. Either would make the gate's evidence unreliable.
-            what = ", ".join(
-                f"{k} {a} -> {b}"
-                for k, a, b in zip(
-                    ("current_user", "session_user", "session_replication_role", "track_counts"),
-                    self._session0,
-                    state,
-                    strict=True,
-                )
-                if a != b
-            )
-            return ApplyOutcome(
-                ok=False,
-                error=f"the script changed the session's enforcement ({what}); refused",
-                statements_run=n,
-            )
+        refusal = self._after_script(state, governance, governance_rows, doomed)
+        if refusal:
+            return ApplyOutcome(ok=False, error=f"{refusal}; refused", statements_run=n)
         try:
             writes = self._writes()
         except psycopg.Error as exc:
