@@ -119,7 +119,7 @@ def _add_tasks(dag: Any, entry: Any, conn_id: str, outlets: list[Any], backfill:
     """The tasks of one migration DAG, through the operator constructors."""
     from airflow.sdk import TriggerRule
 
-    from .operators import (
+    from airflow_kfm_migrations.operators import (
         ApplyOperator,
         BackfillOperator,
         BaselineOperator,
@@ -316,7 +316,7 @@ def build_dag(entry: Any, bundles_root: Path, environment: str, *, facts_reader:
 
 
 def _dag_for(entry: Any, bundles_root: Path, environment: str, facts_reader: Any) -> tuple[Any, str, list[Any], bool]:
-    from .decl_cache import DeclarationFacts
+    from airflow_kfm_migrations.decl_cache import DeclarationFacts
 
     reader = facts_reader or DeclarationFacts(bundles_root, enabled=False)
     facts = None
@@ -344,8 +344,8 @@ def build_dags(
     every declaration: the results are the same, only slower (see the module doc)."""
     from airflow.sdk import get_parsing_context
 
-    from .decl_cache import DeclarationFacts
-    from .operators.common import settings
+    from airflow_kfm_migrations.decl_cache import DeclarationFacts
+    from airflow_kfm_migrations.operators.common import settings
 
     s = settings()
     reg_path = Path(registry_path) if registry_path else s.registry_path

@@ -11,7 +11,7 @@ everything in the cache does not even import pydantic or the contract models.
 Trust rules:
 
 - every parse reads the registry and each declaration (with the same size, UTF-8 and symlink
-  checks as :func:`~airflow_kfm_migrations.bundle.load_declaration`) and hashes them; cached
+  checks as :func:`~airflow_kfm_migrations.declaration.bundle.load_declaration`) and hashes them; cached
   facts are used only when that hash matches, so an edited file is validated again at once;
 - the whole file is ignored when it was written by different validation code (a
   fingerprint of the modules that parse and validate declarations) or is unreadable,
@@ -46,7 +46,14 @@ DECLARATION_FILE = "migration.yml"
 REGISTRY_CAP = 16 * 1024 * 1024
 _OFF = {"off", "0", "false", "no", "none"}
 # The modules whose code decides whether a file is valid and what the facts are.
-_CODE = ("bundle.py", "safe_yaml.py", "registry.py", "contracts/__init__.py", "contracts/models.py", "decl_cache.py")
+_CODE = (
+    "declaration/bundle.py",
+    "util/safe_yaml.py",
+    "declaration/registry.py",
+    "contracts/__init__.py",
+    "contracts/models.py",
+    "decl_cache.py",
+)
 _FACT_TYPES: dict[str, Any] = {
     "type": str,
     "intent": str,
@@ -211,7 +218,7 @@ class DeclarationFacts:
                 self._new_registry = old
                 self.hits += 1
                 return cast(list[EntryFacts], entries)
-        from .registry import MAX_REGISTRY_BYTES, load_registry
+        from airflow_kfm_migrations.declaration.registry import MAX_REGISTRY_BYTES, load_registry
 
         out = [EntryFacts.of(e) for e in load_registry(path).migrations]
         self.misses += 1
@@ -231,8 +238,8 @@ class DeclarationFacts:
             self._max_bytes = bundle.Limits().max_declaration_bytes if bundle else env_cap
         text = _read_plain(decl_path, self._max_bytes)
         if text is None:  # let the bundle loader say what is wrong (or read it after all)
-            from .bundle import InvalidInput, Limits, read_text_capped
-            from .errors import InputError
+            from airflow_kfm_migrations.declaration.bundle import InvalidInput, Limits, read_text_capped
+            from airflow_kfm_migrations.errors import InputError
 
             try:
                 text = read_text_capped(decl_path, Limits().max_declaration_bytes)
@@ -248,7 +255,7 @@ class DeclarationFacts:
             facts = cast(dict[str, Any], cached)
             self.hits += 1
         else:
-            from .bundle import display, parse_declaration
+            from airflow_kfm_migrations.declaration.bundle import display, parse_declaration
 
             facts = facts_of(parse_declaration(text, display(decl_path))[0])
             self.misses += 1

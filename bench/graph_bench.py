@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from airflow_kfm_migrations.contracts.models import GraphDeclaration  # noqa: E402
-from airflow_kfm_migrations.digest import dump_json  # noqa: E402
-from airflow_kfm_migrations.stores.graph import GraphStore  # noqa: E402
+from airflow_kfm_migrations.stores.graph.store import GraphStore  # noqa: E402
+from airflow_kfm_migrations.util.digest import dump_json  # noqa: E402
 
 PORT = int(os.environ.get("KFM_NEO4J_BOLT_PORT", "7687"))
 URI = f"neo4j://127.0.0.1:{PORT}"

@@ -30,10 +30,10 @@ import psycopg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from airflow_kfm_migrations.bundle import load_bundle  # noqa: E402
 from airflow_kfm_migrations.cli import main as cli  # noqa: E402
 from airflow_kfm_migrations.contracts.models import baseline_json  # noqa: E402
-from airflow_kfm_migrations.stores.postgis import PostgisStore  # noqa: E402
+from airflow_kfm_migrations.declaration.bundle import load_bundle  # noqa: E402
+from airflow_kfm_migrations.stores.postgis.store import PostgisStore  # noqa: E402
 
 PORT = int(os.environ.get("KFM_PG_PORT", "55432"))
 PASSWORD = os.environ.get("KFM_PG_PASSWORD", "kfm-local-only")

@@ -87,7 +87,7 @@ def bundle_dir(root: Path) -> Path:
 
 
 def reset(c: Any, *, keep_source: bool) -> None:
-    from airflow_kfm_migrations.stores.search import GOVERNANCE_INDEX
+    from airflow_kfm_migrations.stores.search.store import GOVERNANCE_INDEX
 
     for ix in (DEST, BARE) if keep_source else (DEST, BARE, SRC):
         if c.indices.exists(index=ix):
@@ -148,8 +148,8 @@ def bare(c: Any, n: int) -> float:
 
 
 def governed(bundle: Path, out: Path) -> tuple[float, dict[str, Any]]:
-    from airflow_kfm_migrations.bundle import load_bundle
-    from airflow_kfm_migrations.lifecycle import RunOptions, run_migration
+    from airflow_kfm_migrations.declaration.bundle import load_bundle
+    from airflow_kfm_migrations.engine.lifecycle import RunOptions, run_migration
 
     t0 = time.perf_counter()
     result = run_migration(

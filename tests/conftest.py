@@ -83,8 +83,8 @@ class PgDatabase:
 
     def fingerprint(self) -> tuple[str, str]:
         """Schema + protected fingerprints, taken with the product's own baseline."""
-        from airflow_kfm_migrations.bundle import load_bundle
-        from airflow_kfm_migrations.stores.postgis import PostgisStore
+        from airflow_kfm_migrations.declaration.bundle import load_bundle
+        from airflow_kfm_migrations.stores.postgis.store import PostgisStore
 
         bundle = load_bundle(MIGRATIONS / "postgis" / "PG-MIG-2026-02-28-01")
         store = PostgisStore(lambda: self.connect(), self.conn_id)

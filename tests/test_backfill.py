@@ -16,8 +16,8 @@ import pytest
 import yaml
 from conftest import PgDatabase, drop_db, make_db
 
-from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.cli import main
+from airflow_kfm_migrations.declaration.bundle import load_bundle
 
 pytestmark = pytest.mark.postgis
 
@@ -346,8 +346,8 @@ def test_airflow_retry_resumes_and_never_repeats_a_batch(
 ) -> None:
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    from airflow_kfm_migrations import backfill
-    from airflow_kfm_migrations.lifecycle import RunOptions, run_migration
+    from airflow_kfm_migrations.engine import backfill
+    from airflow_kfm_migrations.engine.lifecycle import RunOptions, run_migration
     from airflow_kfm_migrations.operators import BackfillOperator
 
     configure(example, lock_timeout="100ms")

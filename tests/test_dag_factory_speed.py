@@ -197,7 +197,8 @@ def test_cache_off_and_unwritable_cache_cost_only_speed(world: Path, tmp_path: P
 
 
 def test_constants_copied_to_keep_a_warm_parse_light() -> None:
-    from airflow_kfm_migrations import bundle, decl_cache, registry
+    from airflow_kfm_migrations import decl_cache
+    from airflow_kfm_migrations.declaration import bundle, registry
     from airflow_kfm_migrations.operators import common
 
     assert decl_cache.DECLARATION_FILE == bundle.DECLARATION_FILE

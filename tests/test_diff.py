@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_kfm_migrations.contracts.models import Baseline, trusted_baseline_object
-from airflow_kfm_migrations.diff import changed_objects, diff_objects, remember_leaves
-from airflow_kfm_migrations.digest import leaf_raw
+from airflow_kfm_migrations.evidence.diff import changed_objects, diff_objects, remember_leaves
+from airflow_kfm_migrations.util.digest import leaf_raw
 
 DIGEST = "0" * 64
 

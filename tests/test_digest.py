@@ -8,7 +8,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_kfm_migrations.digest import dump_json, leaf, leaf_raw, merkle_root, merkle_root_raw
+from airflow_kfm_migrations.util.digest import dump_json, leaf, leaf_raw, merkle_root, merkle_root_raw
 
 SCALARS = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.text()
 JSONISH = st.recursive(SCALARS, lambda c: st.lists(c) | st.dictionaries(st.text(), c), max_leaves=25)

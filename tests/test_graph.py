@@ -21,11 +21,11 @@ from conftest import MIGRATIONS, port_open, server_missing
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.cli import main
+from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import InputError, LockedError
-from airflow_kfm_migrations.stores import graph as graph_store
-from airflow_kfm_migrations.stores.cypher import (
+from airflow_kfm_migrations.stores.graph import store as graph_store
+from airflow_kfm_migrations.stores.graph.cypher import (
     classify,
     error_line,
     explain_query,
@@ -34,7 +34,7 @@ from airflow_kfm_migrations.stores.cypher import (
     schema_name,
     split_cypher,
 )
-from airflow_kfm_migrations.stores.graph import GraphStore, canonical
+from airflow_kfm_migrations.stores.graph.store import GraphStore, canonical
 
 pytestmark = pytest.mark.neo4j
 
@@ -513,7 +513,7 @@ def test_a_re_run_recovers_a_killed_run_too(gexample: Path, graph: Graph, tmp_pa
     graph.q("CREATE CONSTRAINT dataset_id_unique FOR (d:Dataset) REQUIRE d.dataset_id IS UNIQUE")
     graph.q("MATCH (n:LegacyDataset) SET n:Dataset, n.kfm_relabeled_by = $m REMOVE n:LegacyDataset", m=MIG)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from airflow_kfm_migrations.stores.graph import _host_identity
+    from airflow_kfm_migrations.stores.graph.store import _host_identity
 
     graph.q(
         "CREATE (:KfmLock {key: 'store', migration_id: $m, run_id: 'dead', host: $h, pid: $pid, phase: 'applying', "

@@ -16,8 +16,8 @@ import pytest
 import rdflib
 from conftest import PgDatabase
 
-from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.cli import main
+from airflow_kfm_migrations.declaration.bundle import load_bundle
 
 pytestmark = pytest.mark.postgis
 
@@ -81,8 +81,8 @@ def test_rerun_is_noop_and_changed_artifact_is_refused(
 
 
 def test_baseline_is_byte_identical_and_secret_free(example: Path, pgdb: PgDatabase) -> None:
-    from airflow_kfm_migrations.digest import dump_json
-    from airflow_kfm_migrations.stores.postgis import PostgisStore
+    from airflow_kfm_migrations.stores.postgis.store import PostgisStore
+    from airflow_kfm_migrations.util.digest import dump_json
 
     bundle = load_bundle(example)
     store = PostgisStore(lambda: pgdb.connect(), pgdb.conn_id)
@@ -438,8 +438,8 @@ def test_cluster_level_statements_are_refused_by_the_plan(example: Path, pgdb: P
 
 def test_a_forged_receipt_without_its_content_addressed_copy_fails_verify(example: Path, pgdb: PgDatabase,
                                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    from airflow_kfm_migrations.digest import dump_json
-    from airflow_kfm_migrations.receipts import receipt_digest
+    from airflow_kfm_migrations.engine.receipts import receipt_digest
+    from airflow_kfm_migrations.util.digest import dump_json
 
     assert run(example, pgdb) == 0
     path = example / "receipts" / "run_receipt.json"
@@ -454,8 +454,8 @@ def test_a_forged_receipt_without_its_content_addressed_copy_fails_verify(exampl
 
 def _forge(example: Path, **changes: object) -> None:
     """Rewrite the receipt and its content-addressed copy so that every file digest agrees."""
-    from airflow_kfm_migrations.digest import dump_json
-    from airflow_kfm_migrations.receipts import receipt_digest
+    from airflow_kfm_migrations.engine.receipts import receipt_digest
+    from airflow_kfm_migrations.util.digest import dump_json
 
     path = example / "receipts" / "run_receipt.json"
     doc = json.loads(path.read_text())
@@ -519,7 +519,7 @@ def test_a_receipt_that_no_longer_parses_fails_verify(
 def test_a_receipt_listing_files_outside_its_folders_fails_verify(
     example: Path, pgdb: PgDatabase, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from airflow_kfm_migrations.digest import sha256_file
+    from airflow_kfm_migrations.util.digest import sha256_file
 
     assert run(example, pgdb) == 0
     outside = example.parent / "elsewhere.json"
@@ -654,7 +654,7 @@ def test_nothing_runs_after_the_gate(example: Path, pgdb: PgDatabase, case: str)
 
 def test_a_ledger_with_a_trigger_someone_added_is_refused(example: Path, pgdb: PgDatabase) -> None:
     """A trigger on the ledger, added outside any run, would fire when a run records itself."""
-    from airflow_kfm_migrations.stores.postgis_catalog import LEDGER_DDL
+    from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_DDL
 
     pgdb.sql(LEDGER_DDL)
     pgdb.sql(

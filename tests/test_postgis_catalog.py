@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from conftest import PgDatabase
 
-from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.contracts.models import Baseline, baseline_json
-from airflow_kfm_migrations.digest import dump_json
-from airflow_kfm_migrations.stores.postgis import PostgisStore
+from airflow_kfm_migrations.declaration.bundle import load_bundle
+from airflow_kfm_migrations.stores.postgis.store import PostgisStore
+from airflow_kfm_migrations.util.digest import dump_json
 
 pytestmark = pytest.mark.postgis
 

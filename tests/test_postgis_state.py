@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 from conftest import PgDatabase
 
-from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.contracts.models import baseline_json
-from airflow_kfm_migrations.stores import postgis_state
-from airflow_kfm_migrations.stores.postgis import PostgisStore
+from airflow_kfm_migrations.declaration.bundle import load_bundle
+from airflow_kfm_migrations.stores.postgis import state as postgis_state
+from airflow_kfm_migrations.stores.postgis.store import PostgisStore
 
 pytestmark = pytest.mark.postgis
 
@@ -312,7 +312,7 @@ def test_a_failure_while_reusing_falls_back_to_a_full_capture(
     """Fault injection: the thread that builds the reused objects dies half-way."""
     import threading
 
-    from airflow_kfm_migrations.stores import postgis
+    from airflow_kfm_migrations.stores.postgis import store as postgis
 
     db = rich
     decl = load_bundle(example).declaration

@@ -11,8 +11,8 @@ import pytest
 from conftest import MIGRATIONS
 
 from airflow_kfm_migrations.cli import main
+from airflow_kfm_migrations.declaration.registry import TRANSITIONS, load_registry, record_transition
 from airflow_kfm_migrations.errors import RefusedError
-from airflow_kfm_migrations.registry import TRANSITIONS, load_registry, record_transition
 
 
 @pytest.fixture

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 from conftest import MIGRATIONS, port_open, server_missing
 
-from airflow_kfm_migrations.bundle import load_bundle
 from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.contracts.models import DiffSummary
+from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import InputError, LockedError, RefusedError
-from airflow_kfm_migrations.stores import search as search_mod
-from airflow_kfm_migrations.stores.search import (
+from airflow_kfm_migrations.stores.search import store as search_mod
+from airflow_kfm_migrations.stores.search.store import (
     GOVERNANCE_INDEX,
     SearchStore,
     _additive_problem,
@@ -446,7 +446,7 @@ def test_error_inside_the_session_cleans_up(example: Path, cluster: Any) -> None
 def test_airflow_hook_client(example: Path, cluster: Any, tmp_path: Path) -> None:
     import airflow.providers.opensearch.hooks.opensearch  # noqa: F401  (a pinned dependency: never skipped)
 
-    from airflow_kfm_migrations.lifecycle import RunOptions, run_migration
+    from airflow_kfm_migrations.engine.lifecycle import RunOptions, run_migration
 
     out = tmp_path / "out"
     result = run_migration(
@@ -632,7 +632,7 @@ def test_unreachable_cluster_fails_with_a_receipt_and_no_secret(
 
 
 def test_client_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_kfm_migrations.stores.search import opensearch_client_from_env
+    from airflow_kfm_migrations.stores.search.store import opensearch_client_from_env
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_KFM_SEARCH_TLS",

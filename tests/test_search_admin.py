@@ -18,9 +18,9 @@ import pytest
 import test_search as ts
 from test_search import CONN_ID, MIG, alias_on, count, ledger, receipt, run
 
-from airflow_kfm_migrations import search_admin
+from airflow_kfm_migrations.app import admin as search_admin
 from airflow_kfm_migrations.cli import main as cli_main
-from airflow_kfm_migrations.stores.search import GOVERNANCE_INDEX
+from airflow_kfm_migrations.stores.search.store import GOVERNANCE_INDEX
 
 pytestmark = pytest.mark.opensearch
 
@@ -150,8 +150,8 @@ def test_gc_after_a_rollback_collects_nothing(example: Path, cluster: Any, tmp_p
 
 
 def test_gc_waits_for_a_held_lock(example: Path, cluster: Any, tmp_path: Path) -> None:
-    from airflow_kfm_migrations.bundle import load_bundle
-    from airflow_kfm_migrations.stores.search import SearchStore
+    from airflow_kfm_migrations.declaration.bundle import load_bundle
+    from airflow_kfm_migrations.stores.search.store import SearchStore
 
     out = tmp_path / "out"
     assert run(example, out) == 0
@@ -175,8 +175,8 @@ def test_gc_bad_now_is_usage_error(example: Path, capsys: pytest.CaptureFixture[
 def test_break_lock_names_the_previous_holder(
     example: Path, cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from airflow_kfm_migrations.bundle import load_bundle
-    from airflow_kfm_migrations.stores.search import SearchStore
+    from airflow_kfm_migrations.declaration.bundle import load_bundle
+    from airflow_kfm_migrations.stores.search.store import SearchStore
 
     with SearchStore.from_conn_id(CONN_ID).session(load_bundle(example), "e" * 32):
         pass  # creates the governance index
@@ -240,7 +240,7 @@ def test_break_lock_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         server_missing("Neo4j", "bash scripts/stores/neo4j.sh start")
     import neo4j
 
-    from airflow_kfm_migrations.stores.graph import LOCK_KEY, LOCK_LABEL
+    from airflow_kfm_migrations.stores.graph.store import LOCK_KEY, LOCK_LABEL
 
     uri = f"neo4j://127.0.0.1:{port}"
     monkeypatch.setenv("AIRFLOW_CONN_KFM_GRAPH_ADMIN", uri)

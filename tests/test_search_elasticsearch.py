@@ -26,11 +26,11 @@ from typing import Any
 import pytest
 from conftest import MIGRATIONS, port_open, server_missing
 
-from airflow_kfm_migrations import search_admin
-from airflow_kfm_migrations.bundle import load_bundle
+from airflow_kfm_migrations.app import admin as search_admin
 from airflow_kfm_migrations.cli import main as cli_main
+from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import LockedError
-from airflow_kfm_migrations.stores.search import (
+from airflow_kfm_migrations.stores.search.store import (
     GOVERNANCE_INDEX,
     CallError,
     ElasticsearchBinding,
@@ -190,7 +190,7 @@ def test_blue_green_end_to_end(es: Any, bundle: Path, tmp_path: Path) -> None:
 def test_gate_refuses_a_hidden_change_before_the_flip(
     es: Any, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow_kfm_migrations.stores import search as search_mod
+    from airflow_kfm_migrations.stores.search import store as search_mod
 
     original = search_mod.SearchSession.apply
 
@@ -378,7 +378,7 @@ def test_contract_refuses_a_server_without_the_product_header() -> None:
 
 
 def test_compat_override_rewrites_the_media_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_kfm_migrations.stores.search import _compat_node_class
+    from airflow_kfm_migrations.stores.search.store import _compat_node_class
 
     seen: list[Any] = []
 

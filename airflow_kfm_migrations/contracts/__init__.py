@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import TypeAdapter
 
-from .models import CONTRACTS, SCHEMA_BASE
+from airflow_kfm_migrations.contracts.models import CONTRACTS, SCHEMA_BASE
 
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from . import CONTRACTS, schema_text
+from airflow_kfm_migrations.contracts import CONTRACTS, schema_text
 
 
 def targets(repo_root: Path) -> list[Path]:

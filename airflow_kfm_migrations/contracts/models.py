@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-from ..digest import dump_json
+from airflow_kfm_migrations.util.digest import dump_json
 
 SCHEMA_BASE = "https://airflow-kfm-migrations.dev/schemas/"
 
@@ -389,7 +389,7 @@ _new, _put = object.__new__, object.__setattr__
 
 class _ObjectDocument(msgspec.Struct, gc=False):
     """One baseline object as ``baseline.v1`` writes it: the fields by alias, in the sorted
-    order :func:`~airflow_kfm_migrations.digest.dump_json` writes them."""
+    order :func:`~airflow_kfm_migrations.util.digest.dump_json` writes them."""
 
     digest: str
     id: str

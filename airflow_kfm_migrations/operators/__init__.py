@@ -1,12 +1,12 @@
 """Airflow operators: thin shells over the core lifecycle (one code path with the CLI)."""
 
-from .apply import ApplyOperator
-from .backfill import BackfillOperator
-from .baseline import BaselineOperator
-from .diff_gate import DiffGateOperator
-from .preflight import PreflightOperator
-from .receipt import ReceiptOperator
-from .rollback import RollbackOperator
+from airflow_kfm_migrations.operators.apply import ApplyOperator
+from airflow_kfm_migrations.operators.backfill import BackfillOperator
+from airflow_kfm_migrations.operators.baseline import BaselineOperator
+from airflow_kfm_migrations.operators.diff_gate import DiffGateOperator
+from airflow_kfm_migrations.operators.preflight import PreflightOperator
+from airflow_kfm_migrations.operators.receipt import ReceiptOperator
+from airflow_kfm_migrations.operators.rollback import RollbackOperator
 
 __all__ = [
     "ApplyOperator",

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import MigrationOperator
+from airflow_kfm_migrations.operators.base import MigrationOperator
 
 
 class ApplyOperator(MigrationOperator):
@@ -13,8 +13,8 @@ class ApplyOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ..lifecycle import run_migration
-        from .common import summary_tables
+        from airflow_kfm_migrations.engine.lifecycle import run_migration
+        from airflow_kfm_migrations.operators.common import summary_tables
 
         _s, bundle, opts = self.run_options(context)
         result = run_migration(bundle, opts)

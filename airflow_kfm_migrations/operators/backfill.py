@@ -5,7 +5,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from .base import MigrationOperator
+from airflow_kfm_migrations.operators.base import MigrationOperator
 
 
 class BackfillOperator(MigrationOperator):
@@ -30,7 +30,7 @@ class BackfillOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-        from ..backfill import run_backfill
+        from airflow_kfm_migrations.engine.backfill import run_backfill
 
         ti = context["ti"]
         applied = ti.xcom_pull(task_ids="apply", key="apply") or {}

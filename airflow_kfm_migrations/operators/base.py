@@ -16,9 +16,9 @@ class MigrationOperator(BaseOperator):
         self.conn_id = conn_id
 
     def run_options(self, context: Any) -> Any:
-        from ..lifecycle import RunOptions
-        from ..secret_scan import redact
-        from .common import conn_id_for, local_artifacts, resolve
+        from airflow_kfm_migrations.engine.lifecycle import RunOptions
+        from airflow_kfm_migrations.operators.common import conn_id_for, local_artifacts, resolve
+        from airflow_kfm_migrations.util.secret_scan import redact
 
         s, entry, bundle = resolve(self.migration_id)
         params = context.get("params", {}) or {}

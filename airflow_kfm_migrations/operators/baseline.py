@@ -5,7 +5,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from .base import MigrationOperator
+from airflow_kfm_migrations.operators.base import MigrationOperator
 
 
 def committed_view(bundle: Any, opts: Any) -> tuple[Any, Any]:
@@ -14,7 +14,7 @@ def committed_view(bundle: Any, opts: Any) -> tuple[Any, Any]:
     The session is always aborted: reading changes nothing (PostgreSQL reads inside a
     transaction that is rolled back; search and graph take and release their lock).
     """
-    from ..lifecycle import open_store
+    from airflow_kfm_migrations.engine.lifecycle import open_store
 
     store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
     with store.session(bundle, uuid.uuid4().hex) as s:
@@ -44,7 +44,7 @@ class BaselineOperator(MigrationOperator):
         self.phase = phase
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from ..digest import write_json
+        from airflow_kfm_migrations.util.digest import write_json
 
         _s, bundle, opts = self.run_options(context)
         baseline, _ledger = committed_view(bundle, opts)

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # imported when used: a DAG file parse reads settings only
-    from ..bundle import Bundle
-    from ..contracts.models import RegistryEntry
+    from airflow_kfm_migrations.contracts.models import RegistryEntry
+    from airflow_kfm_migrations.declaration.bundle import Bundle
 
 # registry.REGISTRY_REL (tests/test_dag_factory_speed.py checks), without importing pydantic.
 REGISTRY_REL = Path("registry") / "migrations.v1.json"
@@ -53,8 +53,8 @@ def settings() -> Settings:
 
 
 def resolve(migration_id: str) -> tuple[Settings, RegistryEntry | None, Bundle]:
-    from ..bundle import load_bundle
-    from ..registry import find_entry, load_registry
+    from airflow_kfm_migrations.declaration.bundle import load_bundle
+    from airflow_kfm_migrations.declaration.registry import find_entry, load_registry
 
     s = settings()
     entry = find_entry(load_registry(s.registry_path), migration_id) if s.registry_path.exists() else None
@@ -65,7 +65,7 @@ def resolve(migration_id: str) -> tuple[Settings, RegistryEntry | None, Bundle]:
 def conn_id_for(entry: RegistryEntry | None, bundle: Bundle, override: str | None = None) -> str:
     conn = override or (entry.conn_id if entry else None) or bundle.declaration.runner.conn_id
     if not conn:
-        from ..errors import RefusedError
+        from airflow_kfm_migrations.errors import RefusedError
 
         raise RefusedError(f"{bundle.migration_id}: no Airflow connection id (registry conn_id or runner.conn_id)")
     return conn

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import MigrationOperator
+from airflow_kfm_migrations.operators.base import MigrationOperator
 
 
 class DiffGateOperator(MigrationOperator):
@@ -13,7 +13,7 @@ class DiffGateOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from .baseline import committed_view
+        from airflow_kfm_migrations.operators.baseline import committed_view
 
         applied = context["ti"].xcom_pull(task_ids="apply", key="apply") or {}
         if (context.get("params") or {}).get("dry_run"):

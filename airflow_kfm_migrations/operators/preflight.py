@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import MigrationOperator
+from airflow_kfm_migrations.operators.base import MigrationOperator
 
 
 class PreflightOperator(MigrationOperator):
@@ -13,9 +13,9 @@ class PreflightOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ..errors import KfmError
-        from ..lifecycle import _Run, open_store, preflight
-        from .common import table
+        from airflow_kfm_migrations.engine.lifecycle import _Run, open_store, preflight
+        from airflow_kfm_migrations.errors import KfmError
+        from airflow_kfm_migrations.operators.common import table
 
         try:
             _s, bundle, opts = self.run_options(context)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import MigrationOperator
+from airflow_kfm_migrations.operators.base import MigrationOperator
 
 
 class ReceiptOperator(MigrationOperator):
@@ -13,9 +13,9 @@ class ReceiptOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ..lifecycle import _Run
-        from ..receipts import verify
-        from .common import upload
+        from airflow_kfm_migrations.engine.lifecycle import _Run
+        from airflow_kfm_migrations.engine.receipts import verify
+        from airflow_kfm_migrations.operators.common import upload
 
         ti = context["ti"]
         preflight = ti.xcom_pull(task_ids="preflight")

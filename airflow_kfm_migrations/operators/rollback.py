@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import MigrationOperator
+from airflow_kfm_migrations.operators.base import MigrationOperator
 
 
 class RollbackOperator(MigrationOperator):
@@ -13,7 +13,7 @@ class RollbackOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from ..lifecycle import rollback_migration
+        from airflow_kfm_migrations.engine.lifecycle import rollback_migration
 
         ti = context["ti"]
         applied = ti.xcom_pull(task_ids="apply", key="apply") or {}

@@ -1,19 +1,25 @@
-"""The store protocol: one module per store kind implements it (pgroll's layout).
+"""The store protocol: one subpackage per store kind implements it (pgroll's layout).
 
 A store knows how to plan statically, take baselines, run the forward and rollback
 artifacts under its own locks, and keep a ledger of applied migrations inside the store.
 Everything store-agnostic (diff, gate, receipts, registry) lives outside ``stores/``.
+
+``Store`` and ``StoreSession`` declare everything the engine calls on every kind. Abilities
+only some kinds have are capability protocols (``Backfilling``, ``LockBreaking``,
+``GarbageCollecting``), checked with ``isinstance`` at the one place that needs them.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, Self, runtime_checkable
 
-from ..bundle import Bundle
-from ..contracts.models import Baseline, DiffSummary, Finding, LimitCheck, WriteCount
+from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, Finding, LimitCheck, WriteCount
+from airflow_kfm_migrations.declaration.bundle import Bundle
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class ApplyOutcome:
     metrics: dict[str, int | float | str] = field(default_factory=dict)
 
 
+@runtime_checkable
 class StoreSession(Protocol):
     """Work done while holding the store's lock.
 
@@ -104,17 +111,36 @@ class StoreSession(Protocol):
     def rollback(self) -> ApplyOutcome: ...
     def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]: ...
     def record(self, record: LedgerRecord) -> None: ...
+    def set_receipt_digest(self, run_id: str, digest: str) -> None:
+        """Store the receipt's digest with the ledger entry of ``run_id`` (after commit)."""
+        ...
+
     def commit(self) -> None: ...
     def abort(self) -> None: ...
 
 
+@runtime_checkable
 class Store(Protocol):
     kind: ClassVar[str]
     conn_id: str
 
+    @classmethod
+    def from_conn_id(cls, conn_id: str, *, use_hook: bool = False) -> Self:
+        """A store reached through an Airflow connection id."""
+        ...
+
+    @classmethod
+    def for_planning(cls, conn_id: str) -> Self:
+        """A store that only plans: it never connects."""
+        ...
+
     def plan(self, bundle: Bundle) -> Plan: ...
     def rehearsable(self, bundle: Bundle) -> bool:
         """True when ``abort`` after ``apply`` leaves no trace, so --dry-run may apply."""
+        ...
+
+    def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
+        """The ledger entry a run wrote, or None (read-only; verify's independent witness)."""
         ...
 
     def session(self, bundle: Bundle, run_id: str) -> AbstractContextManager[StoreSession]: ...
@@ -123,6 +149,71 @@ class Store(Protocol):
     ) -> tuple[list[Finding], list[LimitCheck]]: ...
     def scope_fingerprint(self, bundle: Bundle, baseline: Baseline) -> str: ...
     def assets(self, bundle: Bundle, summary: DiffSummary) -> list[str]: ...
+
+
+# ----------------------------------------------------------------- capabilities
+
+
+@runtime_checkable
+class LockBreaking(Protocol):
+    """Kinds whose lock can outlive its holder (a document, a node): ``break-lock``."""
+
+    def lock_holder(self, bundle: Bundle) -> LockHolder | None:
+        """Who holds the lock that a run of ``bundle`` would take, or None."""
+        ...
+
+    def break_lock(self, bundle: Bundle, holder: LockHolder, *, run_id: str, reason: str) -> None:
+        """Remove exactly ``holder``'s lock; raise LockedError when it changed meanwhile."""
+        ...
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    owner: str  # the run id holding the lock
+    since: str  # ISO 8601
+    age_seconds: float
+    stale: bool
+    migration: str | None = None
+    token: Any = None  # what the store needs to break exactly this hold (e.g. seq_no/primary_term)
+
+
+@dataclass(frozen=True)
+class GcDecision:
+    index: str
+    keep_until: str
+    action: str  # deleted | would_delete | kept | gone
+    why: str
+
+
+@runtime_checkable
+class GarbageCollecting(Protocol):
+    """Sessions of kinds that keep old objects for a rollback (search: the old index)."""
+
+    def last_entry(self) -> dict[str, Any] | None: ...
+    def collect_garbage(self, now: datetime, *, dry_run: bool = False) -> list[GcDecision]: ...
+
+
+def open_store(kind: str, conn_id: str, *, use_hook: bool = False, plan_only: bool = False) -> Store:
+    """The store of ``kind`` (a KINDS entry), imported on first use so that a kind whose
+    client libraries are not installed only fails the runs that need it."""
+    from airflow_kfm_migrations.errors import RefusedError
+    from airflow_kfm_migrations.stores.kinds import KINDS
+
+    spec = KINDS.get(kind)
+    if spec is None:
+        raise RefusedError(f"no governed runner for type {kind!r}; scope cannot be enforced, refusing")
+    module, _, cls = spec.store.partition(":")
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise RefusedError(
+            f"the {kind} store needs packages that are not installed ({exc.name}); "
+            f"pip install 'airflow-kfm-migrations[{spec.extra}]'"
+        ) from None
+    klass: type[Store] = getattr(mod, cls)
+    if plan_only:
+        return klass.for_planning(conn_id)
+    return klass.from_conn_id(conn_id, use_hook=use_hook)
 
 
 def iter_nonempty(items: list[str]) -> Iterator[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from airflow_kfm_migrations.connections import resolve
+from airflow_kfm_migrations.util.connections import resolve
 
 
 def seed_postgis() -> None:

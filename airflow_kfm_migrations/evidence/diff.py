@@ -7,7 +7,7 @@ import io
 import weakref
 from itertools import compress
 
-from .contracts.models import Baseline, BaselineObject, DiffEntry
+from airflow_kfm_migrations.contracts.models import Baseline, BaselineObject, DiffEntry
 
 # Identity-keyed memo of the last few indexes and diffs: one run's gate, store evaluation,
 # protected check and facts all ask for the same pre and post, and a 10,000-table catalog has

@@ -16,8 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .errors import InputError, KfmError
-from .secret_scan import redact
+from airflow_kfm_migrations.errors import InputError, KfmError
+from airflow_kfm_migrations.util.secret_scan import redact
 
 
 class _Parser(argparse.ArgumentParser):
@@ -40,7 +40,7 @@ def default_actor() -> str:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import validate_paths
+    from airflow_kfm_migrations.app.validate import validate_paths
 
     results = validate_paths([Path(p) for p in args.paths], base=args.base)
     code = max((r.exit_code for r in results), default=0)
@@ -82,7 +82,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_new(args: argparse.Namespace) -> int:
-    from .scaffold import scaffold
+    from airflow_kfm_migrations.declaration.scaffold import scaffold
 
     folder = scaffold(Path(args.root), args.type, args.intent, args.owner, default_actor())
     print(f"created {folder} (draft registry entry added); edit its scope and limits, then validate")
@@ -93,14 +93,14 @@ def cmd_new(args: argparse.Namespace) -> int:
 
 
 def _load(path: str) -> Any:
-    from .bundle import load_bundle
+    from airflow_kfm_migrations.declaration.bundle import load_bundle
 
     return load_bundle(Path(path))
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from .lifecycle import open_store
-    from .stores.postgis import PostgisStore
+    from airflow_kfm_migrations.engine.lifecycle import open_store
+    from airflow_kfm_migrations.stores.postgis.store import PostgisStore
 
     bundle = _load(args.bundle)
     if bundle.type == "postgis":
@@ -134,7 +134,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _options(args: argparse.Namespace) -> Any:
-    from .lifecycle import RunOptions
+    from airflow_kfm_migrations.engine.lifecycle import RunOptions
 
     def log(line: str) -> None:
         sys.stderr.write(redact(line) + "\n")
@@ -205,8 +205,8 @@ class _BackfillBar:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .backfill import run_backfill
-    from .lifecycle import run_migration
+    from airflow_kfm_migrations.engine.backfill import run_backfill
+    from airflow_kfm_migrations.engine.lifecycle import run_migration
 
     bundle = _load(args.bundle)
     opts = _options(args)
@@ -228,27 +228,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from .lifecycle import rollback_migration
+    from airflow_kfm_migrations.engine.lifecycle import rollback_migration
 
     bundle = _load(args.bundle)
     return _report(rollback_migration(bundle, _options(args)))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .receipts import verify
+    from airflow_kfm_migrations.engine.receipts import verify
 
     checked = verify(Path(args.target))
     print(f"verified: {len(checked)} digests match ({', '.join(checked[:4])}{', ...' if len(checked) > 4 else ''})")
     if args.conn_id:
-        from .receipts import verify_against_ledger
+        from airflow_kfm_migrations.engine.receipts import verify_against_ledger
 
         print(verify_against_ledger(Path(args.target), args.conn_id))
     return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from .receipts import verify
-    from .registry import record_transition
+    from airflow_kfm_migrations.declaration.registry import record_transition
+    from airflow_kfm_migrations.engine.receipts import verify
 
     digest = None
     if args.receipt:
@@ -336,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _register_admin(sub: Any) -> None:
-    from .search_admin import register
+    from airflow_kfm_migrations.app.admin import register
 
     register(sub)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .bundle import Bundle
-from .contracts.models import Baseline, DiffSummary, Finding, LimitCheck, WriteCount
-from .diff import changed_objects, diff_objects
-from .policy import approval_covers
-from .stores.base import Store
+from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, Finding, LimitCheck, WriteCount
+from airflow_kfm_migrations.declaration.bundle import Bundle
+from airflow_kfm_migrations.declaration.policy import approval_covers
+from airflow_kfm_migrations.evidence.diff import changed_objects, diff_objects
+from airflow_kfm_migrations.stores.base import Store
 
 
 def resolve_approvals(bundle: Bundle, findings: list[Finding]) -> list[Finding]:

@@ -48,7 +48,7 @@ from typing import Any
 
 import msgspec
 
-from ..decl_cache import cache_dir as _cache_dir
+from airflow_kfm_migrations.decl_cache import cache_dir as _cache_dir
 
 CACHE_FORMAT = "kfm-pg-catalog-state.v1"
 FIRST_NORMAL_OID = 16384  # OIDs below it belong to objects built into the server

@@ -12,15 +12,15 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from .bundle import DECLARATION_FILE, OUTPUT_DIRS, Bundle, display
-from .contracts.models import (
+from airflow_kfm_migrations.contracts.models import (
     AnyDeclaration,
     GraphDeclaration,
     PostgisDeclaration,
     SearchDeclaration,
 )
-from .errors import InputError
-from .secret_scan import scan_file, scan_text
+from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, OUTPUT_DIRS, Bundle, display
+from airflow_kfm_migrations.errors import InputError
+from airflow_kfm_migrations.util.secret_scan import scan_file, scan_text
 
 
 class PolicyError(InputError):
@@ -182,7 +182,7 @@ def check_bundle(bundle: Bundle) -> list[InputError]:
 
     # Backfill bounds and statements (postgis): the same static checks a run makes.
     if isinstance(decl, PostgisDeclaration) and decl.backfill is not None:
-        from .backfill import static_problems
+        from airflow_kfm_migrations.engine.backfill import static_problems
 
         for reason in static_problems(bundle):
             problems.append(PolicyError(f, "backfill", reason))

@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import Bundle
-from .contracts.models import Backfill, PostgisDeclaration
-from .digest import write_json
-from .errors import LockedError, RefusedError
-from .policy import approval_covers
+from airflow_kfm_migrations.contracts.models import Backfill, PostgisDeclaration
+from airflow_kfm_migrations.declaration.bundle import Bundle
+from airflow_kfm_migrations.declaration.policy import approval_covers
+from airflow_kfm_migrations.errors import LockedError, RefusedError
+from airflow_kfm_migrations.util.digest import write_json
 
 LOG_EVERY_S = float(os.environ.get("KFM_BACKFILL_LOG_SECONDS", "10"))
 LOCK_RETRIES = int(os.environ.get("KFM_BACKFILL_LOCK_RETRIES", "8"))
@@ -118,7 +118,7 @@ def _q(name: str) -> str:
 
 def _review_backfill_rows() -> int:
     """The gate's review threshold for large backfills (KFM_REVIEW_BACKFILL_ROWS)."""
-    from .stores import postgis
+    from airflow_kfm_migrations.stores.postgis import store as postgis
 
     thresholds = getattr(postgis, "review_thresholds", None)
     if thresholds is not None:
@@ -135,7 +135,7 @@ def static_problems(bundle: Bundle) -> list[str]:
     import pglast
     from pglast import ast
 
-    from .stores.postgis import PgScope, classify_statement
+    from airflow_kfm_migrations.stores.postgis.store import PgScope, classify_statement
 
     review_rows = _review_backfill_rows()
 
@@ -278,7 +278,7 @@ class Engine:
         )
 
     def lock(self) -> None:
-        from .stores.postgis import _key
+        from airflow_kfm_migrations.stores.postgis.store import _key
 
         with self.conn.cursor() as cur:
             cur.execute("SELECT pg_try_advisory_lock(%s)", (_key("kfm:" + self.decl.migration_id),))
@@ -288,7 +288,7 @@ class Engine:
             raise LockedError(f"another run holds the migration lock for {self.decl.migration_id}; refusing")
 
     def unlock(self) -> None:
-        from .stores.postgis import _key
+        from airflow_kfm_migrations.stores.postgis.store import _key
 
         try:
             self.conn.rollback()
@@ -299,7 +299,7 @@ class Engine:
             pass
 
     def _stats(self, cur: Any) -> dict[str, tuple[int, int, int]]:
-        from .stores.postgis_catalog import XACT_WRITES_QUERY
+        from airflow_kfm_migrations.stores.postgis.catalog import XACT_WRITES_QUERY
 
         cur.execute(XACT_WRITES_QUERY)
         return {t: (i, u, d) for t, i, u, d in cur.fetchall()}
@@ -325,7 +325,7 @@ class Engine:
     # -- ledger & progress ------------------------------------------------------
 
     def ledger(self) -> tuple[int, str, str, dict[str, str]] | None:
-        from .stores.postgis_catalog import LEDGER_SCHEMA
+        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         with self.conn.cursor() as cur:
             cur.execute("SELECT to_regclass(%s)", (f"{LEDGER_SCHEMA}.ledger",))
@@ -341,7 +341,7 @@ class Engine:
         return None if row is None else (row[0], row[1], row[2], dict(row[3]))
 
     def progress_rows(self, key: str) -> list[tuple[int, str | None, int]]:
-        from .stores.postgis_catalog import LEDGER_SCHEMA
+        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         with self.conn.cursor() as cur:
             cur.execute(
@@ -354,7 +354,7 @@ class Engine:
         return [(int(b), k, int(n)) for b, k, n in rows]
 
     def _insert_progress(self, cur: Any, key: str, batch_no: int, last_key: str | None, rows_total: int) -> None:
-        from .stores.postgis_catalog import LEDGER_SCHEMA
+        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         cur.execute(
             f"INSERT INTO {LEDGER_SCHEMA}.backfill_progress (migration_id, run_key, batch_no, last_key, rows_total) "
@@ -363,7 +363,7 @@ class Engine:
         )
 
     def set_ledger_status(self, cur: Any, status: str) -> None:
-        from .stores.postgis_catalog import LEDGER_SCHEMA
+        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         cur.execute(
             f"UPDATE {LEDGER_SCHEMA}.ledger SET status = %s WHERE id = (SELECT max(id) FROM {LEDGER_SCHEMA}.ledger "
@@ -373,7 +373,7 @@ class Engine:
 
     def retire(self, cur: Any, run_id: str) -> None:
         """Move this backfill's progress aside (kept for audit) so a later run starts afresh."""
-        from .stores.postgis_catalog import LEDGER_SCHEMA
+        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         for suffix in ("", ":reverse"):
             cur.execute(
@@ -435,14 +435,14 @@ class Engine:
         return None if not n else (lo, hi, int(n))
 
     def _filenodes(self, cur: Any) -> dict[int, tuple[str, int]]:
-        from .stores.postgis_catalog import TABLES_QUERY
+        from airflow_kfm_migrations.stores.postgis.catalog import TABLES_QUERY
 
         cur.execute(TABLES_QUERY)
         return {oid: (f"{s}.{t}", fn) for oid, s, t, fn in cur.fetchall()}
 
     def _rewrite_stop(self, before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> Stop | None:
         """TRUNCATE or a table rewrite replaces storage without counting rows: caught by relfilenode."""
-        from .stores.postgis import PgScope
+        from airflow_kfm_migrations.stores.postgis.store import PgScope
 
         scope = PgScope(self.decl)
         for oid, (name, fn) in sorted(after.items()):
@@ -455,7 +455,7 @@ class Engine:
         return None
 
     def _scope_stop(self, writes: dict[str, tuple[int, int, int]]) -> Stop | None:
-        from .stores.postgis import PgScope
+        from airflow_kfm_migrations.stores.postgis.store import PgScope
 
         scope = PgScope(self.decl)
         for t, (i, u, d) in sorted(writes.items()):
@@ -522,7 +522,7 @@ class Engine:
                     self._insert_progress(cur, key, batch_no, hi, rows_before + rows)
                 self.conn.commit()
             except psycopg.Error as exc:
-                from .stores.postgis import _db_error
+                from airflow_kfm_migrations.stores.postgis.store import _db_error
 
                 try:
                     self.conn.rollback()
@@ -643,7 +643,7 @@ def run_backfill(bundle: Bundle, opts: Any) -> Any:
     no-op. Returns a ``RunResult``; every outcome but "already complete" writes a receipt
     with ``operation: backfill``.
     """
-    from .lifecycle import RunResult, _Run, open_store, preflight
+    from airflow_kfm_migrations.engine.lifecycle import RunResult, _Run, open_store, preflight
 
     bf = _decl_backfill(bundle)
     if bf is None:
@@ -849,7 +849,7 @@ def reverse(eng: Engine, totals: Totals, started: float) -> tuple[bool, str | No
 def _compensate(run: Any, store: Any, eng: Engine, totals: Totals, why: str) -> Any:
     """Undo the whole migration: reverse batches (rollback_set), then rollback.sql through the
     guard; the store must equal the apply's pre-baseline and the verify digest its pre value."""
-    from .lifecycle import rollback_core
+    from airflow_kfm_migrations.engine.lifecycle import rollback_core
 
     eng.unlock()  # rollback_core takes the lock again and frees it before the guard session
     status, reason, session = rollback_core(run, store, why, eng=eng)
@@ -858,7 +858,7 @@ def _compensate(run: Any, store: Any, eng: Engine, totals: Totals, why: str) -> 
     _write_summary(run, eng, totals, status)
     result = run.finish(status, reason)
     if session is not None:
-        from .lifecycle import _note_receipt
+        from airflow_kfm_migrations.engine.lifecycle import _note_receipt
 
         _note_receipt(session, run, result)
     return result

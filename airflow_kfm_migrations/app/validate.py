@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import DECLARATION_FILE, InvalidInput, display, load_bundle
-from .errors import InputError
-from .policy import check_bundle
-from .registry import (
+from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, InvalidInput, display, load_bundle
+from airflow_kfm_migrations.declaration.policy import check_bundle
+from airflow_kfm_migrations.declaration.registry import (
     REGISTRY_REL,
     check_against_base,
     check_coverage,
@@ -16,6 +15,7 @@ from .registry import (
     discover_bundles,
     load_registry,
 )
+from airflow_kfm_migrations.errors import InputError
 
 FIXTURE_EXPECTED = "expected.txt"
 

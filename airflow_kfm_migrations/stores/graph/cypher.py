@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import InputError
+from airflow_kfm_migrations.errors import InputError
 
 
 @dataclass(frozen=True)

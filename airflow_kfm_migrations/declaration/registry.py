@@ -18,12 +18,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .bundle import OUTPUT_DIRS, InvalidInput, display, pydantic_problems, read_text_capped
-from .contracts import adapter
-from .contracts.models import TYPE_PREFIX, Registry, RegistryEntry, StatusEvent
-from .digest import write_bytes_atomic
-from .errors import InputError, RefusedError
-from .policy import PolicyError
+from airflow_kfm_migrations.contracts import adapter
+from airflow_kfm_migrations.contracts.models import TYPE_PREFIX, Registry, RegistryEntry, StatusEvent
+from airflow_kfm_migrations.declaration.bundle import (
+    OUTPUT_DIRS,
+    InvalidInput,
+    display,
+    pydantic_problems,
+    read_text_capped,
+)
+from airflow_kfm_migrations.declaration.policy import PolicyError
+from airflow_kfm_migrations.errors import InputError, RefusedError
+from airflow_kfm_migrations.util.digest import write_bytes_atomic
 
 REGISTRY_REL = Path("registry") / "migrations.v1.json"
 MAX_REGISTRY_BYTES = 16 * 1024 * 1024

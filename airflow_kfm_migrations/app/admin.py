@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .errors import InputError, LockedError, RefusedError
+from airflow_kfm_migrations.errors import InputError, LockedError, RefusedError
 
 
 class AdminRefused(RefusedError):
@@ -31,9 +31,9 @@ class AdminRefused(RefusedError):
 
 
 def _options(args: argparse.Namespace, *, dry_run: bool = False) -> Any:
-    from .cli import default_actor
-    from .lifecycle import RunOptions
-    from .secret_scan import redact
+    from airflow_kfm_migrations.cli.main import default_actor
+    from airflow_kfm_migrations.engine.lifecycle import RunOptions
+    from airflow_kfm_migrations.util.secret_scan import redact
 
     def log(line: str) -> None:
         sys.stderr.write(redact(line) + "\n")
@@ -52,8 +52,8 @@ def _options(args: argparse.Namespace, *, dry_run: bool = False) -> Any:
 def _carry_outputs(run: Any) -> None:
     """Keep the evidence of the last run guarded: a maintenance receipt lists the previous
     receipt's outputs again, but only those whose files are still unchanged."""
-    from .digest import sha256_file
-    from .receipts import carried_outputs
+    from airflow_kfm_migrations.engine.receipts import carried_outputs
+    from airflow_kfm_migrations.util.digest import sha256_file
 
     for ref in carried_outputs(run.dir):
         f = run.dir / ref.path
@@ -81,7 +81,7 @@ def _parse_now(text: str | None) -> datetime:
 
 
 def _load(path: str) -> Any:
-    from .bundle import load_bundle
+    from airflow_kfm_migrations.declaration.bundle import load_bundle
 
     return load_bundle(Path(path))
 
@@ -91,8 +91,8 @@ def _load(path: str) -> Any:
 
 def gc_migration(bundle: Any, opts: Any, now: datetime) -> Any:
     """Delete the expired old indices of a search migration; returns a lifecycle RunResult."""
-    from .lifecycle import _Run, open_store
-    from .stores.search import CallError, SearchStore
+    from airflow_kfm_migrations.engine.lifecycle import _Run, open_store
+    from airflow_kfm_migrations.stores.search.store import CallError, SearchStore
 
     run = _Run(bundle, opts, "gc")
     if bundle.type != "search":
@@ -160,7 +160,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def break_lock_migration(bundle: Any, opts: Any, reason: str) -> Any:
     """Remove the lock of the bundle's store, naming the previous holder in the receipt."""
-    from .lifecycle import _Run, open_store
+    from airflow_kfm_migrations.engine.lifecycle import _Run, open_store
 
     run = _Run(bundle, opts, "break_lock")
     run.policy.append(f"lock broken by hand: {reason}")
@@ -200,7 +200,7 @@ def _say_holder(run: Any, holder: dict[str, Any]) -> None:
 
 
 def _break_search(store: Any, bundle: Any, run: Any, reason: str) -> dict[str, Any] | None:
-    from .stores.search import CallError, break_lock, read_lock
+    from airflow_kfm_migrations.stores.search.store import CallError, break_lock, read_lock
 
     mid = bundle.migration_id
     try:
@@ -219,7 +219,7 @@ def _break_search(store: Any, bundle: Any, run: Any, reason: str) -> dict[str, A
 
 
 def _break_graph(store: Any, run: Any) -> dict[str, Any] | None:
-    from .stores.graph import LOCK_KEY, LOCK_LABEL, LOCK_STALE_SECONDS
+    from airflow_kfm_migrations.stores.graph.store import LOCK_KEY, LOCK_LABEL, LOCK_STALE_SECONDS
 
     try:
         driver = store._connect()

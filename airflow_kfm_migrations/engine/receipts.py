@@ -17,13 +17,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from . import __version__
-from .bundle import DECLARATION_FILE, Bundle, display, pydantic_problems
-from .contracts import adapter
-from .contracts.models import DigestRef, ReceiptRef, RunReceipt, ValidationCheck
-from .digest import digest_json, dump_json, sha256_bytes, sha256_file, write_bytes_atomic
-from .errors import InputError, RefusedError
-from .secret_scan import scan_text
+from airflow_kfm_migrations import __version__
+from airflow_kfm_migrations.contracts import adapter
+from airflow_kfm_migrations.contracts.models import DigestRef, ReceiptRef, RunReceipt, ValidationCheck
+from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, Bundle, display, pydantic_problems
+from airflow_kfm_migrations.errors import InputError, RefusedError
+from airflow_kfm_migrations.util.digest import digest_json, dump_json, sha256_bytes, sha256_file, write_bytes_atomic
+from airflow_kfm_migrations.util.secret_scan import scan_text
 
 RECEIPT = Path("receipts/run_receipt.json")
 HISTORY = Path("receipts/history")
@@ -248,7 +248,7 @@ def verify_against_ledger(target: Path, conn_id: str, *, use_hook: bool = False)
     receipt digest and post-baseline fingerprint; any other outcome must not be there.
     Returns a one-line summary; raises VerifyMismatch naming the receipt otherwise.
     """
-    from .lifecycle import open_store
+    from airflow_kfm_migrations.engine.lifecycle import open_store
 
     path = target / RECEIPT if target.is_dir() else target
     artifacts_dir = path.parent.parent if path.parent.name == "receipts" else path.parent

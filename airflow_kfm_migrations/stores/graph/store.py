@@ -33,8 +33,7 @@ from typing import Any, ClassVar
 import msgspec
 import rfc8785
 
-from ..bundle import Artifact, Bundle, display
-from ..contracts.models import (
+from airflow_kfm_migrations.contracts.models import (
     Baseline,
     BaselineObject,
     DiffSummary,
@@ -43,14 +42,13 @@ from ..contracts.models import (
     LimitCheck,
     WriteCount,
 )
-from ..diff import diff_objects
-from ..digest import digest_json, merkle_root
-from ..errors import LockedError, RefusedError
-from ..gate import limit_checks
-from ..policy import approval_covers
-from ..secret_scan import redact
-from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
-from .cypher import (
+from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
+from airflow_kfm_migrations.declaration.policy import approval_covers
+from airflow_kfm_migrations.engine.gate import limit_checks
+from airflow_kfm_migrations.errors import LockedError, RefusedError
+from airflow_kfm_migrations.evidence.diff import diff_objects
+from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
+from airflow_kfm_migrations.stores.graph.cypher import (
     CypherStatement,
     classify,
     error_line,
@@ -62,6 +60,8 @@ from .cypher import (
     split_cypher,
     uses_graph,
 )
+from airflow_kfm_migrations.util.digest import digest_json, merkle_root
+from airflow_kfm_migrations.util.secret_scan import redact
 
 LOCK_LABEL = "KfmLock"
 LEDGER_LABEL = "KfmMigration"
@@ -371,7 +371,7 @@ class GraphStore:
                 database = None
             return cls(connect_hook, conn_id, database)
 
-        from ..connections import resolve
+        from airflow_kfm_migrations.util.connections import resolve
 
         info = resolve(conn_id)
         extra = info.extra or {}

@@ -37,8 +37,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
-from ..bundle import Artifact, Bundle, display
-from ..contracts.models import (
+from airflow_kfm_migrations.contracts.models import (
     Baseline,
     BaselineObject,
     DiffSummary,
@@ -47,13 +46,14 @@ from ..contracts.models import (
     SearchDeclaration,
     WriteCount,
 )
-from ..diff import diff_objects
-from ..digest import digest_json, merkle_root
-from ..errors import InputError, LockedError, RefusedError
-from ..gate import limit_checks
-from ..policy import approval_covers
-from ..secret_scan import redact
-from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
+from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
+from airflow_kfm_migrations.declaration.policy import approval_covers
+from airflow_kfm_migrations.engine.gate import limit_checks
+from airflow_kfm_migrations.errors import InputError, LockedError, RefusedError
+from airflow_kfm_migrations.evidence.diff import diff_objects
+from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
+from airflow_kfm_migrations.util.digest import digest_json, merkle_root
+from airflow_kfm_migrations.util.secret_scan import redact
 
 log = logging.getLogger(__name__)
 
@@ -377,7 +377,7 @@ def elasticsearch_client_from_env(conn_id: str) -> Any:
     ``compatible_with`` (the server's major version when it is older than the client's)."""
     from elasticsearch import Elasticsearch
 
-    from ..connections import resolve
+    from airflow_kfm_migrations.util.connections import resolve
 
     info = resolve(conn_id)
     extra = info.extra
@@ -403,7 +403,7 @@ def elasticsearch_client_from_env(conn_id: str) -> Any:
 
 
 def is_elasticsearch_conn(conn_id: str) -> bool:
-    from ..connections import resolve
+    from airflow_kfm_migrations.util.connections import resolve
 
     try:
         conn_type = resolve(conn_id).conn_type or ""
@@ -420,7 +420,7 @@ def opensearch_client_from_env(conn_id: str) -> Any:
     """An ``opensearchpy.OpenSearch`` client from ``AIRFLOW_CONN_<ID>`` (or Airflow's lookup)."""
     from opensearchpy import OpenSearch
 
-    from ..connections import resolve
+    from airflow_kfm_migrations.util.connections import resolve
 
     info = resolve(conn_id)
     extra = info.extra

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node
 
-from .errors import InputError
+from airflow_kfm_migrations.errors import InputError
 
 
 class _Refused(yaml.YAMLError):

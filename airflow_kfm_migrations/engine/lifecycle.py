@@ -17,21 +17,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from .bundle import Bundle
-from .contracts.models import Baseline, DiffSummary, ValidationCheck, baseline_json
-from .diff import touched_csv
-from .digest import write_bytes_atomic, write_json
-from .errors import KfmError, LockedError, RefusedError
-from .gate import blocking, verdict
-from .policy import check_bundle
-from .receipts import carried_outputs, output_refs, write_receipt
-from .registry import RUNNABLE_IN, find_entry, find_registry_for, load_registry
-from .stores.base import ApplyOutcome, LedgerRecord, Plan, Store
+from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, ValidationCheck, baseline_json
+from airflow_kfm_migrations.declaration.bundle import Bundle
+from airflow_kfm_migrations.declaration.policy import check_bundle
+from airflow_kfm_migrations.declaration.registry import RUNNABLE_IN, find_entry, find_registry_for, load_registry
+from airflow_kfm_migrations.engine.gate import blocking, verdict
+from airflow_kfm_migrations.engine.receipts import carried_outputs, output_refs, write_receipt
+from airflow_kfm_migrations.errors import KfmError, LockedError, RefusedError
+from airflow_kfm_migrations.evidence.diff import touched_csv
+from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord, Plan, Store
+from airflow_kfm_migrations.util.digest import write_bytes_atomic, write_json
 
 STORES = {
-    "postgis": "airflow_kfm_migrations.stores.postgis:PostgisStore",
-    "search": "airflow_kfm_migrations.stores.search:SearchStore",
-    "graph": "airflow_kfm_migrations.stores.graph:GraphStore",
+    "postgis": "airflow_kfm_migrations.stores.postgis.store:PostgisStore",
+    "search": "airflow_kfm_migrations.stores.search.store:SearchStore",
+    "graph": "airflow_kfm_migrations.stores.graph.store:GraphStore",
 }
 
 _P = ParamSpec("_P")
@@ -175,7 +175,7 @@ class _Run:
         )
         prov_rel = self.bundle.declaration.artifacts.receipts.prov
         if self.opts.prov and prov_rel:
-            from .prov import prov_jsonld
+            from airflow_kfm_migrations.evidence.prov import prov_jsonld
 
             write_bytes_atomic(self.dir / prov_rel, prov_jsonld(receipt))
         return RunResult(
@@ -201,7 +201,7 @@ def preflight(run: _Run) -> str | None:
     if problems:
         return problems[0].line()
     if getattr(bundle.declaration, "backfill", None) is not None:
-        from .backfill import static_problems
+        from airflow_kfm_migrations.engine.backfill import static_problems
 
         bf_problems = static_problems(bundle)
         run.check("backfill_plan", not bf_problems, "; ".join(bf_problems[:3]) or None)
@@ -320,7 +320,7 @@ def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
             run.check("apply", True, f"{outcome.statements_run} statements")
             bf = getattr(bundle.declaration, "backfill", None)
             if bf is not None:  # checked in the guard's transaction: the schema part may create the key
-                from .backfill import check_key
+                from airflow_kfm_migrations.engine.backfill import check_key
 
                 with s.conn.cursor() as cur:  # type: ignore[attr-defined]
                     problem, key_type = check_key(cur, bf)
@@ -347,7 +347,7 @@ def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
                 return run.finish("succeeded", "rehearsed in a transaction that was rolled back")
             # With a backfill the entry stays pending until its last batch commits.
             pending = getattr(bundle.declaration, "backfill", None) is not None
-            from .backfill import PENDING
+            from airflow_kfm_migrations.engine.backfill import PENDING
 
             s.record(_ledger(run, store, "apply", PENDING if pending else "succeeded"))
             s.commit()
@@ -447,7 +447,14 @@ def rollback_core(run: _Run, store: Store, why: str | None, eng: Any = None) -> 
     if bf is not None:
         import time as _time
 
-        from .backfill import ROLLED_BACK, Engine, Totals, _metrics, reverse, verify_after_reverse
+        from airflow_kfm_migrations.engine.backfill import (
+            ROLLED_BACK,
+            Engine,
+            Totals,
+            _metrics,
+            reverse,
+            verify_after_reverse,
+        )
 
         if eng is None:
             conn = store._connect()  # type: ignore[attr-defined]
@@ -533,13 +540,13 @@ def _backfill_rollback_checks(run: _Run, s: Any, bf: Any) -> bool:
     already) and retiring the backfill's progress, atomically with the rollback."""
     import psycopg
 
-    from .backfill import Engine
+    from airflow_kfm_migrations.engine.backfill import Engine
 
     eng = Engine(s.conn, run.bundle, run.opts.log, None)
     try:
         with s.conn.cursor() as cur:
             if bf.verify_columns and not bf.rollback_set:
-                from .stores.postgis_catalog import LEDGER_SCHEMA
+                from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
                 cur.execute(
                     f"SELECT last_key FROM {LEDGER_SCHEMA}.backfill_progress WHERE migration_id = %s "
@@ -554,7 +561,7 @@ def _backfill_rollback_checks(run: _Run, s: Any, bf: Any) -> bool:
                         return False
             eng.retire(cur, run.run_id)
     except psycopg.Error as exc:
-        from .stores.postgis import _db_error
+        from airflow_kfm_migrations.stores.postgis.store import _db_error
 
         run.check("verify_columns", False, _db_error(exc))
         return False

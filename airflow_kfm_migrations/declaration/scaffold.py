@@ -8,9 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from .contracts.models import TYPE_PREFIX
-from .errors import InputError
-from .registry import REGISTRY_REL, add_entry, load_json_strict
+from airflow_kfm_migrations.contracts.models import TYPE_PREFIX
+from airflow_kfm_migrations.declaration.registry import REGISTRY_REL, add_entry, load_json_strict
+from airflow_kfm_migrations.errors import InputError
 
 FORWARD = {
     "postgis": (

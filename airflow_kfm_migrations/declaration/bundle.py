@@ -16,11 +16,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .contracts import adapter
-from .contracts.models import AnyDeclaration
-from .digest import digest_json, sha256_bytes
-from .errors import InputError, KfmError
-from .safe_yaml import load_yaml_text
+from airflow_kfm_migrations.contracts import adapter
+from airflow_kfm_migrations.contracts.models import AnyDeclaration
+from airflow_kfm_migrations.errors import InputError, KfmError
+from airflow_kfm_migrations.util.digest import digest_json, sha256_bytes
+from airflow_kfm_migrations.util.safe_yaml import load_yaml_text
 
 DECLARATION_FILE = "migration.yml"
 DEFAULT_MAX_DECLARATION_BYTES = 256 * 1024

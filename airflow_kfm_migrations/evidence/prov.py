@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .contracts.models import RunReceipt
+from airflow_kfm_migrations.contracts.models import RunReceipt
 
 NS = "https://airflow-kfm-migrations.dev/ns#"
 

@@ -30,8 +30,7 @@ from typing import Any, ClassVar
 import pglast
 from pglast import ast
 
-from ..bundle import Artifact, Bundle, display
-from ..contracts.models import (
+from airflow_kfm_migrations.contracts.models import (
     Baseline,
     BaselineObject,
     DiffSummary,
@@ -41,15 +40,14 @@ from ..contracts.models import (
     WriteCount,
     trusted_baseline_object,
 )
-from ..diff import diff_objects, remember_leaves
-from ..digest import digest_json, leaf, leaf_raw, merkle_leaf_node, merkle_root, merkle_root_nodes
-from ..errors import InputError, LockedError, RefusedError
-from ..gate import limit_checks
-from ..policy import approval_covers
-from ..secret_scan import redact
-from . import postgis_state as state
-from .base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
-from .postgis_catalog import (
+from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
+from airflow_kfm_migrations.declaration.policy import approval_covers
+from airflow_kfm_migrations.engine.gate import limit_checks
+from airflow_kfm_migrations.errors import InputError, LockedError, RefusedError
+from airflow_kfm_migrations.evidence.diff import diff_objects, remember_leaves
+from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
+from airflow_kfm_migrations.stores.postgis import state
+from airflow_kfm_migrations.stores.postgis.catalog import (
     ACL_QUERY,
     CATALOG_QUERY,
     CLUSTER_KINDS,
@@ -65,6 +63,15 @@ from .postgis_catalog import (
     XACT_WRITES_QUERY,
     family_query,
 )
+from airflow_kfm_migrations.util.digest import (
+    digest_json,
+    leaf,
+    leaf_raw,
+    merkle_leaf_node,
+    merkle_root,
+    merkle_root_nodes,
+)
+from airflow_kfm_migrations.util.secret_scan import redact
 
 
 def review_thresholds() -> tuple[int, int]:
@@ -461,7 +468,7 @@ class PostgisStore:
 
             return cls(connect_hook, conn_id)
 
-        from ..connections import resolve
+        from airflow_kfm_migrations.util.connections import resolve
 
         info = resolve(conn_id)
 

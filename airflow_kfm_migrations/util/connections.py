@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from .errors import InputError, RefusedError
+from airflow_kfm_migrations.errors import InputError, RefusedError
 
 
 @dataclass(frozen=True)
