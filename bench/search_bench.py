@@ -149,7 +149,7 @@ def bare(c: Any, n: int) -> float:
 
 def governed(bundle: Path, out: Path) -> tuple[float, dict[str, Any]]:
     from airflow_kfm_migrations.declaration.bundle import load_bundle
-    from airflow_kfm_migrations.engine.lifecycle import RunOptions, run_migration
+    from airflow_kfm_migrations.engine import RunOptions, run_migration
 
     t0 = time.perf_counter()
     result = run_migration(

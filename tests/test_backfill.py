@@ -347,7 +347,7 @@ def test_airflow_retry_resumes_and_never_repeats_a_batch(
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
     from airflow_kfm_migrations.engine import backfill
-    from airflow_kfm_migrations.engine.lifecycle import RunOptions, run_migration
+    from airflow_kfm_migrations.engine import RunOptions, run_migration
     from airflow_kfm_migrations.operators import BackfillOperator
 
     configure(example, lock_timeout="100ms")

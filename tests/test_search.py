@@ -446,7 +446,7 @@ def test_error_inside_the_session_cleans_up(example: Path, cluster: Any) -> None
 def test_airflow_hook_client(example: Path, cluster: Any, tmp_path: Path) -> None:
     import airflow.providers.opensearch.hooks.opensearch  # noqa: F401  (a pinned dependency: never skipped)
 
-    from airflow_kfm_migrations.engine.lifecycle import RunOptions, run_migration
+    from airflow_kfm_migrations.engine import RunOptions, run_migration
 
     out = tmp_path / "out"
     result = run_migration(
