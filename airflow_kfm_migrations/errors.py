@@ -27,6 +27,12 @@ class InputError(KfmError):
         return f"{self.file}: {self.field}: {self.reason}"
 
 
+class PolicyError(InputError):
+    """Well-formed input that the governance contract refuses (exit 1)."""
+
+    exit_code = 1
+
+
 class RefusedError(KfmError):
     """The tool understood the request and refuses it, fail-closed (exit 1)."""
 
@@ -44,3 +50,11 @@ class RefusedError(KfmError):
 
 class LockedError(RefusedError):
     """Another run holds the migration lock."""
+
+
+class AdminRefused(RefusedError):
+    """A maintenance command refused (exit 1)."""
+
+
+class VerifyMismatch(RefusedError):
+    """A receipt, an artifact or the chain does not match its digests (exit 1)."""

@@ -235,20 +235,20 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from airflow_kfm_migrations.engine.receipts import verify
+    from airflow_kfm_migrations.app.verify import verify
 
     checked = verify(Path(args.target))
     print(f"verified: {len(checked)} digests match ({', '.join(checked[:4])}{', ...' if len(checked) > 4 else ''})")
     if args.conn_id:
-        from airflow_kfm_migrations.engine.receipts import verify_against_ledger
+        from airflow_kfm_migrations.app.verify import verify_against_ledger
 
         print(verify_against_ledger(Path(args.target), args.conn_id))
     return 0
 
 
 def cmd_record(args: argparse.Namespace) -> int:
+    from airflow_kfm_migrations.app.verify import verify
     from airflow_kfm_migrations.declaration.registry import record_transition
-    from airflow_kfm_migrations.engine.receipts import verify
 
     digest = None
     if args.receipt:

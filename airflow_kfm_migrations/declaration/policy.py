@@ -18,14 +18,10 @@ from airflow_kfm_migrations.contracts.models import (
     PostgisDeclaration,
     SearchDeclaration,
 )
+from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, OUTPUT_DIRS, Bundle, display
-from airflow_kfm_migrations.errors import InputError
+from airflow_kfm_migrations.errors import InputError, PolicyError
 from airflow_kfm_migrations.util.secret_scan import scan_file, scan_text
-
-
-class PolicyError(InputError):
-    exit_code = 1
-
 
 _COMMENT_PATTERNS = {
     ".sql": re.compile(r"--[^\n]*|/\*.*?\*/", re.S),
@@ -110,14 +106,6 @@ def protected_in_allowed(decl: AnyDeclaration) -> list[str]:
                 hits.append(label)
     del s
     return hits
-
-
-def approval_covers(decl: AnyDeclaration, token: str) -> str | None:
-    """Who approved ``token`` (a finding code or 'protected:<obj>'), if anyone did."""
-    for rec in decl.approvals.recorded:
-        if token in rec.covers:
-            return f"{rec.by} ({rec.ref})"
-    return None
 
 
 def check_bundle(bundle: Bundle) -> list[InputError]:

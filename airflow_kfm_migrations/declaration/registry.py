@@ -27,8 +27,7 @@ from airflow_kfm_migrations.declaration.bundle import (
     pydantic_problems,
     read_text_capped,
 )
-from airflow_kfm_migrations.declaration.policy import PolicyError
-from airflow_kfm_migrations.errors import InputError, RefusedError
+from airflow_kfm_migrations.errors import InputError, PolicyError, RefusedError
 from airflow_kfm_migrations.util.digest import write_bytes_atomic
 
 REGISTRY_REL = Path("registry") / "migrations.v1.json"

@@ -38,8 +38,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow_kfm_migrations.contracts.models import Backfill, PostgisDeclaration
+from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
-from airflow_kfm_migrations.declaration.policy import approval_covers
 from airflow_kfm_migrations.errors import LockedError, RefusedError
 from airflow_kfm_migrations.util.digest import write_json
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, Finding, LimitCheck, WriteCount
+from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, Finding, WriteCount
+from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
-from airflow_kfm_migrations.declaration.policy import approval_covers
 from airflow_kfm_migrations.evidence.diff import changed_objects, diff_objects
 from airflow_kfm_migrations.stores.base import Store
 
@@ -101,23 +101,3 @@ def verdict(
 
 def blocking(summary: DiffSummary) -> list[Finding]:
     return [f for f in summary.findings if f.tier == "hard_fail" or (f.tier == "review_required" and not f.approved_by)]
-
-
-def limit_checks(limits: Any, observed: dict[str, int]) -> tuple[list[LimitCheck], list[Finding]]:
-    """Declared vs observed for each limit in ``observed`` (names are the limits model's
-    fields); every exceeded limit is a hard fail. Shared by all store kinds."""
-    checks = [
-        LimitCheck(name=name, declared=getattr(limits, name), observed=value, ok=value <= getattr(limits, name))
-        for name, value in observed.items()
-    ]
-    failed = [
-        Finding(
-            code="limit_exceeded",
-            tier="hard_fail",
-            object=c.name,
-            message=f"{c.name}: observed {c.observed} > declared {c.declared}",
-        )
-        for c in checks
-        if not c.ok
-    ]
-    return checks, failed

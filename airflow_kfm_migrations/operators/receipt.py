@@ -13,8 +13,8 @@ class ReceiptOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from airflow_kfm_migrations.app.verify import verify
         from airflow_kfm_migrations.engine.lifecycle import _Run
-        from airflow_kfm_migrations.engine.receipts import verify
         from airflow_kfm_migrations.operators.common import upload
 
         ti = context["ti"]

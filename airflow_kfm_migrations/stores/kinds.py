@@ -21,6 +21,9 @@ class Kind:
     schedulable: bool = False  # may a registry entry carry a ``schedule`` (recurring runs)
     lock_breakable: bool = False  # does the kind keep a lock that can outlive its holder
     scripts: tuple[str, ...] = ()  # suffixes of its forward/rollback scripts
+    # Does the ledger hold the post-baseline's schema fingerprint? (search records its state
+    # after the alias flip, which is later than the post-baseline the receipt lists)
+    ledger_has_post_baseline: bool = True
 
 
 KINDS: dict[str, Kind] = {
@@ -43,6 +46,7 @@ KINDS: dict[str, Kind] = {
         schedulable=True,
         lock_breakable=True,
         scripts=(".json",),
+        ledger_has_post_baseline=False,
     ),
     "graph": Kind(
         name="graph",

@@ -40,11 +40,11 @@ from airflow_kfm_migrations.contracts.models import (
     WriteCount,
     trusted_baseline_object,
 )
+from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
-from airflow_kfm_migrations.declaration.policy import approval_covers
-from airflow_kfm_migrations.engine.gate import limit_checks
 from airflow_kfm_migrations.errors import InputError, LockedError, RefusedError
 from airflow_kfm_migrations.evidence.diff import diff_objects, remember_leaves
+from airflow_kfm_migrations.evidence.limits import limit_checks
 from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
 from airflow_kfm_migrations.stores.postgis import state
 from airflow_kfm_migrations.stores.postgis.catalog import (
