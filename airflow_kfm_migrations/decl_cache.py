@@ -34,17 +34,19 @@ import hashlib
 import json
 import os
 import stat
-import sys
 import tempfile
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, cast
 
+from airflow_kfm_migrations.config import settings
+from airflow_kfm_migrations.util.cache import cache_dir
+
 CACHE_FORMAT = "kfm-decl-facts.v2"
 # bundle.DECLARATION_FILE and registry.MAX_REGISTRY_BYTES, without importing them (a test checks).
 DECLARATION_FILE = "migration.yml"
 REGISTRY_CAP = 16 * 1024 * 1024
-_OFF = {"off", "0", "false", "no", "none"}
+
 # The modules whose code decides whether a file is valid and what the facts are.
 _CODE = (
     "declaration/bundle.py",
@@ -161,17 +163,6 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
-def cache_dir(variable: str = "KFM_PARSE_CACHE") -> Path | None:
-    """The cache directory ``variable`` names, the default one, or None when it says ``off``."""
-    value = os.environ.get(variable, "").strip()
-    if value.lower() in _OFF:
-        return None
-    if value:
-        return Path(value)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "airflow-kfm-migrations"
-
-
 class DeclarationFacts:
     """Facts of the declarations under one bundles root, read through the cache.
 
@@ -231,11 +222,8 @@ class DeclarationFacts:
     def get(self, folder: Path) -> dict[str, Any]:
         """The facts of ``folder``'s declaration; raises as ``load_declaration`` does."""
         decl_path = Path(folder) / DECLARATION_FILE
-        if self._max_bytes is None:
-            # bundle.Limits reads the variable when bundle is imported; never a larger cap.
-            bundle = sys.modules.get(f"{__package__}.bundle")
-            env_cap = int(os.environ.get("KFM_MAX_DECLARATION_BYTES", 256 * 1024))
-            self._max_bytes = bundle.Limits().max_declaration_bytes if bundle else env_cap
+        if self._max_bytes is None:  # the cap the bundle loader applies
+            self._max_bytes = settings().max_declaration_bytes
         text = _read_plain(decl_path, self._max_bytes)
         if text is None:  # let the bundle loader say what is wrong (or read it after all)
             from airflow_kfm_migrations.declaration.bundle import InvalidInput, Limits, read_text_capped

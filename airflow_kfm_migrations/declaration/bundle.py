@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.contracts import adapter
 from airflow_kfm_migrations.contracts.models import AnyDeclaration
 from airflow_kfm_migrations.errors import InputError, KfmError
@@ -23,8 +24,6 @@ from airflow_kfm_migrations.util.digest import digest_json, sha256_bytes
 from airflow_kfm_migrations.util.safe_yaml import load_yaml_text
 
 DECLARATION_FILE = "migration.yml"
-DEFAULT_MAX_DECLARATION_BYTES = 256 * 1024
-DEFAULT_MAX_SCRIPT_BYTES = 16 * 1024 * 1024
 # Folders a run writes into; they are outputs, never inputs of the bundle digest.
 OUTPUT_DIRS = ("baselines", "diffs", "receipts")
 
@@ -39,10 +38,20 @@ class InvalidInput(KfmError):
         super().__init__("\n".join(p.line() for p in problems))
 
 
+def _declaration_cap() -> int:
+    return settings().max_declaration_bytes
+
+
+def _script_cap() -> int:
+    return settings().max_script_bytes
+
+
 @dataclass(frozen=True)
 class Limits:
-    max_declaration_bytes: int = int(os.environ.get("KFM_MAX_DECLARATION_BYTES", DEFAULT_MAX_DECLARATION_BYTES))
-    max_script_bytes: int = int(os.environ.get("KFM_MAX_SCRIPT_BYTES", DEFAULT_MAX_SCRIPT_BYTES))
+    """Size caps on what a bundle may hold (``KFM_MAX_DECLARATION_BYTES``, ``KFM_MAX_SCRIPT_BYTES``)."""
+
+    max_declaration_bytes: int = field(default_factory=_declaration_cap)
+    max_script_bytes: int = field(default_factory=_script_cap)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ from typing import Any
 
 import msgspec
 
-from airflow_kfm_migrations.decl_cache import cache_dir as _cache_dir
+from airflow_kfm_migrations.util.cache import cache_dir as cache_dir_of
 
 CACHE_FORMAT = "kfm-pg-catalog-state.v1"
 FIRST_NORMAL_OID = 16384  # OIDs below it belong to objects built into the server
@@ -280,7 +280,7 @@ def enabled() -> bool:
 
 
 def cache_dir() -> Path | None:
-    return _cache_dir("KFM_CAPTURE_CACHE")
+    return cache_dir_of("KFM_CAPTURE_CACHE")
 
 
 @functools.cache
