@@ -58,3 +58,11 @@ class AdminRefused(RefusedError):
 
 class VerifyMismatch(RefusedError):
     """A receipt, an artifact or the chain does not match its digests (exit 1)."""
+
+
+class StoreCallError(RefusedError):
+    """A call to a store's server failed; ``line()`` names the call and the server's reason
+    without any connection detail (exit 1)."""
+
+    def line(self) -> str:
+        return str(self)

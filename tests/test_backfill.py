@@ -346,7 +346,6 @@ def test_airflow_retry_resumes_and_never_repeats_a_batch(
 ) -> None:
     from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
-    from airflow_kfm_migrations.engine import backfill
     from airflow_kfm_migrations.engine import RunOptions, run_migration
     from airflow_kfm_migrations.operators import BackfillOperator
 
@@ -355,7 +354,7 @@ def test_airflow_retry_resumes_and_never_repeats_a_batch(
     assert schema.status == "succeeded"
     monkeypatch.setenv("KFM_BUNDLES_ROOT", str(example.parent))
     monkeypatch.setenv("KFM_REGISTRY_PATH", str(example.parent / "no-registry.json"))
-    monkeypatch.setattr(backfill, "LOCK_RETRIES", 0)
+    monkeypatch.setenv("KFM_BACKFILL_LOCK_RETRIES", "0")
     op = BackfillOperator(task_id="backfill", migration_id=example.name, conn_id=items.conn_id)
     assert op.retries == 2
     with items.connect() as holder:  # a row of batch 21 stays locked during the first try

@@ -7,7 +7,6 @@ receipt through the lifecycle's receipt machinery.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from datetime import UTC, datetime, timedelta
@@ -18,9 +17,8 @@ import pytest
 import test_search as ts
 from test_search import CONN_ID, MIG, alias_on, count, ledger, receipt, run
 
-from airflow_kfm_migrations.app import admin as search_admin
 from airflow_kfm_migrations.cli import main as cli_main
-from airflow_kfm_migrations.stores.search.store import GOVERNANCE_INDEX
+from airflow_kfm_migrations.stores.search.governance import GOVERNANCE_INDEX
 
 pytestmark = pytest.mark.opensearch
 
@@ -31,13 +29,6 @@ example = ts.example
 
 
 def main(argv: list[str]) -> int:
-    """The CLI with the maintenance commands registered (cli.py wires them in the same way)."""
-    if "gc" in argv[:1] or "break-lock" in argv[:1]:
-        p = argparse.ArgumentParser(prog="kfm-migrations")
-        sub = p.add_subparsers(dest="command", required=True)
-        search_admin.register(sub)
-        args = p.parse_args(argv)
-        return int(args.func(args))
     return cli_main(argv)
 
 
@@ -240,7 +231,7 @@ def test_break_lock_graph(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsy
         server_missing("Neo4j", "bash scripts/stores/neo4j.sh start")
     import neo4j
 
-    from airflow_kfm_migrations.stores.graph.store import LOCK_KEY, LOCK_LABEL
+    from airflow_kfm_migrations.stores.graph.governance import LOCK_KEY, LOCK_LABEL
 
     uri = f"neo4j://127.0.0.1:{port}"
     monkeypatch.setenv("AIRFLOW_CONN_KFM_GRAPH_ADMIN", uri)

@@ -13,7 +13,6 @@ the connection sets the extra ``compatible_with=8``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -26,17 +25,12 @@ from typing import Any
 import pytest
 from conftest import MIGRATIONS, port_open, server_missing
 
-from airflow_kfm_migrations.app import admin as search_admin
 from airflow_kfm_migrations.cli import main as cli_main
 from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import LockedError
-from airflow_kfm_migrations.stores.search.store import (
-    GOVERNANCE_INDEX,
-    CallError,
-    ElasticsearchBinding,
-    SearchStore,
-    elasticsearch_client_from_env,
-)
+from airflow_kfm_migrations.stores.search.client import CallError, ElasticsearchBinding, elasticsearch_client_from_env
+from airflow_kfm_migrations.stores.search.governance import GOVERNANCE_INDEX
+from airflow_kfm_migrations.stores.search.store import SearchStore
 
 pytestmark = pytest.mark.elasticsearch
 
@@ -47,11 +41,6 @@ MIG = "SEARCH-MIG-2026-03-02-01"
 
 
 def main(argv: list[str]) -> int:
-    if argv[0] in {"gc", "break-lock"}:
-        p = argparse.ArgumentParser(prog="kfm-migrations")
-        search_admin.register(p.add_subparsers(dest="command", required=True))
-        args = p.parse_args(argv)
-        return int(args.func(args))
     return cli_main(argv)
 
 
@@ -190,16 +179,16 @@ def test_blue_green_end_to_end(es: Any, bundle: Path, tmp_path: Path) -> None:
 def test_gate_refuses_a_hidden_change_before_the_flip(
     es: Any, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from airflow_kfm_migrations.stores.search import store as search_mod
+    from airflow_kfm_migrations.stores.search import session as search_session
 
-    original = search_mod.SearchSession.apply
+    original = search_session.SearchSession.apply
 
     def sneaky(self: Any) -> Any:
         outcome = original(self)
         es.index(index="authority_sites_v1", id="3", document={"name": "x"}, refresh=True)
         return outcome
 
-    monkeypatch.setattr(search_mod.SearchSession, "apply", sneaky)
+    monkeypatch.setattr(search_session.SearchSession, "apply", sneaky)
     out = tmp_path / "out"
     assert run(bundle, out) == 1
     r = receipt(out)
@@ -378,7 +367,7 @@ def test_contract_refuses_a_server_without_the_product_header() -> None:
 
 
 def test_compat_override_rewrites_the_media_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_kfm_migrations.stores.search.store import _compat_node_class
+    from airflow_kfm_migrations.stores.search.client import compat_node_class
 
     seen: list[Any] = []
 
@@ -391,7 +380,7 @@ def test_compat_override_rewrites_the_media_types(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(Urllib3HttpNode, "perform_request", fake_send)
     from elastic_transport import HttpHeaders, NodeConfig
 
-    node = _compat_node_class(8)(NodeConfig("http", "127.0.0.1", 9))
+    node = compat_node_class(8)(NodeConfig("http", "127.0.0.1", 9))
     with pytest.raises(RuntimeError):
         node.perform_request(
             "GET", "/", headers=HttpHeaders({"accept": "application/vnd.elasticsearch+json; compatible-with=9"})

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, InvalidInput, display, load_bundle
-from airflow_kfm_migrations.declaration.policy import check_bundle
 from airflow_kfm_migrations.declaration.registry import (
     REGISTRY_REL,
     check_against_base,
@@ -15,6 +14,7 @@ from airflow_kfm_migrations.declaration.registry import (
     discover_bundles,
     load_registry,
 )
+from airflow_kfm_migrations.engine.preflight import bundle_problems
 from airflow_kfm_migrations.errors import InputError
 
 FIXTURE_EXPECTED = "expected.txt"
@@ -50,7 +50,7 @@ def validate_bundle(path: Path) -> Result:
         return res
     res.migration_id = bundle.migration_id
     res.digest = bundle.digest
-    res.problems = check_bundle(bundle)
+    res.problems = bundle_problems(bundle)
     return res
 
 

@@ -8,15 +8,16 @@ traceback only ever means a bug in this tool.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from airflow_kfm_migrations.cli.admin import register as register_admin
+from airflow_kfm_migrations.cli.common import console, default_actor, load_bundle_arg, run_options
 from airflow_kfm_migrations.errors import InputError, KfmError
+from airflow_kfm_migrations.stores.kinds import KINDS
 from airflow_kfm_migrations.util.secret_scan import redact
 
 
@@ -24,16 +25,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"kfm-migrations: usage: {message}\n")
         raise SystemExit(2)
-
-
-def _console(stderr: bool = False) -> Any:
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
-def default_actor() -> str:
-    return os.environ.get("KFM_ACTOR") or f"{getpass.getuser()}@cli"
 
 
 # ------------------------------------------------------------------ validate
@@ -71,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for r in results:
             detail = r.note or (f"{len(r.problems)} problem(s)" if r.problems else (r.digest or "")[:16])
             table.add_row(r.target, r.kind, r.migration_id or "", "[green]pass[/]" if r.ok else "[red]FAIL[/]", detail)
-        _console().print(table)
+        console().print(table)
     elif results and results[0].ok:
         r = results[0]
         print(f"ok: {r.target}" + (f" ({r.migration_id}, bundle sha256 {r.digest})" if r.migration_id else ""))
@@ -92,21 +83,11 @@ def cmd_new(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- plan / run
 
 
-def _load(path: str) -> Any:
-    from airflow_kfm_migrations.declaration.bundle import load_bundle
-
-    return load_bundle(Path(path))
-
-
 def cmd_plan(args: argparse.Namespace) -> int:
-    from airflow_kfm_migrations.engine.lifecycle import open_store
-    from airflow_kfm_migrations.stores.postgis.store import PostgisStore
+    from airflow_kfm_migrations.stores.base import open_store
 
-    bundle = _load(args.bundle)
-    if bundle.type == "postgis":
-        store: Any = PostgisStore(lambda: None, args.conn_id or "-")  # planning never connects
-    else:
-        store = open_store(bundle.type, args.conn_id or "-", plan_only=True)
+    bundle = load_bundle_arg(args.bundle)
+    store = open_store(bundle.type, args.conn_id or "-", plan_only=True)  # planning never connects
     plan = store.plan(bundle)
     if args.format == "json":
         print(json.dumps(plan.as_json(), indent=2))
@@ -125,30 +106,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
                 "yes" if st.transactional else "NO",
                 st.note or "",
             )
-        con = _console()
+        con = console()
         con.print(table)
         for f in plan.findings:
             con.print(f"{f.tier}: {f.code} {f.object or ''}: {f.message}")
         con.print("plan: " + ("[red]REFUSED[/]" if plan.refused else "[green]ok[/]"))
     return 1 if plan.refused else 0
-
-
-def _options(args: argparse.Namespace) -> Any:
-    from airflow_kfm_migrations.engine.lifecycle import RunOptions
-
-    def log(line: str) -> None:
-        sys.stderr.write(redact(line) + "\n")
-
-    return RunOptions(
-        conn_id=args.conn_id,
-        environment=args.env,
-        artifacts_dir=Path(args.artifacts) if args.artifacts else None,
-        dry_run=getattr(args, "dry_run", False),
-        fail_on_drift=getattr(args, "fail_on_drift", False),
-        actor=default_actor(),
-        registry_path=Path(args.registry) if args.registry else None,
-        log=log if not args.quiet else (lambda _l: None),
-    )
 
 
 def _report(result: Any) -> int:
@@ -177,7 +140,7 @@ class _BackfillBar:
                 TextColumn("{task.fields[keys]} rows · batch {task.fields[batch]} · {task.fields[rate]} rows/s"),
                 TextColumn("· ETA {task.fields[eta]} ·"),
                 TimeElapsedColumn(),
-                console=_console(stderr=True),
+                console=console(stderr=True),
                 transient=False,
             )
             self.progress.start()
@@ -205,11 +168,10 @@ class _BackfillBar:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from airflow_kfm_migrations.engine.backfill import run_backfill
-    from airflow_kfm_migrations.engine.lifecycle import run_migration
+    from airflow_kfm_migrations.engine import run_backfill, run_migration
 
-    bundle = _load(args.bundle)
-    opts = _options(args)
+    bundle = load_bundle_arg(args.bundle)
+    opts = run_options(args)
     bar = None
     if getattr(bundle.declaration, "backfill", None) is not None and not args.quiet:
         bar = opts.progress = _BackfillBar()
@@ -228,10 +190,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
-    from airflow_kfm_migrations.engine.lifecycle import rollback_migration
+    from airflow_kfm_migrations.engine import rollback_migration
 
-    bundle = _load(args.bundle)
-    return _report(rollback_migration(bundle, _options(args)))
+    bundle = load_bundle_arg(args.bundle)
+    return _report(rollback_migration(bundle, run_options(args)))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -284,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(func=cmd_validate)
 
     n = sub.add_parser("new", help="scaffold the next free migration id for today")
-    n.add_argument("--type", required=True, choices=("postgis", "search", "graph"))
+    n.add_argument("--type", required=True, choices=tuple(KINDS))
     n.add_argument("--intent")
     n.add_argument("--root", default="migrations", help="migrations root (default: migrations)")
     n.add_argument("--owner", default="kfm-platform")
@@ -330,19 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     rg.add_argument("--registry", default="migrations/registry/migrations.v1.json")
     rg.set_defaults(func=cmd_record)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    register_admin(sub)  # gc and break-lock (cli/admin.py)
     return p
-
-
-def _register_admin(sub: Any) -> None:
-    from airflow_kfm_migrations.app.admin import register
-
-    register(sub)
-
-
-# Subcommands that live in their own modules (gc and break-lock for the lock-holding stores).
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = [_register_admin]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -168,12 +168,8 @@ def check_bundle(bundle: Bundle) -> list[InputError]:
                 )
             )
 
-    # Backfill bounds and statements (postgis): the same static checks a run makes.
+    # Backfill bounds (postgis); the store checks the backfill's statements (engine.preflight).
     if isinstance(decl, PostgisDeclaration) and decl.backfill is not None:
-        from airflow_kfm_migrations.engine.backfill import static_problems
-
-        for reason in static_problems(bundle):
-            problems.append(PolicyError(f, "backfill", reason))
         if decl.backfill.max_rows > decl.limits.max_row_backfill:
             problems.append(
                 PolicyError(

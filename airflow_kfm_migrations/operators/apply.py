@@ -13,7 +13,7 @@ class ApplyOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_kfm_migrations.engine.lifecycle import run_migration
+        from airflow_kfm_migrations.engine import run_migration
         from airflow_kfm_migrations.operators.common import summary_tables
 
         _s, bundle, opts = self.run_options(context)

@@ -16,7 +16,7 @@ class MigrationOperator(BaseOperator):
         self.conn_id = conn_id
 
     def run_options(self, context: Any) -> Any:
-        from airflow_kfm_migrations.engine.lifecycle import RunOptions
+        from airflow_kfm_migrations.engine import RunOptions
         from airflow_kfm_migrations.operators.common import conn_id_for, local_artifacts, resolve
         from airflow_kfm_migrations.util.secret_scan import redact
 

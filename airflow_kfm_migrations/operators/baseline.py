@@ -14,7 +14,7 @@ def committed_view(bundle: Any, opts: Any) -> tuple[Any, Any]:
     The session is always aborted: reading changes nothing (PostgreSQL reads inside a
     transaction that is rolled back; search and graph take and release their lock).
     """
-    from airflow_kfm_migrations.engine.lifecycle import open_store
+    from airflow_kfm_migrations.stores.base import open_store
 
     store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
     with store.session(bundle, uuid.uuid4().hex) as s:

@@ -13,13 +13,15 @@ class PreflightOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_kfm_migrations.engine.lifecycle import _Run, open_store, preflight
+        from airflow_kfm_migrations.engine.preflight import preflight
+        from airflow_kfm_migrations.engine.run import RunRecorder
         from airflow_kfm_migrations.errors import KfmError
         from airflow_kfm_migrations.operators.common import table
+        from airflow_kfm_migrations.stores.base import open_store
 
         try:
             _s, bundle, opts = self.run_options(context)
-            run = _Run(bundle, opts, "apply")
+            run = RunRecorder(bundle, opts, "apply")
             reason = preflight(run)
             if reason is None:
                 plan = open_store(bundle.type, opts.conn_id, plan_only=True).plan(bundle)

@@ -14,7 +14,7 @@ class ReceiptOperator(MigrationOperator):
         from airflow.sdk.exceptions import AirflowFailException
 
         from airflow_kfm_migrations.app.verify import verify
-        from airflow_kfm_migrations.engine.lifecycle import _Run
+        from airflow_kfm_migrations.engine.run import RunRecorder
         from airflow_kfm_migrations.operators.common import upload
 
         ti = context["ti"]
@@ -29,7 +29,7 @@ class ReceiptOperator(MigrationOperator):
         if not status:
             problems.append("preflight refused" if preflight is None else "baseline_pre failed")
             if not opts.dry_run:
-                _Run(bundle, opts, "apply").finish("failed", "refused before apply: " + problems[0])
+                RunRecorder(bundle, opts, "apply").finish("failed", "refused before apply: " + problems[0])
             status = "failed"
         elif backfill is not None and backfill.get("status") not in {"succeeded", "noop"}:
             status = backfill.get("status") or "failed"

@@ -13,7 +13,7 @@ class RollbackOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_kfm_migrations.engine.lifecycle import rollback_migration
+        from airflow_kfm_migrations.engine import rollback_migration
 
         ti = context["ti"]
         applied = ti.xcom_pull(task_ids="apply", key="apply") or {}

@@ -12,7 +12,7 @@ only some kinds have are capability protocols (``Backfilling``, ``LockBreaking``
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -152,6 +152,101 @@ class Store(Protocol):
 
 
 # ----------------------------------------------------------------- capabilities
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    """What the progress bar and the task log show after each committed backfill batch."""
+
+    phase: str  # forward | reverse
+    batch_no: int
+    batches_run: int
+    rows: int  # rows written by this batch, all tables
+    rows_total: int  # rows written by the whole backfill so far (all runs), all tables
+    keys: int  # keys of the target table covered so far in this run
+    estimate: int | None  # keys this run expects to cover (None: unknown)
+    elapsed_s: float
+    final: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.keys / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        if self.estimate is None or self.rate <= 0:
+            return None
+        return max(0.0, (self.estimate - self.keys) / self.rate)
+
+
+class BackfillStop(Exception):
+    """A governance stop: the batch was rolled back and the backfill must be compensated."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class BackfillInterrupted(Exception):
+    """A non-governance failure (error, timeout, lost connection): progress is kept; re-run resumes."""
+
+
+class BackfillEngine(Protocol):
+    """Batches of a declared backfill, one short transaction each, with durable progress.
+
+    Handed out by a ``Backfilling`` store; the engine's orchestration (``engine/backfill``)
+    drives it. Status values it records in the ledger: ``PENDING`` while batches remain,
+    ``succeeded`` when complete, ``ROLLED_BACK`` once reversed."""
+
+    PENDING: ClassVar[str]
+    ROLLED_BACK: ClassVar[str]
+    key: str
+
+    def lock(self) -> None: ...
+    def unlock(self) -> None: ...
+    def close(self) -> None: ...
+    def ledger(self) -> tuple[int, str, str, dict[str, str]] | None: ...
+    def check_key(self) -> str | None: ...
+    def key_summary(self) -> str: ...
+    def reverse_pending(self) -> int: ...
+    def last_progress(self) -> tuple[int, str | None, int] | None:
+        """(last batch, its last key, rows so far) of this backfill; None when never started."""
+        ...
+
+    def complete_if_done(self) -> bool: ...
+    def start(self, *, mark_pending: bool) -> tuple[int, str | None, int]: ...
+    def run_forward(self, last: tuple[int, str | None, int]) -> int: ...
+    def reverse(self) -> tuple[bool, str | None, int]: ...
+    def verify_after_reverse(self) -> tuple[bool, str]: ...
+    def retire(self, run_id: str, status: str) -> None: ...
+    def metrics(self, phase: str, started: float) -> dict[str, int | float | str]: ...
+    def summary(self, state: str) -> dict[str, Any]: ...
+
+
+@runtime_checkable
+class Backfilling(Protocol):
+    """Stores that run declared backfills (PostGIS)."""
+
+    def backfill_problems(self, bundle: Bundle) -> list[str]:
+        """Static checks of the declared backfill (no connection)."""
+        ...
+
+    def backfill_engine(
+        self, bundle: Bundle, log: Callable[[str], None], progress: Callable[[BatchEvent], None] | None
+    ) -> BackfillEngine: ...
+
+
+@runtime_checkable
+class BackfillSession(Protocol):
+    """Sessions of a ``Backfilling`` store: the backfill checks made in the guard's transaction."""
+
+    def check_backfill_key(self) -> tuple[str | None, str]:
+        """(problem or None, a description of the key) once the schema part ran."""
+        ...
+
+    def backfill_rollback_checks(self, run_id: str) -> list[tuple[str, bool, str | None]]:
+        """Checks (name, passed, detail) made inside the rollback transaction; retires progress."""
+        ...
 
 
 @runtime_checkable

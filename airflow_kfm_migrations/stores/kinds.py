@@ -20,6 +20,7 @@ class Kind:
     rollback: str
     schedulable: bool = False  # may a registry entry carry a ``schedule`` (recurring runs)
     lock_breakable: bool = False  # does the kind keep a lock that can outlive its holder
+    collects_garbage: bool = False  # does an apply keep old objects that ``gc`` removes later
     scripts: tuple[str, ...] = ()  # suffixes of its forward/rollback scripts
     # Does the ledger hold the post-baseline's schema fingerprint? (search records its state
     # after the alias flip, which is later than the post-baseline the receipt lists)
@@ -45,6 +46,7 @@ KINDS: dict[str, Kind] = {
         rollback="rollback.json",
         schedulable=True,
         lock_breakable=True,
+        collects_garbage=True,
         scripts=(".json",),
         ledger_has_post_baseline=False,
     ),
@@ -67,3 +69,8 @@ ALL_TYPES = (*KINDS, *DECLARED_ONLY)
 
 def kind_of_prefix(prefix: str) -> str | None:
     return next((k.name for k in KINDS.values() if k.id_prefix == prefix), None)
+
+
+def kinds_with(ability: str) -> list[str]:
+    """Names of the kinds whose ``Kind`` flag ``ability`` is set, in table order."""
+    return [k.name for k in KINDS.values() if getattr(k, ability)]

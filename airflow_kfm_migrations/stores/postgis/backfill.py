@@ -25,58 +25,35 @@ with ``rollback_set``, then ``rollback.sql`` through the guard) keeps its own pr
 ``<run_key>:reverse`` and, when done, retires both keys so that a later run starts afresh.
 
 Key values stay in the database: receipts and artifacts carry batch numbers and counts.
+
+This module is the PostGIS batch engine (SQL, batches, progress, reverse, key checks); the
+orchestration the lifecycle calls (``engine/backfill.py``) reaches it through the
+``Backfilling`` capability of :class:`PostgisStore`.
 """
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.contracts.models import Backfill, PostgisDeclaration
 from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
-from airflow_kfm_migrations.errors import LockedError, RefusedError
-from airflow_kfm_migrations.util.digest import write_json
+from airflow_kfm_migrations.errors import LockedError
+from airflow_kfm_migrations.stores.base import BackfillInterrupted, BackfillStop, BatchEvent
+from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA, TABLES_QUERY, XACT_WRITES_QUERY
+from airflow_kfm_migrations.stores.postgis.client import advisory_key, db_error
+from airflow_kfm_migrations.stores.postgis.plan import classify_statement
+from airflow_kfm_migrations.stores.postgis.scope import PgScope
 
-LOG_EVERY_S = float(os.environ.get("KFM_BACKFILL_LOG_SECONDS", "10"))
-LOCK_RETRIES = int(os.environ.get("KFM_BACKFILL_LOCK_RETRIES", "8"))
 PLACEHOLDERS = ("{lo}", "{hi}")
 PENDING = "backfill_pending"
 ROLLED_BACK = "backfill_rolled_back"
 _RETRYABLE = {"55P03", "40P01", "40001"}  # lock_not_available, deadlock, serialization
-
-
-# ----------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class BatchEvent:
-    """What the progress bar and the task log show after each committed batch."""
-
-    phase: str  # forward | reverse
-    batch_no: int
-    batches_run: int
-    rows: int  # rows written by this batch, all tables
-    rows_total: int  # rows written by the whole backfill so far (all runs), all tables
-    keys: int  # keys of the target table covered so far in this run
-    estimate: int | None  # keys this run expects to cover (None: unknown)
-    elapsed_s: float
-    final: bool = False
-
-    @property
-    def rate(self) -> float:
-        return self.keys / self.elapsed_s if self.elapsed_s > 0 else 0.0
-
-    @property
-    def eta_s(self) -> float | None:
-        if self.estimate is None or self.rate <= 0:
-            return None
-        return max(0.0, (self.estimate - self.keys) / self.rate)
 
 
 # ----------------------------------------------------------------------- static checks
@@ -116,16 +93,6 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _review_backfill_rows() -> int:
-    """The gate's review threshold for large backfills (KFM_REVIEW_BACKFILL_ROWS)."""
-    from airflow_kfm_migrations.stores.postgis import store as postgis
-
-    thresholds = getattr(postgis, "review_thresholds", None)
-    if thresholds is not None:
-        return int(thresholds()[1])
-    return int(os.environ.get("KFM_REVIEW_BACKFILL_ROWS", "100000"))
-
-
 def static_problems(bundle: Bundle) -> list[str]:
     """Checks that need no connection: scope of the target and of every statement the
     backfill runs, one statement per template, approvals for large backfills."""
@@ -135,9 +102,7 @@ def static_problems(bundle: Bundle) -> list[str]:
     import pglast
     from pglast import ast
 
-    from airflow_kfm_migrations.stores.postgis.store import PgScope, classify_statement
-
-    review_rows = _review_backfill_rows()
+    review_rows = settings().review_backfill_rows
 
     bf = decl.backfill
     scope = PgScope(decl)
@@ -221,18 +186,6 @@ def check_key(cur: Any, bf: Backfill) -> tuple[str | None, str]:
 # --------------------------------------------------------------------------- engine
 
 
-class Stop(Exception):
-    """A governance stop: the batch was rolled back and the backfill must be compensated."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-class Interrupted(Exception):
-    """A non-governance failure (error, timeout, lost connection): progress is kept; re-run resumes."""
-
-
 @dataclass
 class Totals:
     batches: int = 0
@@ -265,6 +218,9 @@ class Engine:
         self.key_type = "text"
         self.schema, self.table = _split(self.bf.table)
         self._last_log = 0.0
+        self.log_every_s = settings().backfill_log_seconds
+        self.totals = Totals()  # forward batches of this run
+        self.reverse_totals = Totals()  # reverse batches of this run (a compensation or rollback)
 
     # -- plumbing --------------------------------------------------------------
 
@@ -278,28 +234,25 @@ class Engine:
         )
 
     def lock(self) -> None:
-        from airflow_kfm_migrations.stores.postgis.store import _key
 
         with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_try_advisory_lock(%s)", (_key("kfm:" + self.decl.migration_id),))
+            cur.execute("SELECT pg_try_advisory_lock(%s)", (advisory_key("kfm:" + self.decl.migration_id),))
             ok = cur.fetchone()[0]
         self.conn.commit()
         if not ok:
             raise LockedError(f"another run holds the migration lock for {self.decl.migration_id}; refusing")
 
     def unlock(self) -> None:
-        from airflow_kfm_migrations.stores.postgis.store import _key
 
         try:
             self.conn.rollback()
             with self.conn.cursor() as cur:
-                cur.execute("SELECT pg_advisory_unlock(%s)", (_key("kfm:" + self.decl.migration_id),))
+                cur.execute("SELECT pg_advisory_unlock(%s)", (advisory_key("kfm:" + self.decl.migration_id),))
             self.conn.commit()
         except Exception:  # connection gone: the server released the lock with it
             pass
 
     def _stats(self, cur: Any) -> dict[str, tuple[int, int, int]]:
-        from airflow_kfm_migrations.stores.postgis.catalog import XACT_WRITES_QUERY
 
         cur.execute(XACT_WRITES_QUERY)
         return {t: (i, u, d) for t, i, u, d in cur.fetchall()}
@@ -325,7 +278,6 @@ class Engine:
     # -- ledger & progress ------------------------------------------------------
 
     def ledger(self) -> tuple[int, str, str, dict[str, str]] | None:
-        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         with self.conn.cursor() as cur:
             cur.execute("SELECT to_regclass(%s)", (f"{LEDGER_SCHEMA}.ledger",))
@@ -341,7 +293,6 @@ class Engine:
         return None if row is None else (row[0], row[1], row[2], dict(row[3]))
 
     def progress_rows(self, key: str) -> list[tuple[int, str | None, int]]:
-        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         with self.conn.cursor() as cur:
             cur.execute(
@@ -354,7 +305,6 @@ class Engine:
         return [(int(b), k, int(n)) for b, k, n in rows]
 
     def _insert_progress(self, cur: Any, key: str, batch_no: int, last_key: str | None, rows_total: int) -> None:
-        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         cur.execute(
             f"INSERT INTO {LEDGER_SCHEMA}.backfill_progress (migration_id, run_key, batch_no, last_key, rows_total) "
@@ -363,7 +313,6 @@ class Engine:
         )
 
     def set_ledger_status(self, cur: Any, status: str) -> None:
-        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         cur.execute(
             f"UPDATE {LEDGER_SCHEMA}.ledger SET status = %s WHERE id = (SELECT max(id) FROM {LEDGER_SCHEMA}.ledger "
@@ -371,9 +320,8 @@ class Engine:
             (status, self.decl.migration_id),
         )
 
-    def retire(self, cur: Any, run_id: str) -> None:
+    def retire_progress(self, cur: Any, run_id: str) -> None:
         """Move this backfill's progress aside (kept for audit) so a later run starts afresh."""
-        from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
 
         for suffix in ("", ":reverse"):
             cur.execute(
@@ -435,27 +383,28 @@ class Engine:
         return None if not n else (lo, hi, int(n))
 
     def _filenodes(self, cur: Any) -> dict[int, tuple[str, int]]:
-        from airflow_kfm_migrations.stores.postgis.catalog import TABLES_QUERY
 
         cur.execute(TABLES_QUERY)
         return {oid: (f"{s}.{t}", fn) for oid, s, t, fn in cur.fetchall()}
 
-    def _rewrite_stop(self, before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]) -> Stop | None:
+    def _rewrite_stop(
+        self, before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]
+    ) -> BackfillStop | None:
         """TRUNCATE or a table rewrite replaces storage without counting rows: caught by relfilenode."""
-        from airflow_kfm_migrations.stores.postgis.store import PgScope
 
         scope = PgScope(self.decl)
         for oid, (name, fn) in sorted(after.items()):
             if oid in before and before[oid][1] != fn:
                 schema, _, table = name.partition(".")
                 if not scope.allowed(schema, table) or scope.guarded(schema, table):
-                    return Stop("forbidden_rewrite", f"storage of {name} replaced (TRUNCATE or rewrite)")
+                    return BackfillStop("forbidden_rewrite", f"storage of {name} replaced (TRUNCATE or rewrite)")
                 if not approval_covers(self.decl, "review:table_rewritten"):
-                    return Stop("table_rewritten", f"storage of {name} replaced (TRUNCATE or rewrite) without approval")
+                    return BackfillStop(
+                        "table_rewritten", f"storage of {name} replaced (TRUNCATE or rewrite) without approval"
+                    )
         return None
 
-    def _scope_stop(self, writes: dict[str, tuple[int, int, int]]) -> Stop | None:
-        from airflow_kfm_migrations.stores.postgis.store import PgScope
+    def _scope_stop(self, writes: dict[str, tuple[int, int, int]]) -> BackfillStop | None:
 
         scope = PgScope(self.decl)
         for t, (i, u, d) in sorted(writes.items()):
@@ -464,11 +413,11 @@ class Engine:
                 continue
             schema, _, table = t.partition(".")
             if scope.forbidden(schema, table):
-                return Stop("forbidden_write", f"{n} row(s) written into forbidden {t}")
+                return BackfillStop("forbidden_write", f"{n} row(s) written into forbidden {t}")
             if scope.protected(schema, table) and not approval_covers(self.decl, f"protected:{t}"):
-                return Stop("protected_write", f"{n} row(s) written into protected {t}")
+                return BackfillStop("protected_write", f"{n} row(s) written into protected {t}")
             if not scope.protected(schema, table) and not scope.allowed(schema, table):
-                return Stop("out_of_scope_write", f"{n} row(s) written into {t}, outside the allowed scope")
+                return BackfillStop("out_of_scope_write", f"{n} row(s) written into {t}, outside the allowed scope")
         return None
 
     def batch(
@@ -511,7 +460,7 @@ class Engine:
                     rows = sum(sum(v) for v in writes.values())
                     stop = self._scope_stop(writes) or self._rewrite_stop(files0, files1)
                     if stop is None and limit is not None and rows_before + rows > limit:
-                        stop = Stop(
+                        stop = BackfillStop(
                             "limit_exceeded",
                             f"backfill.max_rows: batch {batch_no} would bring the total to {rows_before + rows} "
                             f"> declared {limit}",
@@ -522,20 +471,22 @@ class Engine:
                     self._insert_progress(cur, key, batch_no, hi, rows_before + rows)
                 self.conn.commit()
             except psycopg.Error as exc:
-                from airflow_kfm_migrations.stores.postgis.store import _db_error
-
                 try:
                     self.conn.rollback()
                 except Exception:
                     pass
-                if getattr(exc, "sqlstate", None) in _RETRYABLE and attempt < LOCK_RETRIES and not self.conn.closed:
+                if (
+                    getattr(exc, "sqlstate", None) in _RETRYABLE
+                    and attempt < settings().backfill_lock_retries
+                    and not self.conn.closed
+                ):
                     attempt += 1
                     totals.lock_timeouts += 1
                     wait = min(0.1 * 2**attempt, 2.0)
-                    self.log(f"{phase} batch {batch_no}: {_db_error(exc)}; retry {attempt} in {wait:.1f}s")
+                    self.log(f"{phase} batch {batch_no}: {db_error(exc)}; retry {attempt} in {wait:.1f}s")
                     time.sleep(wait)
                     continue
-                raise Interrupted(f"{phase} batch {batch_no}: {_db_error(exc)}") from None
+                raise BackfillInterrupted(f"{phase} batch {batch_no}: {db_error(exc)}") from None
             totals.batches += 1
             totals.rows += rows
             totals.keys += _n
@@ -550,7 +501,7 @@ class Engine:
         if self.progress is not None:
             self.progress(ev)
         now = time.monotonic()
-        if ev.final or ev.batches_run == 1 or now - self._last_log >= LOG_EVERY_S:
+        if ev.final or ev.batches_run == 1 or now - self._last_log >= self.log_every_s:
             self._last_log = now
             eta = f"{ev.eta_s:.0f}s" if ev.eta_s is not None else "?"
             of = f"/{ev.estimate}" if ev.estimate is not None else ""
@@ -627,157 +578,133 @@ class Engine:
         )
         return total
 
+    # -- the BackfillEngine protocol (what engine/backfill.py drives) ------------
 
-# ------------------------------------------------------------------------ lifecycle
+    PENDING = PENDING
+    ROLLED_BACK = ROLLED_BACK
 
-
-def _decl_backfill(bundle: Bundle) -> Backfill | None:
-    return getattr(bundle.declaration, "backfill", None)
-
-
-def run_backfill(bundle: Bundle, opts: Any) -> Any:
-    """The backfill phase: after the schema part is committed (ledger ``backfill_pending``).
-
-    Shared by the CLI (after ``run_migration``) and the Airflow BackfillOperator. A re-run
-    (or an Airflow retry) resumes after the last committed batch; after completion it is a
-    no-op. Returns a ``RunResult``; every outcome but "already complete" writes a receipt
-    with ``operation: backfill``.
-    """
-    from airflow_kfm_migrations.engine.lifecycle import RunResult, _Run, open_store, preflight
-
-    bf = _decl_backfill(bundle)
-    if bf is None:
-        return RunResult("noop", "no backfill declared", None, operation="backfill")
-    run = _Run(bundle, opts, "backfill")
-    if opts.dry_run:
-        opts.log("dry run: the backfill is not rehearsed (its batches commit one by one)")
-        return RunResult("succeeded", "dry run: backfill not rehearsed", None, operation="backfill")
-    reason = preflight(run)
-    if reason:
-        return run.finish("failed", reason)
-    store: Any = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
-    try:
-        conn = store._connect()
-    except RefusedError as exc:
-        run.check("store", False, str(exc))
-        return run.finish("failed", str(exc))
-    conn.autocommit = False
-    eng = Engine(conn, bundle, opts.log, getattr(opts, "progress", None))
-    started = time.monotonic()
-    totals = Totals()
-    locked = False
-    try:
+    def close(self) -> None:
         try:
-            eng.lock()
-            locked = True
-        except LockedError as exc:
-            run.check("lock", False, str(exc))
-            return run.finish("failed", str(exc))
-        run.check("lock", True)
-        led = eng.ledger()
-        if led is None or led[1] != "apply":
-            run.check("ledger", False, "the schema part is not applied")
-            return run.finish("failed", "the schema part of this migration is not applied; run it first")
-        current = {a.rel: a.sha256 for a in bundle.artifacts}
-        changed = sorted(k for k in set(current) | set(led[3]) if current.get(k) != led[3].get(k))
-        if changed:
-            run.check("ledger", False, f"changed since apply: {', '.join(changed)}")
-            return run.finish("failed", f"{changed[0]} changed after the schema part was applied")
-        if led[2] == "succeeded":
-            run.check("ledger", True, "backfill already complete")
-            return RunResult("noop", "backfill already complete", None, operation="backfill")
-        run.check("ledger", True, f"schema part applied, backfill {led[2]}")
-        rev = eng.progress_rows(eng.key + ":reverse")
-        if rev:
-            opts.log(f"an interrupted compensation left {len(rev)} reverse batch(es); resuming it")
-            run.metrics["resumed_compensation"] = 1
-            return _compensate(run, store, eng, totals, "resuming an interrupted compensation")
-        with conn.cursor() as cur:
-            problem, eng.key_type = check_key(cur, bf)
-        conn.commit()
-        run.check("backfill_key", problem is None, problem or f"{bf.key_column} ({eng.key_type}) unique, not null")
-        if problem:
-            return run.finish("failed", problem)
-        rows = eng.progress_rows(eng.key)
-        if rows and rows[-1][0] > 0 and rows[-1][1] is None:  # completed, ledger not flipped
-            with conn.cursor() as cur:
-                eng.set_ledger_status(cur, "succeeded")
-            conn.commit()
-            return RunResult("noop", "backfill already complete", None, operation="backfill")
-        if not rows:
-            with conn.cursor() as cur:
-                eng._begin(cur)
-                pre = eng.verify_digest(cur)
-                eng._insert_progress(cur, eng.key, 0, pre, 0)
-                if led[2] != PENDING:  # a fresh start after a compensated attempt
-                    eng.set_ledger_status(cur, PENDING)
-            conn.commit()
-            rows = [(0, pre, 0)]
-        last = rows[-1]
-        after = last[1] if last[0] > 0 else None
-        run.metrics.update(
-            {
-                "resumed_from_batch": last[0],
-                "resumed_at_rows": last[2],
-                "run_key": eng.key[:16],
-                "batch_size": bf.batch_size,
-                "max_rows": bf.max_rows,
-            }
-        )
-        if last[0] > 0:
-            opts.log(f"resuming the backfill after batch {last[0]} ({last[2]} rows written so far)")
-        estimate = eng.estimate(after)
-        template = _statement(bf)
-
-        def done(cur: Any, next_no: int, total: int) -> None:
-            eng._insert_progress(cur, eng.key, next_no, None, total)
-            eng.set_ledger_status(cur, "succeeded")
-
-        try:
-            total = eng.loop(
-                phase="forward",
-                key=eng.key,
-                start_batch=last[0] + 1,
-                after=after,
-                upto=None,
-                rows_before=last[2],
-                template=template,
-                limit=bf.max_rows,
-                totals=totals,
-                estimate=estimate,
-                on_done=done,
-            )
-        except Stop as stop:
-            _metrics(run, totals, started, "forward")
-            run.check("backfill", False, f"{stop.code}: {stop}")
-            why = f"backfill stopped ({stop.code}: {stop}); that batch was rolled back"
-            return _compensate(run, store, eng, totals, why)
-        except Interrupted as exc:
-            _metrics(run, totals, started, "forward")
-            run.check("backfill", False, str(exc))
-            _write_summary(run, eng, totals, "interrupted")
-            result = run.finish("failed", f"backfill interrupted, committed batches kept; a re-run resumes: {exc}")
-            result.resumable = True
-            return result
-        _metrics(run, totals, started, "forward")
-        run.metrics["rows_total"] = total
-        run.check("backfill", True, f"{totals.batches} batch(es), {totals.rows} rows this run, {total} in total")
-        _write_summary(run, eng, totals, "complete")
-        return run.finish("succeeded", None)
-    finally:
-        if locked:
-            eng.unlock()
-        try:
-            conn.close()
-        except Exception:
+            self.conn.close()
+        except Exception:  # closing a connection that is already gone: nothing left to release
             pass
 
+    def check_key(self) -> str | None:
+        """The key must be NOT NULL and alone carry a unique index; learns its type."""
+        with self.conn.cursor() as cur:
+            problem, self.key_type = check_key(cur, self.bf)
+        self.conn.commit()
+        return problem
 
-def _metrics(run: Any, totals: Totals, started: float, phase: str) -> None:
-    dur = time.monotonic() - started
-    p = "" if phase == "forward" else "reverse_"
-    run.metrics.update(
-        {
+    def key_summary(self) -> str:
+        return f"{self.bf.key_column} ({self.key_type}) unique, not null"
+
+    def reverse_pending(self) -> int:
+        """Reverse batches an interrupted compensation left (0: none)."""
+        return len(self.progress_rows(self.key + ":reverse"))
+
+    def last_progress(self) -> tuple[int, str | None, int] | None:
+        rows = self.progress_rows(self.key)
+        return rows[-1] if rows else None
+
+    def complete_if_done(self) -> bool:
+        """True when every batch committed; flips a ledger entry a crash left pending."""
+        last = self.last_progress()
+        if last is None or not (last[0] > 0 and last[1] is None):
+            return False
+        with self.conn.cursor() as cur:
+            self.set_ledger_status(cur, "succeeded")
+        self.conn.commit()
+        return True
+
+    def start(self, *, mark_pending: bool) -> tuple[int, str | None, int]:
+        """Record the start row (with the pre-backfill verify digest) and return it."""
+        with self.conn.cursor() as cur:
+            self._begin(cur)
+            pre = self.verify_digest(cur)
+            self._insert_progress(cur, self.key, 0, pre, 0)
+            if mark_pending:  # a fresh start after a compensated attempt
+                self.set_ledger_status(cur, PENDING)
+        self.conn.commit()
+        return (0, pre, 0)
+
+    def run_forward(self, last: tuple[int, str | None, int]) -> int:
+        """Batches after ``last`` until no key is left; the closing transaction marks the
+        backfill complete and the ledger entry succeeded. Returns the final rows_total."""
+        after = last[1] if last[0] > 0 else None
+
+        def done(cur: Any, next_no: int, total: int) -> None:
+            self._insert_progress(cur, self.key, next_no, None, total)
+            self.set_ledger_status(cur, "succeeded")
+
+        return self.loop(
+            phase="forward",
+            key=self.key,
+            start_batch=last[0] + 1,
+            after=after,
+            upto=None,
+            rows_before=last[2],
+            template=_statement(self.bf),
+            limit=self.bf.max_rows,
+            totals=self.totals,
+            estimate=self.estimate(after),
+            on_done=done,
+        )
+
+    def reverse(self) -> tuple[bool, str | None, int]:
+        """Reverse the committed forward batches with ``rollback_set``, batched, resumable.
+        Returns (ok, problem, committed forward batches that were there to reverse)."""
+        fwd = [r for r in self.progress_rows(self.key) if r[0] > 0 and r[1] is not None]
+        if not fwd or not self.bf.rollback_set:
+            return True, None, 0
+        rev = self.progress_rows(self.key + ":reverse")
+        last = rev[-1] if rev else (0, None, 0)
+        self.check_key()
+        self.reverse_totals = Totals()
+        try:
+            self.loop(
+                phase="reverse",
+                key=self.key + ":reverse",
+                start_batch=last[0] + 1,
+                after=last[1],
+                upto=fwd[-1][1],
+                rows_before=last[2],
+                template=_reverse_statement(self.bf),
+                limit=None,
+                totals=self.reverse_totals,
+                estimate=None,
+                on_done=lambda cur, n, total: None,
+            )
+        except (BackfillStop, BackfillInterrupted) as exc:
+            return False, f"reverse backfill: {exc}", len(fwd)
+        return True, None, len(fwd)
+
+    def verify_after_reverse(self) -> tuple[bool, str]:
+        """Compare the verify_columns digest with the one recorded before the first batch."""
+        rows = self.progress_rows(self.key)
+        pre = rows[0][1] if rows and rows[0][0] == 0 else None
+        if not self.bf.verify_columns:
+            return True, "no verify_columns declared"
+        if pre is None:
+            return False, "no pre-backfill digest was recorded"
+        with self.conn.cursor() as cur:
+            now = self.verify_digest(cur)
+        self.conn.commit()
+        same = now == pre
+        return same, ("verify_columns digest equals pre" if same else "verify_columns digest differs from pre")
+
+    def retire(self, run_id: str, status: str) -> None:
+        """Move this backfill's progress aside and set the ledger status, in one transaction."""
+        with self.conn.cursor() as cur:
+            self.retire_progress(cur, run_id)
+            self.set_ledger_status(cur, status)
+        self.conn.commit()
+
+    def metrics(self, phase: str, started: float) -> dict[str, int | float | str]:
+        totals = self.totals if phase == "forward" else self.reverse_totals
+        dur = time.monotonic() - started
+        p = "" if phase == "forward" else "reverse_"
+        out: dict[str, int | float | str] = {
             f"{p}batches": totals.batches,
             f"{p}rows": totals.rows,
             f"{p}keys": totals.keys,
@@ -785,106 +712,22 @@ def _metrics(run: Any, totals: Totals, started: float, phase: str) -> None:
             f"{p}duration_s": round(dur, 3),
             f"{p}rows_per_s": round(totals.keys / dur, 1) if dur > 0 else 0.0,
         }
-    )
-    if totals.batch_ms:
-        run.metrics[f"{p}max_batch_ms"] = max(totals.batch_ms)
+        if totals.batch_ms:
+            out[f"{p}max_batch_ms"] = max(totals.batch_ms)
+        return out
 
-
-def _write_summary(run: Any, eng: Engine, totals: Totals, state: str) -> None:
-    if run.opts.dry_run:
-        return
-    doc = {
-        "schema_version": "backfill_summary.v1",
-        "migration_id": eng.decl.migration_id,
-        "run_id": run.run_id,
-        "table": f"{eng.schema}.{eng.table}",
-        "key_column": eng.bf.key_column,
-        "run_key": eng.key,
-        "state": state,
-        "metrics": dict(run.metrics),
-        "writes": [
-            {"table": t, "inserted": v[0], "updated": v[1], "deleted": v[2]} for t, v in sorted(totals.writes.items())
-        ],
-        "batch_ms": totals.batch_ms,
-    }
-    p = Path(run.dir) / "diffs" / "backfill.json"
-    write_json(p, doc)
-    run.outputs.append(("backfill_summary", p))
-
-
-def reverse(eng: Engine, totals: Totals, started: float) -> tuple[bool, str | None, int]:
-    """Reverse the committed forward batches with ``rollback_set``, batched, resumable.
-    Returns (ok, problem, committed forward batches that were there to reverse)."""
-    bf = eng.bf
-    fwd = [r for r in eng.progress_rows(eng.key) if r[0] > 0 and r[1] is not None]
-    if not fwd:
-        return True, None, 0
-    if not bf.rollback_set:
-        return True, None, 0
-    upto = fwd[-1][1]
-    rev = eng.progress_rows(eng.key + ":reverse")
-    last = rev[-1] if rev else (0, None, 0)
-    with eng.conn.cursor() as cur:
-        _p, eng.key_type = check_key(cur, bf)
-    eng.conn.commit()
-    try:
-        eng.loop(
-            phase="reverse",
-            key=eng.key + ":reverse",
-            start_batch=last[0] + 1,
-            after=last[1],
-            upto=upto,
-            rows_before=last[2],
-            template=_reverse_statement(bf),
-            limit=None,
-            totals=totals,
-            estimate=None,
-            on_done=lambda cur, n, total: None,
-        )
-    except (Stop, Interrupted) as exc:
-        return False, f"reverse backfill: {exc}", len(fwd)
-    return True, None, len(fwd)
-
-
-def _compensate(run: Any, store: Any, eng: Engine, totals: Totals, why: str) -> Any:
-    """Undo the whole migration: reverse batches (rollback_set), then rollback.sql through the
-    guard; the store must equal the apply's pre-baseline and the verify digest its pre value."""
-    from airflow_kfm_migrations.engine.lifecycle import rollback_core
-
-    eng.unlock()  # rollback_core takes the lock again and frees it before the guard session
-    status, reason, session = rollback_core(run, store, why, eng=eng)
-    if status == "noop":
-        status = "failed"
-    _write_summary(run, eng, totals, status)
-    result = run.finish(status, reason)
-    if session is not None:
-        from airflow_kfm_migrations.engine.lifecycle import _note_receipt
-
-        _note_receipt(session, run, result)
-    return result
-
-
-def verify_after_reverse(eng: Engine) -> tuple[bool, str]:
-    """Compare the verify_columns digest with the one recorded before the first batch."""
-    rows = eng.progress_rows(eng.key)
-    pre = rows[0][1] if rows and rows[0][0] == 0 else None
-    if not eng.bf.verify_columns:
-        return True, "no verify_columns declared"
-    if pre is None:
-        return False, "no pre-backfill digest was recorded"
-    with eng.conn.cursor() as cur:
-        now = eng.verify_digest(cur)
-    eng.conn.commit()
-    return now == pre, ("verify_columns digest equals pre" if now == pre else "verify_columns digest differs from pre")
-
-
-__all__ = [
-    "BatchEvent",
-    "Engine",
-    "check_key",
-    "reverse",
-    "run_backfill",
-    "run_key",
-    "static_problems",
-    "verify_after_reverse",
-]
+    def summary(self, state: str) -> dict[str, Any]:
+        totals = self.totals
+        return {
+            "schema_version": "backfill_summary.v1",
+            "migration_id": self.decl.migration_id,
+            "table": f"{self.schema}.{self.table}",
+            "key_column": self.bf.key_column,
+            "run_key": self.key,
+            "state": state,
+            "writes": [
+                {"table": t, "inserted": v[0], "updated": v[1], "deleted": v[2]}
+                for t, v in sorted(totals.writes.items())
+            ],
+            "batch_ms": totals.batch_ms,
+        }

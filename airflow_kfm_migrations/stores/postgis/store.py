@@ -9,27 +9,22 @@ rollback artifact when the post-commit gate fails.
 
 from __future__ import annotations
 
-import fnmatch
-import functools
 import gc
 import hashlib
 import json
-import os
-import re
 import threading
 import time
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from itertools import compress
 from operator import attrgetter
 from typing import Any, ClassVar
 
-import pglast
 from pglast import ast
 
+from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.contracts.models import (
     Baseline,
     BaselineObject,
@@ -42,11 +37,12 @@ from airflow_kfm_migrations.contracts.models import (
 )
 from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
-from airflow_kfm_migrations.errors import InputError, LockedError, RefusedError
+from airflow_kfm_migrations.errors import LockedError, RefusedError
 from airflow_kfm_migrations.evidence.diff import diff_objects, remember_leaves
 from airflow_kfm_migrations.evidence.limits import limit_checks
-from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord, Plan, PlannedStatement
+from airflow_kfm_migrations.stores.base import ApplyOutcome, BatchEvent, LedgerRecord, Plan, PlannedStatement
 from airflow_kfm_migrations.stores.postgis import state
+from airflow_kfm_migrations.stores.postgis.backfill import Engine, check_key, static_problems
 from airflow_kfm_migrations.stores.postgis.catalog import (
     ACL_QUERY,
     CATALOG_QUERY,
@@ -63,6 +59,14 @@ from airflow_kfm_migrations.stores.postgis.catalog import (
     XACT_WRITES_QUERY,
     family_query,
 )
+from airflow_kfm_migrations.stores.postgis.client import advisory_key, db_error
+from airflow_kfm_migrations.stores.postgis.plan import (
+    CLUSTER_STATEMENTS,
+    classify_statement,
+    plan_sql,
+    search_path_of,
+)
+from airflow_kfm_migrations.stores.postgis.scope import PgScope, by_pair, memo
 from airflow_kfm_migrations.util.digest import (
     digest_json,
     leaf,
@@ -71,279 +75,8 @@ from airflow_kfm_migrations.util.digest import (
     merkle_root,
     merkle_root_nodes,
 )
-from airflow_kfm_migrations.util.secret_scan import redact
-
-
-def review_thresholds() -> tuple[int, int]:
-    """(rows above which an index build needs review, rows above which a backfill does).
-
-    Read at gate time from KFM_REVIEW_INDEX_ROWS / KFM_REVIEW_BACKFILL_ROWS."""
-    return (
-        int(os.environ.get("KFM_REVIEW_INDEX_ROWS", "1000000")),
-        int(os.environ.get("KFM_REVIEW_BACKFILL_ROWS", "100000")),
-    )
-
 
 Connect = Callable[[], Any]  # -> psycopg.Connection
-
-
-# ----------------------------------------------------------------------------- scope
-
-
-def _glob_rx(patterns: list[str]) -> re.Pattern[str] | None:
-    """One compiled regex for a set of fnmatch globs (case-sensitive, as fnmatchcase)."""
-    if not patterns:
-        return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
-
-
-class _Globs:
-    """Schema globs, plus table globs that are either ``schema.table`` (matched against the
-    qualified name) or bare (matched against the table name)."""
-
-    def __init__(self, schemas: list[str], tables: list[str]) -> None:
-        self.schemas = _glob_rx(schemas)
-        self.qualified = _glob_rx([p for p in tables if "." in p])
-        self.bare = _glob_rx([p for p in tables if "." not in p])
-
-    def schema(self, schema: str) -> bool:
-        return bool(self.schemas and self.schemas.match(schema))
-
-    def table(self, schema: str, table: str) -> bool:
-        return bool(
-            (self.qualified and self.qualified.match(f"{schema}.{table}")) or (self.bare and self.bare.match(table))
-        )
-
-    def any(self, schema: str | None, table: str | None) -> bool:
-        return bool(schema and (self.schema(schema) or (table and self.table(schema, table))))
-
-
-def _memo(
-    test: Callable[[str | None, str | None], bool], seen: dict[tuple[str | None, str | None], bool]
-) -> Callable[[str | None, str | None], bool]:
-    """``test`` remembered per (schema, table) in ``seen``: 120k objects share 10k tables."""
-
-    def memo(schema: str | None, table: str | None) -> bool:
-        r = seen.get((schema, table))
-        if r is None:
-            r = seen[(schema, table)] = test(schema, table)
-        return r
-
-    return memo
-
-
-def _by_pair(
-    objects: Sequence[Any], schema: str, table: str, test: Callable[[str | None, str | None], bool]
-) -> Iterator[bool]:
-    """``test(schema, table)`` for each object, asked once per distinct pair (120k objects
-    share 10k tables) and looked up per object in C (``map``), not in a Python loop."""
-    pairs = list(zip(map(attrgetter(schema), objects), map(attrgetter(table), objects), strict=True))
-    ok = {p for p in set(pairs) if test(*p)}
-    return map(ok.__contains__, pairs)
-
-
-@dataclass(frozen=True)
-class PgScope:
-    decl: PostgisDeclaration
-
-    @functools.cached_property
-    def _forbidden(self) -> _Globs:
-        return _Globs(self.decl.scope.forbidden_schemas, self.decl.scope.forbidden_tables)
-
-    @functools.cached_property
-    def _protected(self) -> _Globs:
-        return _Globs(self.decl.scope.protected_schemas, self.decl.scope.protected_tables)
-
-    @functools.cached_property
-    def _allowed(self) -> _Globs:
-        return _Globs(self.decl.scope.allowed_schemas, self.decl.scope.allowed_tables)
-
-    def forbidden(self, schema: str | None, table: str | None) -> bool:
-        return schema == LEDGER_SCHEMA or self._forbidden.any(schema, table)
-
-    def protected(self, schema: str | None, table: str | None) -> bool:
-        return self._protected.any(schema, table)
-
-    def guarded(self, schema: str | None, table: str | None) -> bool:
-        """Objects whose state must not change: protected or forbidden."""
-        return self.protected(schema, table) or self.forbidden(schema, table)
-
-    def allowed(self, schema: str | None, table: str | None) -> bool:
-        a = self._allowed
-        if not schema or not a.schema(schema):
-            return False
-        if table and self.decl.scope.allowed_tables:
-            return a.table(schema, table)
-        return True
-
-
-# ----------------------------------------------------------------------------- plan
-
-_NON_TRANSACTIONAL = {
-    "VacuumStmt",
-    "CreatedbStmt",
-    "DropdbStmt",
-    "AlterSystemStmt",
-    "CreateTableSpaceStmt",
-    "DropTableSpaceStmt",
-    "ReindexStmt",
-    "CreateSubscriptionStmt",
-    "DropSubscriptionStmt",
-}
-_CLUSTER_STATEMENTS = {
-    "CreateRoleStmt",
-    "AlterRoleStmt",
-    "AlterRoleSetStmt",
-    "DropRoleStmt",
-    "GrantRoleStmt",
-    "ReassignOwnedStmt",
-    "AlterSystemStmt",
-    "CreatedbStmt",
-    "DropdbStmt",
-    "AlterDatabaseStmt",
-    "AlterDatabaseSetStmt",
-    "AlterDatabaseRefreshCollStmt",
-    "CreateTableSpaceStmt",
-    "DropTableSpaceStmt",
-    "AlterTableSpaceOptionsStmt",
-    "LoadStmt",
-    "CreateEventTrigStmt",
-    "AlterEventTrigStmt",
-    "CreateSubscriptionStmt",
-    "AlterSubscriptionStmt",
-    "DropSubscriptionStmt",
-    "CreateUserMappingStmt",
-    "AlterUserMappingStmt",
-    "DropUserMappingStmt",
-}
-_DML = {"InsertStmt", "UpdateStmt", "DeleteStmt", "MergeStmt", "CopyStmt", "TruncateStmt", "SelectStmt"}
-_OTHER = {
-    "VariableSetStmt",
-    "VariableShowStmt",
-    "TransactionStmt",
-    "DoStmt",
-    "CallStmt",
-    "ExplainStmt",
-    "LockStmt",
-    "NotifyStmt",
-    "CheckPointStmt",
-    "DiscardStmt",
-}
-
-
-def _range_vars(node: Any) -> list[ast.RangeVar]:
-    found: list[ast.RangeVar] = []
-
-    def walk(n: Any) -> None:
-        if isinstance(n, ast.RangeVar):
-            found.append(n)
-        if isinstance(n, ast.Node):
-            for name in n.__slots__:  # type: ignore[attr-defined]
-                walk(getattr(n, name, None))
-        elif isinstance(n, (list, tuple)):
-            for x in n:
-                walk(x)
-
-    walk(node)
-    return found
-
-
-def _search_path(stmt: ast.VariableSetStmt) -> list[str] | None:
-    if (stmt.name or "").lower() != "search_path" or not stmt.args:
-        return None
-    out = []
-    for a in stmt.args:
-        val = getattr(getattr(a, "val", None), "sval", None)
-        if val:
-            out.append(val)
-    return out
-
-
-def _names(obj: Any) -> list[str]:
-    if isinstance(obj, (list, tuple)):
-        return [getattr(x, "sval", str(x)) for x in obj]
-    return [getattr(obj, "sval", str(obj))]
-
-
-def plan_sql(text: str, file: str) -> list[tuple[str, Any]]:
-    """Split and parse; unparseable SQL is an input error naming the file and position."""
-    try:
-        parsed = pglast.parse_sql(text)
-        pieces = list(pglast.split(text))
-    except pglast.parser.ParseError as exc:
-        where = getattr(exc, "location", None)
-        line = text.encode()[: where or 0].count(b"\n") + 1 if where is not None else "-"
-        raise InputError(file, f"line {line}", f"SQL does not parse: {exc.args[0]}") from None
-    if len(parsed) != len(pieces):
-        raise InputError(file, "-", "could not split the script into statements")
-    return [(piece, raw.stmt) for piece, raw in zip(pieces, parsed, strict=True)]
-
-
-def classify_statement(stmt: Any, search_path: list[str]) -> tuple[str, list[str], bool, str | None]:
-    """(kind, qualified targets, can run in a transaction, note)."""
-    name = type(stmt).__name__
-    default_schema = next((s for s in search_path if s != "$user"), "public")
-    transactional = name not in _NON_TRANSACTIONAL
-    note = None
-    if isinstance(stmt, ast.IndexStmt) and stmt.concurrent:
-        transactional = False
-    if isinstance(stmt, ast.DropStmt) and getattr(stmt, "concurrent", False):
-        transactional = False
-    if isinstance(stmt, ast.ReindexStmt) and any(
-        getattr(getattr(p, "defname", None), "lower", lambda: "")() == "concurrently" for p in (stmt.params or [])
-    ):
-        transactional = False
-    targets: list[str] = []
-    for rv in _range_vars(stmt):
-        schema = rv.schemaname or default_schema
-        targets.append(f"{schema}.{rv.relname}")
-    if isinstance(stmt, ast.IndexStmt) and stmt.idxname and stmt.relation is not None:
-        schema = stmt.relation.schemaname or default_schema
-        targets.append(f"{schema}.{stmt.idxname}")
-    if isinstance(stmt, ast.DropStmt) and stmt.objects:
-        from pglast.enums.parsenodes import ObjectType
-
-        on_table = stmt.removeType in (ObjectType.OBJECT_POLICY, ObjectType.OBJECT_TRIGGER, ObjectType.OBJECT_RULE)
-        for obj in stmt.objects:
-            parts = _names(obj)
-            if on_table:  # DROP POLICY/TRIGGER/RULE name ON [schema.]table: the target is the table
-                parts = parts[:-1]
-            if len(parts) == 1:
-                targets.append(f"{default_schema}.{parts[0]}")
-            elif len(parts) >= 2:
-                targets.append(".".join(parts[-2:]))
-    if isinstance(stmt, ast.CreateSchemaStmt):
-        targets.append(f"{stmt.schemaname}.*")
-    if isinstance(stmt, (ast.CreateFunctionStmt,)) and stmt.funcname:
-        parts = _names(stmt.funcname)
-        targets.append(".".join(parts) if len(parts) > 1 else f"{default_schema}.{parts[0]}")
-    if isinstance(stmt, ast.DoStmt) or isinstance(stmt, ast.CreateFunctionStmt):
-        note = "procedural code hides from the static plan; the observed diff decides"
-    if isinstance(stmt, ast.CallStmt):
-        note = "procedure call: effects are only visible in the observed diff"
-    kind = "DML" if name in _DML else "other" if name in _OTHER else "DDL"
-    if isinstance(stmt, ast.SelectStmt) and stmt.intoClause is None:
-        kind = "other"
-    return kind, sorted(set(targets)), transactional, note
-
-
-# ---------------------------------------------------------------------------- store
-
-
-def _key(text: str) -> int:
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
-
-
-def _db_error(exc: BaseException) -> str:
-    """A policy-safe message for a database error: SQLSTATE plus the server's primary text."""
-    sqlstate = getattr(exc, "sqlstate", None)
-    diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    if primary:
-        return redact(f"{sqlstate or 'error'}: {primary}")
-    if type(exc).__name__ in {"OperationalError", "InterfaceError"}:
-        return f"{sqlstate or 'connection'}: the connection to the server was lost or refused"
-    return f"{sqlstate or type(exc).__name__}: database error"
 
 
 def _same_nodes(objects: list[state.FamilyObject], fams: set[int], fresh: list[state.FamilyObject]) -> bool:
@@ -490,9 +223,21 @@ class PostgisStore:
             try:
                 return psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None})
             except psycopg.Error as exc:
-                raise RefusedError(f"cannot connect to {conn_id}: {_db_error(exc)}") from None
+                raise RefusedError(f"cannot connect to {conn_id}: {db_error(exc)}") from None
 
         return cls(connect_env, conn_id)
+
+    # -- the Backfilling capability ------------------------------------------------
+
+    def backfill_problems(self, bundle: Bundle) -> list[str]:
+        return static_problems(bundle)
+
+    def backfill_engine(
+        self, bundle: Bundle, log: Callable[[str], None], progress: Callable[[BatchEvent], None] | None
+    ) -> Engine:
+        conn = self._connect()
+        conn.autocommit = False
+        return Engine(conn, bundle, log, progress)
 
     def rehearsable(self, bundle: Bundle) -> bool:
         return bool(bundle.declaration.transactional)
@@ -520,12 +265,12 @@ class PostgisStore:
             for _text, stmt in plan_sql(art.text, display(art.path)):
                 i += 1
                 if isinstance(stmt, ast.VariableSetStmt):
-                    sp = _search_path(stmt)
+                    sp = search_path_of(stmt)
                     if sp:
                         search_path = sp
                 kind, targets, transactional, note = classify_statement(stmt, search_path)
                 statements.append(PlannedStatement(i, kind, type(stmt).__name__, tuple(targets), transactional, note))
-                if type(stmt).__name__ in _CLUSTER_STATEMENTS or (
+                if type(stmt).__name__ in CLUSTER_STATEMENTS or (
                     isinstance(stmt, ast.CopyStmt) and getattr(stmt, "is_program", False)
                 ):
                     findings.append(
@@ -646,7 +391,7 @@ class PostgisStore:
         try:
             scope = PgScope(decl)
             guarded: dict[tuple[str | None, str | None], bool] = {}
-            is_guarded = _memo(scope.guarded, guarded)
+            is_guarded = memo(scope.guarded, guarded)
 
             ident = state.identify(cur, self.conn_id) if state.enabled() else None
             prior = None
@@ -666,7 +411,7 @@ class PostgisStore:
                         st = loaded[0] = state.load(ident[0])
                     ready.set()
                     fobjs = st.objects if st is not None else []
-                    flags = _by_pair(fobjs, "schema", "table", is_guarded)
+                    flags = by_pair(fobjs, "schema", "table", is_guarded)
                     made = self._made
                     if made:
                         for o, g in zip(fobjs, flags, strict=True):
@@ -848,7 +593,7 @@ class PostgisStore:
                 )
                 row = cur.fetchone()
         except psycopg.Error as exc:
-            raise RefusedError(f"cannot read the ledger on {self.conn_id}: {_db_error(exc)}") from None
+            raise RefusedError(f"cannot read the ledger on {self.conn_id}: {db_error(exc)}") from None
         if row is None:
             return None
         return dict(zip(("operation", "status", "receipt_digest", "post_schema_fingerprint"), row, strict=True))
@@ -858,7 +603,7 @@ class PostgisStore:
         assert isinstance(decl, PostgisDeclaration)
         objs = baseline.objects
         return merkle_root(
-            leaf(o.id, o.digest) for o in compress(objs, _by_pair(objs, "schema_", "table", PgScope(decl).allowed))
+            leaf(o.id, o.digest) for o in compress(objs, by_pair(objs, "schema_", "table", PgScope(decl).allowed))
         )
 
     # -- session --------------------------------------------------------------
@@ -894,7 +639,8 @@ class PostgisStore:
         decl = bundle.declaration
         assert isinstance(decl, PostgisDeclaration)
         scope = PgScope(decl)
-        review_index_rows, review_backfill_rows = review_thresholds()
+        conf = settings()  # read at gate time: KFM_REVIEW_INDEX_ROWS / KFM_REVIEW_BACKFILL_ROWS
+        review_index_rows, review_backfill_rows = conf.review_index_rows, conf.review_backfill_rows
         findings: list[Finding] = []
         changes = diff_objects(pre, post)
         tables: set[str] = set()
@@ -1174,7 +920,10 @@ class PgSession:
                 cur.execute("SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'")
                 self._statement_ms = int(cur.fetchone()[0])
                 fn = "pg_try_advisory_xact_lock" if self.transactional else "pg_try_advisory_lock"
-                cur.execute(f"SELECT {fn}(%s), {fn}(%s)", (_key("kfm-store"), _key("kfm:" + self.decl.migration_id)))
+                cur.execute(
+                    f"SELECT {fn}(%s), {fn}(%s)",
+                    (advisory_key("kfm-store"), advisory_key("kfm:" + self.decl.migration_id)),
+                )
                 store_lock, mig_lock = cur.fetchone()
                 if not (store_lock and mig_lock):
                     raise LockedError(
@@ -1187,7 +936,7 @@ class PgSession:
                 cur.execute(GOVERNANCE_ROWS_QUERY)
                 self._governance_rows = cur.fetchone()
         except psycopg.Error as exc:
-            raise RefusedError(f"cannot prepare the run on {self.store.conn_id}: {_db_error(exc)}") from None
+            raise RefusedError(f"cannot prepare the run on {self.store.conn_id}: {db_error(exc)}") from None
         if hazards:
             # They would run when the run records itself, after the gate.
             raise RefusedError(
@@ -1334,7 +1083,7 @@ class PgSession:
                     with self.conn.cursor() as cur, self._watchdog():
                         cur.execute(text.encode(), prepare=False)
         except psycopg.Error as exc:
-            return ApplyOutcome(ok=False, error=f"statement {n} of {art.rel}: {_db_error(exc)}", statements_run=n - 1)
+            return ApplyOutcome(ok=False, error=f"statement {n} of {art.rel}: {db_error(exc)}", statements_run=n - 1)
         try:
             with self.conn.cursor() as cur:
                 if self.transactional:
@@ -1350,14 +1099,14 @@ class PgSession:
                 cur.execute(TEMP_DEPENDANTS_QUERY)
                 doomed = cur.fetchone()
         except psycopg.Error as exc:
-            return ApplyOutcome(ok=False, error=f"after the script: {_db_error(exc)}", statements_run=n)
+            return ApplyOutcome(ok=False, error=f"after the script: {db_error(exc)}", statements_run=n)
         refusal = self._after_script(state, governance, governance_rows, doomed)
         if refusal:
             return ApplyOutcome(ok=False, error=f"{refusal}; refused", statements_run=n)
         try:
             writes = self._writes()
         except psycopg.Error as exc:
-            return ApplyOutcome(ok=False, error=f"after the script: {_db_error(exc)}", statements_run=n)
+            return ApplyOutcome(ok=False, error=f"after the script: {db_error(exc)}", statements_run=n)
         return ApplyOutcome(
             ok=True, writes=writes, statements_run=n, metrics={"apply_seconds": round(time.monotonic() - started, 3)}
         )
@@ -1389,7 +1138,7 @@ class PgSession:
         try:
             self._record(rec)
         except psycopg.Error as exc:
-            raise RefusedError(f"cannot write the ledger entry on {self.store.conn_id}: {_db_error(exc)}") from None
+            raise RefusedError(f"cannot write the ledger entry on {self.store.conn_id}: {db_error(exc)}") from None
 
     def _record(self, rec: LedgerRecord) -> None:
         with self.conn.cursor() as cur:
@@ -1411,6 +1160,45 @@ class PgSession:
                     rec.post_scope_fingerprint,
                 ),
             )
+
+    # -- the BackfillSession capability: checks inside the guard's transaction -------
+
+    def check_backfill_key(self) -> tuple[str | None, str]:
+        bf = self.decl.backfill
+        assert bf is not None
+        with self.conn.cursor() as cur:
+            problem, key_type = check_key(cur, bf)
+        return problem, f"{bf.key_column} ({key_type}) unique, not null"
+
+    def backfill_rollback_checks(self, run_id: str) -> list[tuple[str, bool, str | None]]:
+        """verify_columns (when no rollback_set reversed them already) and retiring the
+        backfill's progress, atomically with the rollback."""
+        import psycopg
+
+        bf = self.decl.backfill
+        assert bf is not None
+        eng = Engine(self.conn, self.bundle, lambda _line: None, None)
+        checks: list[tuple[str, bool, str | None]] = []
+        try:
+            with self.conn.cursor() as cur:
+                if bf.verify_columns and not bf.rollback_set:
+                    cur.execute(
+                        f"SELECT last_key FROM {LEDGER_SCHEMA}.backfill_progress WHERE migration_id = %s "
+                        "AND run_key = %s AND batch_no = 0",
+                        (self.decl.migration_id, eng.key),
+                    )
+                    row = cur.fetchone()
+                    if row is not None:
+                        same = eng.verify_digest(cur) == row[0]
+                        checks.append(
+                            ("verify_columns", same, "digest equals pre" if same else "digest differs from pre")
+                        )
+                        if not same:
+                            return checks
+                eng.retire_progress(cur, run_id)
+        except psycopg.Error as exc:
+            checks.append(("verify_columns", False, db_error(exc)))
+        return checks
 
     def set_receipt_digest(self, run_id: str, digest: str) -> None:
         """After the receipt is written (outside the migration's transaction)."""

@@ -1,0 +1,47 @@
+"""What every sub-command shares: the console, the actor, loading a bundle, run options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from airflow_kfm_migrations.config import settings
+from airflow_kfm_migrations.declaration.bundle import Bundle, load_bundle
+from airflow_kfm_migrations.engine.run import RunOptions
+from airflow_kfm_migrations.util.secret_scan import redact
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def default_actor() -> str:
+    """``KFM_ACTOR``, else ``<user>@cli``."""
+    return settings().actor
+
+
+def load_bundle_arg(path: str) -> Bundle:
+    return load_bundle(Path(path))
+
+
+def run_options(args: argparse.Namespace, *, dry_run: bool | None = None) -> RunOptions:
+    """RunOptions from the common flags; the log goes to stderr, secrets redacted."""
+
+    def log(line: str) -> None:
+        sys.stderr.write(redact(line) + "\n")
+
+    registry = getattr(args, "registry", None)
+    return RunOptions(
+        conn_id=args.conn_id,
+        environment=args.env,
+        artifacts_dir=Path(args.artifacts) if args.artifacts else None,
+        dry_run=getattr(args, "dry_run", False) if dry_run is None else dry_run,
+        fail_on_drift=getattr(args, "fail_on_drift", False),
+        actor=default_actor(),
+        registry_path=Path(registry) if registry else None,
+        log=log if not args.quiet else (lambda _l: None),
+    )

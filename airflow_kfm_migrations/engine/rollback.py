@@ -1,0 +1,167 @@
+"""Undoing an applied migration: by hand (``rollback``), or as the compensation of a run
+that committed before its gate refused (non-transactional stores, backfills)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from airflow_kfm_migrations.declaration.bundle import Bundle
+from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult, cycle_collector_paused
+from airflow_kfm_migrations.errors import LockedError
+from airflow_kfm_migrations.stores.base import (
+    BackfillEngine,
+    Backfilling,
+    BackfillSession,
+    Store,
+    StoreSession,
+    open_store,
+)
+
+
+@cycle_collector_paused
+def rollback_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
+    """Run the rollback by hand; verify the store returns to the apply's pre-baseline.
+
+    With a declared backfill, committed batches are first reversed (``rollback_set``,
+    batched) and the ``verify_columns`` digest must equal its pre-backfill value."""
+    run = RunRecorder(bundle, opts, "rollback")
+    has_reverse = bool(getattr(getattr(bundle.declaration, "backfill", None), "rollback_set", None))
+    if not bundle.by_role("rollback") and not has_reverse:
+        run.check("rollback_artifact", False)
+        return run.finish("failed", "the bundle has no rollback artifact")
+    store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+    status, reason, session = rollback_core(run, store, None)
+    result = run.finish(status, reason)
+    if status == "rolled_back" and session is not None:
+        run.note_receipt(session, result)
+    return result
+
+
+def compensate(run: RunRecorder, s: StoreSession, why: str) -> RunResult:
+    """Non-transactional: run the rollback artifact and verify the store equals pre."""
+    assert run.pre is not None
+    if not run.bundle.by_role("rollback"):
+        run.check("rollback", False, "no rollback artifact")
+        return run.finish("rollback_failed", f"{why}; no rollback artifact to compensate with")
+    outcome = s.rollback()
+    after = s.baseline()
+    same = after.schema_fingerprint == run.pre.schema_fingerprint and (
+        after.protected_fingerprint == run.pre.protected_fingerprint
+    )
+    run.post = after
+    run.check(
+        "rollback", outcome.ok and same, outcome.error or ("store equals pre" if same else "store differs from pre")
+    )
+    if outcome.ok and same:
+        s.commit()
+        return run.finish("rolled_back", f"{why}; compensated by the rollback artifact, store equals pre")
+    s.abort()
+    return run.finish("rollback_failed", f"{why}; rollback did not restore the pre-baseline")
+
+
+Outcome = tuple[str, str | None, StoreSession | None]
+Say = Callable[[str | None], str | None]  # prefixes a reason with why the rollback runs
+
+
+def rollback_core(run: RunRecorder, store: Store, why: str | None, eng: BackfillEngine | None = None) -> Outcome:
+    """Undo an applied migration: reverse its backfill batches (when declared), then run the
+    rollback artifact through the guard. Returns (status, reason, guard session or None).
+
+    Shared by ``rollback`` and by a backfill that stopped (``why`` is then its reason)."""
+
+    def say(text: str | None) -> str | None:
+        return f"{why}; {text}" if why and text else (why or text)
+
+    if getattr(run.bundle.declaration, "backfill", None) is not None:
+        done = _reverse_backfill(run, store, say, eng)
+        if done is not None:
+            return done
+    try:
+        with store.session(run.bundle, run.run_id) as s:
+            run.check("lock", True)
+            return _guarded_rollback(run, store, s, say, why)
+    except LockedError as exc:
+        run.check("lock", False, str(exc))
+        return "failed", say(str(exc)), None
+
+
+def _reverse_backfill(run: RunRecorder, store: Store, say: Say, eng: BackfillEngine | None) -> Outcome | None:
+    """Reverse a declared backfill's committed batches. Returns an outcome when the rollback
+    ends here (refused, failed, or nothing more to undo), None to go on to the guard."""
+    bundle = run.bundle
+    bf = getattr(bundle.declaration, "backfill", None)
+    assert bf is not None
+    own = None
+    if eng is None:
+        if not isinstance(store, Backfilling):
+            run.check("reverse_backfill", False, f"the {bundle.type} store does not run backfills")
+            return "failed", say(f"the {bundle.type} store does not run backfills"), None
+        own = eng = store.backfill_engine(bundle, run.opts.log, run.opts.progress)
+    try:
+        try:
+            eng.lock()
+        except LockedError as exc:
+            run.check("lock", False, str(exc))
+            return "failed", str(exc), None
+        led = eng.ledger()
+        if led is None or led[1] != "apply":
+            run.check("ledger", False, "no applied run to roll back")
+            return "noop", say("nothing to roll back (not applied, or already rolled back)"), None
+        started = time.monotonic()
+        ok, problem, forward_batches = eng.reverse()
+        metrics = eng.metrics("reverse", started)
+        if metrics["reverse_batches"]:
+            run.metrics.update(metrics)
+        if bf.rollback_set:
+            run.check("reverse_backfill", ok, problem or f"{metrics['reverse_batches']} reverse batch(es)")
+        if not ok:
+            return "rollback_failed", say(f"{problem}; reverse progress kept, a re-run resumes it"), None
+        if bf.rollback_set and forward_batches:
+            same, detail = eng.verify_after_reverse()
+            run.check("verify_columns", same, detail)
+            if not same:
+                return "rollback_failed", say(f"after the reverse backfill the {detail}"), None
+        if not bundle.by_role("rollback"):
+            eng.retire(run.run_id, eng.ROLLED_BACK)
+            return "rolled_back", say("backfill reversed; the schema part stays (no rollback artifact)"), None
+        return None
+    finally:
+        eng.unlock()
+        if own is not None:
+            own.close()
+
+
+def _guarded_rollback(run: RunRecorder, store: Store, s: StoreSession, say: Say, why: str | None) -> Outcome:
+    last = s.ledger_last()
+    if last is None or last.operation != "apply":
+        s.abort()
+        run.check("ledger", False, "no applied run to roll back")
+        return "noop", say("nothing to roll back (not applied, or already rolled back)"), None
+    run.check("ledger", True, f"rolling back run {last.run_id[:12]}")
+    run.pre = s.baseline()
+    outcome = s.rollback()
+    if not outcome.ok:
+        run.check("rollback", False, outcome.error)
+        s.abort()
+        return "rollback_failed", say(f"rollback script failed: {outcome.error}"), None
+    run.post = s.baseline()
+    same_schema = run.post.schema_fingerprint == last.pre_schema_fingerprint
+    same_protected = run.post.protected_fingerprint == last.pre_protected_fingerprint
+    run.check("schema_equals_pre", same_schema)
+    run.check("protected_equals_pre", same_protected)
+    same_rows = True
+    if getattr(run.bundle.declaration, "backfill", None) is not None and isinstance(s, BackfillSession):
+        for name, passed, detail in s.backfill_rollback_checks(run.run_id):
+            run.check(name, passed, detail)
+            same_rows = same_rows and passed
+    if not (same_schema and same_protected and same_rows):
+        s.abort()
+        return (
+            "rollback_failed",
+            say("after rollback the store does not equal the apply's pre-baseline; rollback not committed"),
+            None,
+        )
+    s.record(run.ledger_record(store, "rollback", "rolled_back"))
+    s.commit()
+    return "rolled_back", say("compensated: store equals the apply's pre-baseline" if why else None), s

@@ -1,0 +1,237 @@
+"""One run's options, its result, and the recorder every exit path goes through.
+
+A :class:`RunRecorder` collects the checks, policy notes, metrics and outputs of one run
+(apply, rollback, backfill, gc, break_lock) and writes its artifacts and its receipt in
+:meth:`RunRecorder.finish`. Every outcome but invalid input (exit 2, nothing written) ends
+there, so every outcome has a receipt.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
+
+from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, ValidationCheck, baseline_json
+from airflow_kfm_migrations.declaration.bundle import Bundle
+from airflow_kfm_migrations.engine.receipts import carried_outputs, output_refs, write_receipt
+from airflow_kfm_migrations.evidence.diff import touched_csv
+from airflow_kfm_migrations.evidence.prov import prov_jsonld
+from airflow_kfm_migrations.stores.base import BatchEvent, LedgerRecord, Plan, Store, StoreSession
+from airflow_kfm_migrations.util.digest import write_bytes_atomic, write_json
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+EXIT = {"succeeded": 0, "noop": 0, "failed": 1, "rolled_back": 1, "rollback_failed": 1}
+
+
+@dataclass
+class RunOptions:
+    conn_id: str
+    environment: str = "dev"
+    artifacts_dir: Path | None = None
+    dry_run: bool = False
+    fail_on_drift: bool = False
+    actor: str = "unknown"
+    registry_path: Path | None = None
+    use_hook: bool = False
+    prov: bool = True
+    log: Callable[[str], None] = print
+    progress: Callable[[BatchEvent], None] | None = None  # after each backfill batch
+
+
+@dataclass
+class RunResult:
+    status: str
+    reason: str | None
+    receipt_path: Path | None
+    summary: DiffSummary | None = None
+    plan: Plan | None = None
+    pre: Baseline | None = None
+    post: Baseline | None = None
+    receipt_digest: str | None = None
+    checks: list[ValidationCheck] = field(default_factory=list)
+    assets: list[str] = field(default_factory=list)
+    operation: str = "apply"
+    resumable: bool = False  # a backfill interrupted with its progress kept: a re-run resumes
+
+    @property
+    def exit_code(self) -> int:
+        if self.operation == "rollback" and self.status == "rolled_back":
+            return 0  # a rollback asked for and verified is a success
+        return EXIT[self.status]
+
+
+class RunRecorder:
+    """State of one run; every exit path goes through :meth:`finish`."""
+
+    def __init__(self, bundle: Bundle, opts: RunOptions, operation: str) -> None:
+        self.bundle = bundle
+        self.opts = opts
+        self.operation = operation
+        self.run_id = uuid.uuid4().hex
+        self.started = datetime.now(UTC)
+        self.dir = opts.artifacts_dir or bundle.root
+        self.checks: list[ValidationCheck] = []
+        self.policy: list[str] = []
+        self.metrics: dict[str, int | float | str] = {}
+        self.registry: dict[str, str | bool | None] = {"in_registry": False, "status": None, "note": None}
+        self.pre: Baseline | None = None
+        self.post: Baseline | None = None
+        self.summary: DiffSummary | None = None
+        self.plan: Plan | None = None
+        self.outputs: list[tuple[str, Path]] = []
+        self.assets: list[str] = []
+
+    def check(self, name: str, passed: bool, detail: str | None = None) -> None:
+        self.checks.append(ValidationCheck(name=name, passed=passed, detail=detail))
+        self.opts.log(f"[{'pass' if passed else 'FAIL'}] {name}" + (f": {detail}" if detail else ""))
+
+    def add_output(self, role: str, rel: str, doc: dict[str, Any]) -> None:
+        """Write a JSON output of this run (e.g. a backfill summary) and list it in the receipt."""
+        if self.opts.dry_run:
+            return
+        path = self.dir / rel
+        write_json(path, doc)
+        self.outputs.append((role, path))
+
+    def write_outputs(self) -> None:
+        paths = self.bundle.declaration.artifacts
+        if self.pre is not None:
+            p = self.dir / paths.baselines.pre
+            write_bytes_atomic(p, baseline_json(self.pre))
+            self.outputs.append(("baseline_pre", p))
+        if self.post is not None:
+            p = self.dir / paths.baselines.post
+            write_bytes_atomic(p, baseline_json(self.post))
+            self.outputs.append(("baseline_post", p))
+        if self.summary is not None:
+            p = self.dir / paths.diffs.summary
+            write_json(p, self.summary.model_dump(mode="json", by_alias=True))
+            self.outputs.append(("diff_summary", p))
+            t = self.dir / paths.diffs.touched
+            writes = [(w.table, w.inserted, w.updated, w.deleted) for w in self.summary.writes]
+            write_bytes_atomic(t, touched_csv(self.summary.changes, writes).encode())
+            self.outputs.append(("diff_touched", t))
+
+    def finish(self, status: str, reason: str | None) -> RunResult:
+        if self.opts.dry_run:
+            self.opts.log(f"dry run: {status}" + (f" ({reason})" if reason else "") + "; nothing was written")
+            return RunResult(
+                status,
+                reason,
+                None,
+                self.summary,
+                self.plan,
+                self.pre,
+                self.post,
+                None,
+                self.checks,
+                operation=self.operation,
+            )
+        self.write_outputs()
+        outputs = output_refs(self.dir, self.outputs)
+        if status == "noop" and not outputs:
+            # A no-op produced nothing new: the evidence of the state is still the last
+            # run's outputs, carried forward so that verify keeps guarding them.
+            outputs = carried_outputs(self.dir)
+        path, receipt = write_receipt(
+            self.dir,
+            self.bundle,
+            run_id=self.run_id,
+            operation=self.operation,
+            actor=self.opts.actor,
+            started_at=self.started,
+            environment=self.opts.environment,
+            status=status,
+            reason=reason,
+            store={"kind": self.bundle.type, "conn_id": self.opts.conn_id},
+            registry=self.registry,
+            outputs=outputs,
+            validation=self.checks,
+            policy=self.policy,
+            metrics=self.metrics,
+        )
+        prov_rel = self.bundle.declaration.artifacts.receipts.prov
+        if self.opts.prov and prov_rel:
+            write_bytes_atomic(self.dir / prov_rel, prov_jsonld(receipt))
+        return RunResult(
+            status,
+            reason,
+            path,
+            self.summary,
+            self.plan,
+            self.pre,
+            self.post,
+            receipt.receipt_digest,
+            self.checks,
+            self.assets,
+            self.operation,
+        )
+
+    def note_receipt(self, session: StoreSession, result: RunResult) -> None:
+        """Store the receipt's digest with the ledger entry the run committed."""
+        if not result.receipt_digest or self.opts.dry_run:
+            return
+        try:
+            session.set_receipt_digest(self.run_id, result.receipt_digest)
+        except Exception as exc:  # broad on purpose: the run is committed; a store error here only leaves a gap
+            self.opts.log(f"note: could not store the receipt digest in the ledger ({type(exc).__name__})")
+
+    def ledger_record(self, store: Store, operation: str, status: str) -> LedgerRecord:
+        assert self.pre is not None and self.post is not None
+        return LedgerRecord(
+            migration_id=self.bundle.migration_id,
+            operation=operation,
+            status=status,
+            bundle_digest=self.bundle.digest,
+            artifacts={a.rel: a.sha256 for a in self.bundle.artifacts},
+            environment=self.opts.environment,
+            run_id=self.run_id,
+            pre_schema_fingerprint=self.pre.schema_fingerprint,
+            pre_protected_fingerprint=self.pre.protected_fingerprint,
+            post_schema_fingerprint=self.post.schema_fingerprint,
+            post_scope_fingerprint=store.scope_fingerprint(self.bundle, self.post),
+        )
+
+    def log_summary(self) -> None:
+        s = self.summary
+        if s is None:
+            return
+        self.opts.log(f"diff: {len(s.changes)} object change(s), {len(s.writes)} table(s) written")
+        for lc in s.limits:
+            self.opts.log(
+                f"  limit {lc.name}: observed {lc.observed} / declared {lc.declared} {'ok' if lc.ok else 'EXCEEDED'}"
+            )
+        for f in s.findings:
+            if f.tier != "informational":
+                self.opts.log(
+                    f"  {f.tier} {f.code} {f.object or ''}: {f.message}"
+                    + (f" (approved by {f.approved_by})" if f.approved_by else "")
+                )
+        self.opts.log(f"verdict: {s.verdict}")
+
+
+def cycle_collector_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``fn`` with Python's cyclic garbage collector paused (reference counting still
+    frees everything as usual). A PostGIS run holds two baselines of 120k objects each, and
+    every collection of the oldest generation would walk all of them: about a tenth of a run
+    of a 10,000-table catalog. Cycles made meanwhile are collected once the run is over."""
+
+    @functools.wraps(fn)
+    def paused(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if collecting:
+                gc.enable()
+
+    return paused
