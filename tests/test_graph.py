@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import InputError, LockedError
-from airflow_kfm_migrations.stores.graph import store as graph_store
+from airflow_kfm_migrations.stores.graph import digests as graph_digests
+from airflow_kfm_migrations.stores.graph.client import host_identity
 from airflow_kfm_migrations.stores.graph.cypher import (
     classify,
     error_line,
@@ -34,7 +35,8 @@ from airflow_kfm_migrations.stores.graph.cypher import (
     schema_name,
     split_cypher,
 )
-from airflow_kfm_migrations.stores.graph.store import GraphStore, canonical
+from airflow_kfm_migrations.stores.graph.digests import canonical
+from airflow_kfm_migrations.stores.graph.store import GraphStore
 
 pytestmark = pytest.mark.neo4j
 
@@ -513,15 +515,13 @@ def test_a_re_run_recovers_a_killed_run_too(gexample: Path, graph: Graph, tmp_pa
     graph.q("CREATE CONSTRAINT dataset_id_unique FOR (d:Dataset) REQUIRE d.dataset_id IS UNIQUE")
     graph.q("MATCH (n:LegacyDataset) SET n:Dataset, n.kfm_relabeled_by = $m REMOVE n:LegacyDataset", m=MIG)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    from airflow_kfm_migrations.stores.graph.store import _host_identity
-
     graph.q(
         "CREATE (:KfmLock {key: 'store', migration_id: $m, run_id: 'dead', host: $h, pid: $pid, phase: 'applying', "
         "acquired_at: timestamp(), heartbeat: timestamp()}), "
         "(:KfmLock {key: $k, migration_id: $m, run_id: 'dead', phase: 'applying', statement: 2, statements: 2, "
         "pre_schema_fingerprint: $s, pre_protected_fingerprint: $p, heartbeat: timestamp()})",
         m=MIG,
-        h=_host_identity(),
+        h=host_identity(),
         pid=int(dead.stdout),
         k=f"inflight:{MIG}",
         s=before.schema_fingerprint,
@@ -741,10 +741,10 @@ _values = st.recursive(
 @example([38.0, -0.0, 0.0, float("nan"), float("inf"), 1e-7, 1e21, 2**63 - 1, -(2**63)])
 def test_canonical_is_rfc8785_of_the_typed_form(value: Any) -> None:
     """The fast path (msgspec, taken when ``_plain``) writes the RFC 8785 bytes exactly."""
-    expected = rfc8785.dumps(graph_store._jsonable(value))
+    expected = rfc8785.dumps(graph_digests.jsonable(value))
     assert canonical(value) == expected
-    if graph_store._plain(value):
-        assert graph_store._COMPACT(value) == expected
+    if graph_digests.plain(value):
+        assert graph_digests._COMPACT(value) == expected
 
 
 @given(st.lists(st.dictionaries(st.one_of(_ascii, st.text(max_size=4)), _values, max_size=5), max_size=4))
@@ -752,17 +752,17 @@ def test_canonical_is_rfc8785_of_the_typed_form(value: Any) -> None:
 def test_node_digests_are_sha256_of_rfc8785(maps: list[dict[str, Any]]) -> None:
     nodes = [[["Site", "AuthoritySite"], m] for m in maps]
     expected = [
-        hashlib.sha256(rfc8785.dumps(graph_store._jsonable([["AuthoritySite", "Site"], m]))).hexdigest() for m in maps
+        hashlib.sha256(rfc8785.dumps(graph_digests.jsonable([["AuthoritySite", "Site"], m]))).hexdigest() for m in maps
     ]
-    assert graph_store._node_digests(nodes) == sorted(expected)
+    assert graph_digests.node_digests(nodes) == sorted(expected)
 
 
 def test_canonical_fast_path_covers_a_typical_node_and_tells_types_apart() -> None:
     node = {"code": "site-1", "name": "Fort Larned ✓", "since": 1859, "lat": 38.18, "tags": ["a"], "ok": True}
-    assert graph_store._plain([["AuthoritySite"], node])
+    assert graph_digests.plain([["AuthoritySite"], node])
     for x in (38.0, -0.0, float("nan"), 2**53, 1e-7, {"clé": 1}):
-        assert not graph_store._plain(x)
-    digest = graph_store._digest
+        assert not graph_digests.plain(x)
+    digest = graph_digests.digest
     assert digest(38) != digest(38.0) and digest(0.0) != digest(-0.0) and digest(1) != digest(True)
     assert digest(2**60) != digest(str(2**60)) and digest(2**63 - 1) != digest(2**63 - 2)
     assert digest([1.5]) != digest(["1.5"])

@@ -287,3 +287,8 @@ def plan_mentions(plan: dict | None) -> tuple[set[str], set[str]]:
             types |= found_types
         stack.extend(op.get("children") or [])
     return labels, types
+
+
+def quote(name: str) -> str:
+    """``name`` as a backtick-quoted Cypher identifier (a label, a relationship type)."""
+    return "`" + name.replace("`", "``") + "`"
