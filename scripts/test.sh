@@ -11,5 +11,6 @@ if [ -f tests/test_search_elasticsearch.py ]; then bash scripts/stores/elasticse
 ruff check airflow_kfm_migrations tests dags bench
 mypy airflow_kfm_migrations
 python -m airflow_kfm_migrations.contracts.export --check .
+python -m airflow_kfm_migrations.contracts.reference --check .
 kfm-migrations validate migrations/ >/dev/null
 python -m pytest -p no:cacheprovider "$@"

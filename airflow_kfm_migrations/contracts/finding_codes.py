@@ -1,0 +1,327 @@
+"""The catalogue of finding codes: every code a plan, a gate or a backfill can report.
+
+A finding (``contracts.models.Finding``) carries a ``code``, a ``tier`` and a message.
+This module says, for each code, which tiers it is emitted with, what it means and what
+the user does about it. ``docs/reference/findings.md`` is generated from it
+(``python -m airflow_kfm_migrations.contracts.reference``), and ``tests/test_reference.py``
+scans the package source so that a code emitted anywhere is documented here, and a code
+documented here is still emitted somewhere.
+
+Tiers: ``hard_fail`` refuses the run; ``review_required`` refuses it unless a recorded
+approval covers ``review:<code>`` (or ``review:<code>:<object>``); ``informational`` is
+reported only. Codes named ``plan_*`` (and a few others) come from the static plan, before
+anything is written.
+
+This module sits in the contracts layer: it imports nothing of the package but the models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from airflow_kfm_migrations.contracts.models import Tier
+
+
+@dataclass(frozen=True)
+class FindingCode:
+    code: str
+    tiers: tuple[Tier, ...]  # the tiers the code can be emitted with
+    meaning: str  # what happened, and where it is detected
+    next_step: str  # what the user does about it
+
+
+_CODES = (
+    FindingCode(
+        "alias_flip_pending",
+        ("informational",),
+        "Search: an alias action of the forward is held back and will run in one atomic `_aliases` call "
+        "when the run commits, after the gate passed.",
+        "Nothing. Check in `diffs/summary.json` that the alias moves are the ones you meant.",
+    ),
+    FindingCode(
+        "blue_green",
+        ("informational",),
+        "Search static plan: the store has no transactions, so new indices are built beside the old ones, "
+        "the alias flip waits for the gate, and an abort deletes the new indices.",
+        "Nothing. It states how the run will proceed.",
+    ),
+    FindingCode(
+        "cluster_object_changed",
+        ("hard_fail",),
+        "PostGIS gate: a database- or cluster-level object changed (roles, databases, settings, casts, "
+        "languages, foreign servers, publications, subscriptions, event triggers, large objects, built-in "
+        "objects...). No declared scope can allow this.",
+        "Remove the statement that changes it from the forward script. Such changes are made outside "
+        "governed migrations, by whoever administers the server.",
+    ),
+    FindingCode(
+        "cluster_statement",
+        ("hard_fail",),
+        "PostGIS static plan: a statement acts outside any schema (CREATE/ALTER/DROP ROLE, GRANT role, "
+        "ALTER SYSTEM, CREATE DATABASE, tablespaces, subscriptions, event triggers, user mappings, LOAD, "
+        "`COPY ... PROGRAM`).",
+        "Remove the statement from the forward script; a migration may not run it.",
+    ),
+    FindingCode(
+        "constraint_dropped",
+        ("review_required",),
+        "PostGIS and graph gate: a constraint was dropped.",
+        "If intended, record an approval whose `covers` lists `review:constraint_dropped` (or "
+        "`review:constraint_dropped:<object>`); otherwise fix the forward script.",
+    ),
+    FindingCode(
+        "enforcement_disabled",
+        ("review_required",),
+        "PostGIS gate: foreign-key enforcement triggers were disabled (`ALTER TABLE ... DISABLE TRIGGER`).",
+        "Re-enable the triggers in the forward script, or record an approval covering `review:enforcement_disabled`.",
+    ),
+    FindingCode(
+        "forbidden_object_changed",
+        ("hard_fail",),
+        "Gate (all stores): an object in the forbidden scope was added, removed or changed (a forbidden "
+        "schema or table, index pattern or alias, label or relationship type, or the store's governance "
+        "objects). On search this includes a held-back alias action that touches forbidden scope.",
+        "Change the forward script so it leaves forbidden objects alone. Forbidden scope is never "
+        "approvable; if the object really must change, it does not belong in `forbidden_*`.",
+    ),
+    FindingCode(
+        "forbidden_rewrite",
+        ("hard_fail",),
+        "PostGIS backfill batch: the storage of a table outside the allowed scope, or of a protected or "
+        "forbidden table, was replaced (TRUNCATE or a rewrite). The batch was rolled back and the whole "
+        "migration compensated.",
+        "Find what rewrote the table (the batch statement, a trigger) and fix it; then run again.",
+    ),
+    FindingCode(
+        "forbidden_write",
+        ("hard_fail",),
+        "Gate or backfill batch: rows (PostGIS) or documents (search) were written into a forbidden table "
+        "or index, counted by the store itself, trigger and function writes included.",
+        "Find the statement, trigger or function that writes there and stop it; forbidden scope is never approvable.",
+    ),
+    FindingCode(
+        "governance_ledger_touched",
+        ("hard_fail",),
+        "PostGIS and graph gate: the migration wrote into the governance ledger (`kfm_governance` on "
+        "PostGIS) or changed the graph ledger nodes or the lock/ledger schema.",
+        "Remove whatever writes to the ledger from the forward script. Only the runner records runs.",
+    ),
+    FindingCode(
+        "grant_widened",
+        ("review_required",),
+        "PostGIS gate: privileges on a table, view, sequence or schema were widened (a grantee gained a "
+        "privilege it did not have).",
+        "If intended, record an approval covering `review:grant_widened` (or "
+        "`review:grant_widened:<object>`); otherwise narrow the GRANT.",
+    ),
+    FindingCode(
+        "index_on_large_table",
+        ("review_required",),
+        "PostGIS gate: an index was built on a table whose estimated row count is above "
+        "`KFM_REVIEW_INDEX_ROWS` (default 1,000,000).",
+        "Record an approval covering `review:index_on_large_table`; consider `CREATE INDEX CONCURRENTLY` "
+        "in a `transactional: false` migration to avoid long locks.",
+    ),
+    FindingCode(
+        "invariant_exclusive_labels",
+        ("hard_fail",),
+        "Graph gate: after the forward, some nodes carry both labels of a pair declared in "
+        "`invariants.exclusive_labels`.",
+        "Fix the forward script so no node carries both labels (the run was compensated).",
+    ),
+    FindingCode(
+        "invariant_required_constraint",
+        ("hard_fail",),
+        "Graph gate: a constraint named in `invariants.required_constraints` does not exist after the forward.",
+        "Keep (or create) the constraint in the forward script, or remove it from the invariants if it is "
+        "no longer required.",
+    ),
+    FindingCode(
+        "invariant_required_relationship",
+        ("hard_fail",),
+        "Graph gate: nodes of a label lack a relationship declared in `invariants.required_relationships`.",
+        "Fix the forward script so every node of the label keeps the relationship.",
+    ),
+    FindingCode(
+        "large_backfill",
+        ("review_required",),
+        "PostGIS gate: the run wrote more rows in total than `KFM_REVIEW_BACKFILL_ROWS` (default 100,000). "
+        "A `backfill` section whose `max_rows` is above that threshold is refused at validation and "
+        "preflight for the same reason.",
+        "Record an approval covering `review:large_backfill`, and prefer a bounded, batched `backfill` "
+        "section over one big UPDATE.",
+    ),
+    FindingCode(
+        "limit_exceeded",
+        ("hard_fail",),
+        "Gate (all stores) or backfill batch: an observed number is above its declared limit (the "
+        "finding's object names the limit). An undeclared limit is 0.",
+        "Raise the limit in `limits` (or `backfill.max_rows`) if the change is meant to be that large, "
+        "or narrow the change. Compare declared and observed values in `diffs/summary.json`.",
+    ),
+    FindingCode(
+        "new_property_keys",
+        ("informational",),
+        "Graph gate: property keys were used for the first time in this graph (the token store never "
+        "forgets a key, so this is reported, not fingerprinted).",
+        "Nothing, unless a key is misspelt.",
+    ),
+    FindingCode(
+        "non_transactional_statement",
+        ("hard_fail",),
+        "Static plan: a statement cannot run inside the run's transaction (PostGIS: `CREATE INDEX "
+        "CONCURRENTLY`, `VACUUM`, `REINDEX CONCURRENTLY`...) or, on search, changes an existing index "
+        "durably before the gate (`put_mapping`, `put_settings`), while the declaration keeps "
+        "`transactional: true`.",
+        "Declare `transactional: false` with a `non_transactional_reason`, and make sure the rollback "
+        "script undoes the change: the run is then gated after the change and compensated on failure.",
+    ),
+    FindingCode(
+        "object_added",
+        ("informational",),
+        "Gate (all stores): an object was created within the declared scope.",
+        "Nothing. Check it is one you meant to create.",
+    ),
+    FindingCode(
+        "object_changed",
+        ("informational",),
+        "Gate (all stores): an object within the declared scope changed.",
+        "Nothing. Check it is one you meant to change.",
+    ),
+    FindingCode(
+        "object_removed",
+        ("informational",),
+        "Gate (all stores): an object within the declared scope was removed.",
+        "Nothing. Check it is one you meant to remove.",
+    ),
+    FindingCode(
+        "opaque_non_transactional",
+        ("hard_fail",),
+        "PostGIS static plan: a `transactional: false` migration contains a statement whose effects the "
+        "plan cannot see (DO block, function, CALL, SELECT, EXECUTE). Without the transaction nothing "
+        "could undo what the gate would refuse.",
+        "Move that statement into a transactional migration of its own.",
+    ),
+    FindingCode(
+        "opaque_statement",
+        ("informational",),
+        "PostGIS static plan: a statement (DO block, function, CALL) hides its effects from the plan; the "
+        "observed diff decides.",
+        "Nothing. The gate judges what the catalog and the write counters observed.",
+    ),
+    FindingCode(
+        "out_of_scope_change",
+        ("hard_fail",),
+        "Gate (all stores): an object outside the allowed scope was added, removed or changed. On search "
+        "this includes a held-back alias action outside the allowed aliases or index patterns.",
+        "Widen `scope.allowed_*` if the change is intended (reviewers see it), or fix the forward script.",
+    ),
+    FindingCode(
+        "out_of_scope_write",
+        ("hard_fail",),
+        "Gate or backfill batch: rows or documents were written into a table or index outside the allowed "
+        "scope (trigger and function writes included).",
+        "Widen the allowed scope if intended, or stop the statement, trigger or function that writes there.",
+    ),
+    FindingCode(
+        "plan_admin_command",
+        ("hard_fail",),
+        "Graph static plan: a statement is an administration command (databases, users, roles, privileges).",
+        "Remove it from the script; a migration may not run it.",
+    ),
+    FindingCode(
+        "plan_delete_not_created",
+        ("hard_fail",),
+        "Search static plan: a `delete_index` action names an index that this migration does not create "
+        "(in the forward: not created earlier in it; in the rollback: not created by the forward).",
+        "Delete only indices the migration builds. Old indices are removed later by `kfm-migrations gc`.",
+    ),
+    FindingCode(
+        "plan_forbidden_target",
+        ("hard_fail",),
+        "Static plan (all stores): a statement or action names a forbidden target: a forbidden schema, "
+        "table, index, alias, label or relationship type, a dot-index, or the store's governance objects.",
+        "Change the script so it does not touch forbidden scope.",
+    ),
+    FindingCode(
+        "plan_out_of_scope",
+        ("hard_fail",),
+        "Static plan (all stores): a statement or action names a target outside the allowed scope.",
+        "Add the target to `scope.allowed_*` if intended, or fix the script.",
+    ),
+    FindingCode(
+        "plan_protected_target",
+        ("hard_fail",),
+        "Static plan (all stores): a statement or action names a protected target without an approval "
+        "covering `protected:<target>`.",
+        "If the change is intended: set `approvals.change_class: governance-critical` and record an "
+        "approval whose `covers` lists `protected:<target>`. Otherwise fix the script.",
+    ),
+    FindingCode(
+        "plan_use_clause",
+        ("hard_fail",),
+        "Graph static plan: a statement switches graphs with `USE`, so the declared scope cannot be enforced.",
+        "Remove the `USE` clause; the connection decides the database.",
+    ),
+    FindingCode(
+        "policy_dropped",
+        ("review_required",),
+        "PostGIS gate: a row-level security policy was dropped.",
+        "If intended, record an approval covering `review:policy_dropped` (or `review:policy_dropped:<object>`).",
+    ),
+    FindingCode(
+        "protected_change_approved",
+        ("informational",),
+        "Gate: a protected object changed, and a recorded approval covers `protected:<object>`.",
+        "Nothing. The approval is named in the receipt and the summary.",
+    ),
+    FindingCode(
+        "protected_domain_changed",
+        ("hard_fail",),
+        "Gate: a protected object (table, rows of a protected table, index, label and its nodes) changed "
+        "without an approval covering `protected:<object>`. On search this includes a held-back alias "
+        "action onto a protected index.",
+        "If intended: `change_class: governance-critical` and a recorded approval covering "
+        "`protected:<object>`. Otherwise find what changed it.",
+    ),
+    FindingCode(
+        "protected_fingerprint_changed",
+        ("hard_fail",),
+        "Gate: the protected-domain fingerprint changed although no single protected object shows as changed.",
+        "Treat as a protected change: compare `baselines/pre.json` and `baselines/post.json` and find "
+        "what changed the protected domain.",
+    ),
+    FindingCode(
+        "protected_write",
+        ("hard_fail",),
+        "Gate or backfill batch: rows or documents were written into a protected table or index without "
+        "an approval covering `protected:<table>`.",
+        "If intended: `change_class: governance-critical` and an approval covering `protected:<table>`. "
+        "Otherwise stop the write.",
+    ),
+    FindingCode(
+        "rls_disabled",
+        ("review_required",),
+        "PostGIS gate: row-level security was disabled on a table, or is no longer forced.",
+        "If intended, record an approval covering `review:rls_disabled`; otherwise keep RLS enabled.",
+    ),
+    FindingCode(
+        "transaction_control",
+        ("hard_fail",),
+        "PostGIS static plan: the script contains BEGIN, COMMIT, ROLLBACK, SAVEPOINT or another "
+        "transaction-control statement. The runner owns the transaction.",
+        "Remove the transaction-control statements from the script.",
+    ),
+    FindingCode(
+        "table_rewritten",
+        ("review_required",),
+        "PostGIS gate or backfill batch: the storage of an allowed table was replaced (TRUNCATE, VACUUM "
+        "FULL, a column type change...), seen by its `relfilenode`. In a backfill batch without the "
+        "approval the batch is rolled back and the migration compensated.",
+        "If intended, record an approval covering `review:table_rewritten`; otherwise avoid the rewrite.",
+    ),
+)
+
+FINDING_CODES: dict[str, FindingCode] = {c.code: c for c in sorted(_CODES, key=lambda c: c.code)}
+
+__all__ = ["FINDING_CODES", "FindingCode"]
