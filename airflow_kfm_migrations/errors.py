@@ -1,6 +1,6 @@
 """Typed errors. Each carries the exit code the CLI maps it to.
 
-Exit codes (ARCHITECTURE.md): 0 ok or no-op, 1 refused / failed closed, 2 bad usage or
+Exit codes (docs/architecture.md): 0 ok or no-op, 1 refused / failed closed, 2 bad usage or
 unreadable/invalid input. User mistakes never surface as tracebacks: they are rendered
 as one line ``file: field: reason``.
 """
