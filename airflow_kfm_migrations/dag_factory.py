@@ -28,6 +28,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from airflow_kfm_migrations.stores.kinds import KINDS
+
 DAG_PREFIX = "kfm_migration__"
 _PER_ENTRY = ("migration_id", "conn_id", "owner")
 
@@ -51,23 +53,9 @@ def _doc_md(entry: Any, facts: dict[str, Any] | None) -> str:
 
 
 def _assets(facts: dict[str, Any] | None, conn_id: str) -> list[Any]:
-    if facts is None:
+    if facts is None or facts["type"] not in KINDS:
         return []
-    scope = facts["asset_scope"]
-    uris: list[str] = []
-    if facts["type"] == "postgis":
-        schemas = [s for s in scope["allowed_schemas"] if "*" not in s] or ["public"]
-        for t in scope["allowed_tables"]:
-            if "*" in t:
-                continue
-            if "." in t:
-                uris.append(f"postgis://{conn_id}/{t.replace('.', '/', 1)}")
-            else:
-                uris += [f"postgis://{conn_id}/{s}/{t}" for s in schemas]
-    elif facts["type"] == "search":
-        uris += [f"search://{conn_id}/{a}" for a in scope["allowed_aliases"] if "*" not in a]
-    elif facts["type"] == "graph":
-        uris += [f"neo4j://{conn_id}/{label}" for label in scope["allowed_labels"] if "*" not in label]
+    uris = KINDS[facts["type"]].asset_uris(facts["asset_scope"], conn_id)
     return [_asset(u) for u in sorted(set(uris))]
 
 
@@ -101,7 +89,7 @@ def _new_dag(entry: Any, facts: dict[str, Any] | None, broken: str | None, envir
         tags.append(facts["change_class"])
     return DAG(
         dag_id=DAG_PREFIX + entry.migration_id,
-        schedule=entry.schedule if entry.type == "search" else None,
+        schedule=entry.schedule if entry.type in KINDS and KINDS[entry.type].schedulable else None,
         catchup=False,
         max_active_runs=1,
         tags=tags,

@@ -20,6 +20,7 @@ from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.contracts import adapter
 from airflow_kfm_migrations.contracts.models import AnyDeclaration
 from airflow_kfm_migrations.errors import InputError, KfmError
+from airflow_kfm_migrations.stores.kinds import ALL_TYPES
 from airflow_kfm_migrations.util.digest import digest_json, sha256_bytes
 from airflow_kfm_migrations.util.safe_yaml import load_yaml_text
 
@@ -127,7 +128,7 @@ def pydantic_problems(exc: ValidationError, file: str, *, tagged: bool) -> list[
     problems = []
     for err in exc.errors(include_url=False):
         loc = list(err.get("loc", ()))
-        if tagged and loc and isinstance(loc[0], str) and loc[0] in {"postgis", "search", "graph", "other"}:
+        if tagged and loc and isinstance(loc[0], str) and loc[0] in ALL_TYPES:
             loc = loc[1:]
         path = ".".join(str(p) for p in loc) or "-"
         kind = err.get("type", "")

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from airflow_kfm_migrations.contracts import adapter
-from airflow_kfm_migrations.contracts.models import TYPE_PREFIX, Registry, RegistryEntry, StatusEvent
+from airflow_kfm_migrations.contracts.models import Registry, RegistryEntry, StatusEvent
 from airflow_kfm_migrations.declaration.bundle import (
     OUTPUT_DIRS,
     InvalidInput,
@@ -28,6 +28,7 @@ from airflow_kfm_migrations.declaration.bundle import (
     read_text_capped,
 )
 from airflow_kfm_migrations.errors import InputError, PolicyError, RefusedError
+from airflow_kfm_migrations.stores.kinds import ALL_TYPES, KINDS, TYPE_PREFIX, kinds_with
 from airflow_kfm_migrations.util.digest import write_bytes_atomic
 
 REGISTRY_REL = Path("registry") / "migrations.v1.json"
@@ -143,15 +144,16 @@ def check_entries(reg: Registry, label: str) -> list[InputError]:
             problems.append(
                 PolicyError(label, f"{where}.superseded_by", "only a superseded entry may name a successor")
             )
-        if entry.schedule and entry.type != "search":
-            problems.append(PolicyError(label, f"{where}.schedule", "only search migrations may declare a schedule"))
+        if entry.schedule and not (entry.type in KINDS and KINDS[entry.type].schedulable):
+            which = " and ".join(kinds_with("schedulable"))
+            problems.append(PolicyError(label, f"{where}.schedule", f"only {which} migrations may declare a schedule"))
     return problems
 
 
 def discover_bundles(root: Path) -> list[Path]:
     """Bundle folders under ``root/<type>/`` (the contract's layout)."""
     out = []
-    for type_dir in ("postgis", "search", "graph", "other"):
+    for type_dir in ALL_TYPES:
         d = root / type_dir
         if d.is_dir():
             out.extend(sorted(p for p in d.iterdir() if p.is_dir() and (p / "migration.yml").exists()))

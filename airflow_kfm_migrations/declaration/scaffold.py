@@ -8,72 +8,9 @@ from pathlib import Path
 
 import yaml
 
-from airflow_kfm_migrations.contracts.models import TYPE_PREFIX
 from airflow_kfm_migrations.declaration.registry import REGISTRY_REL, add_entry, load_json_strict
 from airflow_kfm_migrations.errors import InputError
-
-FORWARD = {
-    "postgis": (
-        "forward.sql",
-        "-- Forward change. Runs in one transaction under the governed runner.\n"
-        "SET search_path = public;\n-- e.g. CREATE INDEX ... ON my_table (...);\n",
-    ),
-    "search": ("forward.json", '{\n  "actions": []\n}\n'),
-    "graph": (
-        "forward.cypher",
-        "// Forward change. Schema and data statements run in separate transactions.\n"
-        "RETURN 'replace this placeholder with the forward change' AS todo;\n",
-    ),
-}
-ROLLBACK = {
-    "postgis": (
-        "rollback.sql",
-        "-- Undo forward.sql exactly; verified against the pre-baseline.\n"
-        "SET search_path = public;\n-- e.g. DROP INDEX IF EXISTS ...;\n",
-    ),
-    "search": ("rollback.json", '{\n  "actions": []\n}\n'),
-    "graph": (
-        "rollback.cypher",
-        "// Undo forward.cypher exactly; verified against the pre-baseline.\n"
-        "RETURN 'replace this placeholder with the rollback' AS todo;\n",
-    ),
-}
-SCOPE = {
-    "postgis": {
-        "allowed_schemas": ["public"],
-        "allowed_tables": [],
-        "forbidden_schemas": ["kfm_governance"],
-        "forbidden_tables": [],
-        "protected_schemas": [],
-        "protected_tables": [],
-    },
-    "search": {
-        "allowed_index_patterns": [],
-        "forbidden_index_patterns": [".kfm-governance*"],
-        "allowed_aliases": [],
-        "forbidden_aliases": [],
-        "protected_indices": [],
-    },
-    "graph": {
-        "allowed_labels": [],
-        "forbidden_labels": ["KfmMigration", "KfmLock"],
-        "allowed_relationship_types": [],
-        "forbidden_relationship_types": [],
-        "protected_labels": [],
-    },
-}
-LIMITS = {
-    "postgis": {
-        "max_table_count_touched": 1,
-        "max_index_count_delta": 0,
-        "max_row_backfill": 0,
-        "max_constraint_delta": 0,
-    },
-    "search": {"max_index_count_delta": 1, "max_docs_reindexed": 0},
-    "graph": {"max_nodes_changed": 0, "max_relationships_changed": 0, "max_schema_delta": 0},
-}
-CONN = {"postgis": "kfm_postgis", "search": "kfm_search", "graph": "kfm_graph"}
-TOOL = {"postgis": "psycopg", "search": "opensearch-py", "graph": "neo4j"}
+from airflow_kfm_migrations.stores.kinds import KINDS, TYPE_PREFIX
 
 NOTES = """# {mid}
 
@@ -115,7 +52,7 @@ def next_id(root: Path, mtype: str, today: date) -> str:
 
 
 def scaffold(root: Path, mtype: str, intent: str | None, owner: str, actor: str) -> Path:
-    if mtype not in FORWARD:
+    if mtype not in KINDS:
         raise InputError("-", "--type", "must be postgis, search or graph")
     if not root.is_dir():
         raise InputError(str(root), "--root", "migrations root does not exist")
@@ -124,17 +61,18 @@ def scaffold(root: Path, mtype: str, intent: str | None, owner: str, actor: str)
     intent = intent or f"Describe why {mid} changes the {mtype} store"
     if len(intent) < 10:
         raise InputError("-", "--intent", "say what the migration does in at least 10 characters")
-    fwd_name, fwd_body = FORWARD[mtype]
-    rb_name, rb_body = ROLLBACK[mtype]
+    kind = KINDS[mtype]
+    fwd_name, fwd_body = kind.forward
+    rb_name, rb_body = kind.rollback
     declaration = {
         "migration_id": mid,
         "type": mtype,
         "intent": intent,
-        "scope": SCOPE[mtype],
-        "limits": LIMITS[mtype],
+        "scope": dict(kind.default_scope),
+        "limits": dict(kind.default_limits),
         "requires_rollback": True,
         "approvals": {"required_reviewers": ["kfm-platform"], "change_class": "standard"},
-        "runner": {"tool": TOOL[mtype], "conn_id": CONN[mtype], "environment": []},
+        "runner": {"tool": kind.tool, "conn_id": kind.default_conn_id, "environment": []},
         "artifacts": {"forward": [fwd_name], "rollback": [rb_name]},
     }
     folder.mkdir(parents=True, exist_ok=False)
@@ -150,7 +88,7 @@ def scaffold(root: Path, mtype: str, intent: str | None, owner: str, actor: str)
             "path": f"{mtype}/{mid}",
             "owner": owner,
             "status": "draft",
-            "conn_id": CONN[mtype],
+            "conn_id": kind.default_conn_id,
             "events": [
                 {"status": "draft", "at": datetime.now(UTC).isoformat(), "actor": actor, "ref": "kfm-migrations new"}
             ],
