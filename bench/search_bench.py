@@ -87,7 +87,7 @@ def bundle_dir(root: Path) -> Path:
 
 
 def reset(c: Any, *, keep_source: bool) -> None:
-    from airflow_kfm_migrations.stores.search.store import GOVERNANCE_INDEX
+    from airflow_kfm_migrations.stores.search.governance import GOVERNANCE_INDEX
 
     for ix in (DEST, BARE) if keep_source else (DEST, BARE, SRC):
         if c.indices.exists(index=ix):

@@ -23,13 +23,11 @@ from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.contracts.models import DiffSummary
 from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import InputError, LockedError, RefusedError
-from airflow_kfm_migrations.stores.search import store as search_mod
-from airflow_kfm_migrations.stores.search.store import (
-    GOVERNANCE_INDEX,
-    SearchStore,
-    _additive_problem,
-    parse_actions,
-)
+from airflow_kfm_migrations.stores.search import lock as search_lock
+from airflow_kfm_migrations.stores.search import session as search_session
+from airflow_kfm_migrations.stores.search.actions import additive_problem, parse_actions
+from airflow_kfm_migrations.stores.search.governance import GOVERNANCE_INDEX
+from airflow_kfm_migrations.stores.search.store import SearchStore
 
 pytestmark = pytest.mark.opensearch
 
@@ -250,14 +248,14 @@ def test_dry_run_rehearses_and_leaves_nothing(
     example: Path, cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     applied: list[bool] = []
-    original = search_mod.SearchSession.apply
+    original = search_session.SearchSession.apply
 
     def spy(self: Any) -> Any:
         outcome = original(self)
         applied.append(cluster.indices.exists(index="parcels_v2"))
         return outcome
 
-    monkeypatch.setattr(search_mod.SearchSession, "apply", spy)
+    monkeypatch.setattr(search_session.SearchSession, "apply", spy)
     assert SearchStore.for_planning("-").rehearsable(load_bundle(example))
     assert main(["run", str(example), "--conn-id", CONN_ID, "--quiet", "--dry-run"]) == 0
     assert applied == [True]  # really built and reindexed, then deleted by the abort
@@ -325,14 +323,14 @@ def test_hidden_change_is_seen_by_the_gate_before_the_flip(
 ) -> None:
     """A side effect the static plan cannot see (simulated) is caught on the post-baseline,
     before the alias flip: the new index is deleted and the alias stays on v1."""
-    original = search_mod.SearchSession.apply
+    original = search_session.SearchSession.apply
 
     def sneaky(self: Any) -> Any:
         outcome = original(self)
         SIDE_EFFECTS[code](cluster)
         return outcome
 
-    monkeypatch.setattr(search_mod.SearchSession, "apply", sneaky)
+    monkeypatch.setattr(search_session.SearchSession, "apply", sneaky)
     out = tmp_path / "out"
     assert run(example, out) == 1
     codes = {f["code"] for f in summary(out)["findings"] if f["tier"] == "hard_fail"}
@@ -345,7 +343,7 @@ def test_hidden_change_is_seen_by_the_gate_before_the_flip(
 
 
 def test_lock_taken_over_during_the_run_stops_it(example: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(search_mod, "HEARTBEAT_SECONDS", 0.0)
+    monkeypatch.setattr(search_lock, "HEARTBEAT_SECONDS", 0.0)
     bundle = load_bundle(example)
     with SearchStore.from_conn_id(CONN_ID).session(bundle, "4" * 32) as s:
         cluster.index(
@@ -611,11 +609,11 @@ def test_bad_action_file_is_exit_2(example: Path, capsys: pytest.CaptureFixture[
 
 def test_put_mapping_additive_check() -> None:
     current = {"name": {"type": "text"}, "geo": {"properties": {"lat": {"type": "double"}}}}
-    assert _additive_problem(current, {"name": {"type": "text", "fields": {"raw": {"type": "keyword"}}}}) is None
-    assert _additive_problem(current, {"new": {"type": "keyword"}}) is None
-    assert _additive_problem(current, {"geo": {"properties": {"lon": {"type": "double"}}}}) is None
-    assert _additive_problem(current, {"name": {"type": "keyword"}}) == "name"
-    assert _additive_problem(current, {"geo": {"properties": {"lat": {"type": "float"}}}}) == "geo.lat"
+    assert additive_problem(current, {"name": {"type": "text", "fields": {"raw": {"type": "keyword"}}}}) is None
+    assert additive_problem(current, {"new": {"type": "keyword"}}) is None
+    assert additive_problem(current, {"geo": {"properties": {"lon": {"type": "double"}}}}) is None
+    assert additive_problem(current, {"name": {"type": "keyword"}}) == "name"
+    assert additive_problem(current, {"geo": {"properties": {"lat": {"type": "float"}}}}) == "geo.lat"
 
 
 def test_unreachable_cluster_fails_with_a_receipt_and_no_secret(
@@ -632,7 +630,7 @@ def test_unreachable_cluster_fails_with_a_receipt_and_no_secret(
 
 
 def test_client_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_kfm_migrations.stores.search.store import opensearch_client_from_env
+    from airflow_kfm_migrations.stores.search.client import opensearch_client_from_env
 
     monkeypatch.setenv(
         "AIRFLOW_CONN_KFM_SEARCH_TLS",

@@ -1,0 +1,390 @@
+"""The cluster client: the few calls the store makes (:class:`SearchClient`) and the two
+bindings behind them, opensearch-py (:class:`OpenSearchBinding`) and elasticsearch-py 9
+(:class:`ElasticsearchBinding`, chosen when the connection's type is ``elasticsearch``).
+Both translate the library's errors into :class:`CallError`, which carries no host and no
+credential. Clients are built from an Airflow connection (``AIRFLOW_CONN_<ID>`` or
+Airflow's lookup).
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from airflow_kfm_migrations.errors import StoreCallError
+from airflow_kfm_migrations.util.connections import resolve
+from airflow_kfm_migrations.util.secret_scan import redact
+
+
+class CallError(StoreCallError):
+    """A failed cluster call, translated from whatever the client library raised.
+
+    ``status`` is the HTTP status (0 when nothing answered); ``kind`` the server's error
+    type; ``detail`` its message. Nothing here carries a host or a credential. It is a
+    :class:`RefusedError`, so a call failing where the session does not handle it ends
+    the run as failed (with a receipt), and the session exit deletes what the run built.
+    """
+
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        self.status = status
+        self.kind = kind
+        self.detail = redact(" ".join(str(detail).split()))[:500]
+        super().__init__(f"search cluster call failed: {self.line()}")
+
+    def line(self) -> str:
+        return f"{self.status or 'connection'} {self.kind}: {self.detail}"
+
+
+class SearchClient(Protocol):
+    """The few cluster calls the store makes. Every method raises :class:`CallError`."""
+
+    def info(self) -> dict[str, Any]: ...
+    def get_indices(self, pattern: str) -> dict[str, Any]: ...
+    def index_exists(self, index: str) -> bool: ...
+    def create_index(self, index: str, body: dict[str, Any]) -> None: ...
+    def put_mapping(self, index: str, body: dict[str, Any]) -> None: ...
+    def put_settings(self, index: str, body: dict[str, Any]) -> None: ...
+    def delete_index(self, index: str) -> None: ...
+    def refresh(self, index: str) -> None: ...
+    def get_alias(self) -> dict[str, Any]: ...
+    def update_aliases(self, actions: list[dict[str, Any]]) -> None: ...
+    def get_index_templates(self) -> dict[str, Any]: ...
+    def get_legacy_templates(self) -> dict[str, Any]: ...
+    def reindex_async(self, body: dict[str, Any], *, slices: int | str | None, rps: float | None) -> str: ...
+    def get_task(self, task_id: str) -> dict[str, Any]: ...
+    def cancel_task(self, task_id: str) -> None: ...
+    def count(self, index: str, query: dict[str, Any] | None = None) -> int: ...
+    def index_doc(
+        self,
+        index: str,
+        doc_id: str,
+        body: dict[str, Any],
+        *,
+        create: bool = False,
+        if_seq_no: int | None = None,
+        if_primary_term: int | None = None,
+        refresh: bool = False,
+    ) -> None: ...
+    def get_doc(self, index: str, doc_id: str) -> dict[str, Any] | None: ...
+    def delete_doc(
+        self, index: str, doc_id: str, *, if_seq_no: int | None = None, if_primary_term: int | None = None
+    ) -> None: ...
+    def search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]: ...
+
+
+class _ClientBinding:
+    """The :class:`SearchClient` calls both bindings share. opensearch-py and elasticsearch-py
+    have the same API surface but pass query parameters differently (a ``params`` dict of
+    strings vs keyword arguments) and name a document body differently; subclasses say how
+    (``_query``, ``DOC_BODY``) and how to call the client (``_do``)."""
+
+    DOC_BODY = "body"
+
+    def __init__(self, client: Any) -> None:
+        self.c = client
+
+    def _do(self, fn: Callable[..., Any], **kw: Any) -> Any:
+        raise NotImplementedError
+
+    def _query(self, **params: Any) -> dict[str, Any]:
+        """Keyword arguments that carry these query parameters to the client."""
+        raise NotImplementedError
+
+    def _none_if_missing(self, fn: Callable[..., Any], **kw: Any) -> Any:
+        try:
+            return self._do(fn, **kw)
+        except CallError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def info(self) -> dict[str, Any]:
+        return dict(self._do(self.c.info))
+
+    def get_indices(self, pattern: str) -> dict[str, Any]:
+        return dict(self._do(self.c.indices.get, index=pattern, **self._query(expand_wildcards="all")))
+
+    def index_exists(self, index: str) -> bool:
+        return bool(self._do(self.c.indices.exists, index=index))
+
+    def create_index(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.create, index=index, body=body)
+
+    def put_mapping(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.put_mapping, index=index, body=body)
+
+    def put_settings(self, index: str, body: dict[str, Any]) -> None:
+        self._do(self.c.indices.put_settings, index=index, body=body)
+
+    def delete_index(self, index: str) -> None:
+        self._do(self.c.indices.delete, index=index)
+
+    def refresh(self, index: str) -> None:
+        self._do(
+            self.c.indices.refresh,
+            index=index,
+            **self._query(ignore_unavailable=True, allow_no_indices=True, expand_wildcards="open,hidden"),
+        )
+
+    def get_alias(self) -> dict[str, Any]:
+        return dict(self._do(self.c.indices.get_alias, **self._query(expand_wildcards="all")))
+
+    def update_aliases(self, actions: list[dict[str, Any]]) -> None:
+        self._do(self.c.indices.update_aliases, body={"actions": actions})
+
+    def get_index_templates(self) -> dict[str, Any]:
+        res = self._none_if_missing(self.c.indices.get_index_template) or {}
+        return {t["name"]: t["index_template"] for t in res.get("index_templates", [])}
+
+    def get_legacy_templates(self) -> dict[str, Any]:
+        return dict(self._none_if_missing(self.c.indices.get_template) or {})
+
+    def reindex_async(self, body: dict[str, Any], *, slices: int | str | None, rps: float | None) -> str:
+        params: dict[str, Any] = {"wait_for_completion": False, "refresh": True}
+        if slices is not None:
+            params["slices"] = slices
+        if rps is not None:
+            params["requests_per_second"] = rps
+        return str(self._do(self.c.reindex, body=body, **self._query(**params))["task"])
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        return dict(self._do(self.c.tasks.get, task_id=task_id))
+
+    def cancel_task(self, task_id: str) -> None:
+        self._do(self.c.tasks.cancel, task_id=task_id)
+
+    def count(self, index: str, query: dict[str, Any] | None = None) -> int:
+        body = {"query": query} if query else None
+        return int(self._do(self.c.count, index=index, body=body)["count"])
+
+    @staticmethod
+    def _guard(if_seq_no: int | None, if_primary_term: int | None) -> dict[str, Any]:
+        """Optimistic concurrency control: both or neither."""
+        if if_seq_no is None or if_primary_term is None:
+            return {}
+        return {"if_seq_no": if_seq_no, "if_primary_term": if_primary_term}
+
+    def index_doc(
+        self,
+        index: str,
+        doc_id: str,
+        body: dict[str, Any],
+        *,
+        create: bool = False,
+        if_seq_no: int | None = None,
+        if_primary_term: int | None = None,
+        refresh: bool = False,
+    ) -> None:
+        params = self._guard(if_seq_no, if_primary_term)
+        if create:
+            params["op_type"] = "create"
+        if refresh:
+            params["refresh"] = True
+        self._do(self.c.index, index=index, id=doc_id, **{self.DOC_BODY: body}, **self._query(**params))
+
+    def get_doc(self, index: str, doc_id: str) -> dict[str, Any] | None:
+        doc = self._none_if_missing(self.c.get, index=index, id=doc_id)
+        return None if doc is None else dict(doc)
+
+    def delete_doc(
+        self, index: str, doc_id: str, *, if_seq_no: int | None = None, if_primary_term: int | None = None
+    ) -> None:
+        self._do(self.c.delete, index=index, id=doc_id, **self._query(**self._guard(if_seq_no, if_primary_term)))
+
+    def search(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        return list(self._do(self.c.search, index=index, body=body)["hits"]["hits"])
+
+
+class OpenSearchBinding(_ClientBinding):
+    """:class:`SearchClient` over an ``opensearchpy.OpenSearch`` client."""
+
+    @staticmethod
+    def _translate(exc: Exception) -> CallError:
+        from opensearchpy import exceptions as ex
+
+        if isinstance(exc, ex.ConnectionError):  # includes timeouts and TLS errors; str() names the host
+            return CallError(0, type(exc).__name__, "the cluster did not answer (refused, timed out or TLS failed)")
+        if isinstance(exc, ex.TransportError):
+            status = exc.status_code if isinstance(exc.status_code, int) else 0
+            info: dict[str, Any] = exc.info if isinstance(exc.info, dict) else {}
+            raw = info.get("error")
+            err: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            kind = str(err.get("type") or exc.error or type(exc).__name__)
+            reason = str(err.get("reason") or (exc.error if isinstance(exc.error, str) else "") or kind)
+            return CallError(status, kind, reason)
+        return CallError(0, type(exc).__name__, "client error")
+
+    def _do(self, fn: Callable[..., Any], **kw: Any) -> Any:
+        from opensearchpy import exceptions as ex
+
+        try:
+            return fn(**kw)
+        except ex.OpenSearchException as exc:
+            raise self._translate(exc) from None
+
+    def _query(self, **params: Any) -> dict[str, Any]:
+        # opensearch-py takes query parameters as strings in a ``params`` dict.
+        if not params:
+            return {}
+        return {"params": {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items()}}
+
+
+class ElasticsearchBinding(_ClientBinding):
+    """:class:`SearchClient` over an ``elasticsearch.Elasticsearch`` (elasticsearch-py 9) client.
+
+    elasticsearch-py checks the ``X-Elastic-Product`` header of every answer (so it refuses
+    OpenSearch) and sends ``compatible-with=9`` media types; :func:`elasticsearch_client_from_env`
+    can lower that to the server's major version (extra ``compatible_with``)."""
+
+    DOC_BODY = "document"
+
+    @staticmethod
+    def _translate(exc: Exception) -> CallError:
+        import elasticsearch as es
+
+        if isinstance(exc, es.ApiError):
+            status = exc.meta.status if isinstance(getattr(exc.meta, "status", None), int) else 0
+            body: dict[str, Any] = exc.body if isinstance(exc.body, dict) else {}
+            raw = body.get("error")
+            err: dict[str, Any] = raw if isinstance(raw, dict) else {}
+            if isinstance(raw, str):  # e.g. 405 {"error": "Incorrect HTTP method ...", "status": 405}
+                kind, reason = "error", raw
+            else:
+                kind = str(err.get("type") or exc.message or type(exc).__name__)
+                reason = str(err.get("reason") or exc.message or kind)
+            if isinstance(exc, es.UnsupportedProductError):
+                kind, reason = "unsupported_product", "the server is not Elasticsearch (product header check failed)"
+            return CallError(status, kind, reason)
+        if isinstance(exc, es.TransportError):  # connection refused, timeout, TLS; str() names the host
+            return CallError(0, type(exc).__name__, "the cluster did not answer (refused, timed out or TLS failed)")
+        return CallError(0, type(exc).__name__, "client error")
+
+    def _do(self, fn: Callable[..., Any], **kw: Any) -> Any:
+        import elasticsearch as es
+
+        try:
+            res = fn(**kw)
+        except (es.ApiError, es.TransportError) as exc:
+            raise self._translate(exc) from None
+        return getattr(res, "body", res)
+
+    def _query(self, **params: Any) -> dict[str, Any]:
+        return params  # elasticsearch-py takes query parameters as keyword arguments
+
+    def info(self) -> dict[str, Any]:
+        try:
+            return super().info()
+        except CallError as exc:
+            if exc.status not in (404, 405):
+                raise
+        # A node without the rest-root module (the integ-test distribution) has no GET /.
+        nodes = self._do(self.c.nodes.info, node_id="_local", metric="_none").get("nodes", {})
+        number = next((n.get("version") for n in nodes.values()), "?")
+        return {"version": {"number": number, "build_flavor": "default"}}
+
+    def get_task(self, task_id: str) -> dict[str, Any]:
+        with warnings.catch_warnings():  # the task API is "technical preview" in elasticsearch-py
+            warnings.simplefilter("ignore", category=Warning)
+            return super().get_task(task_id)
+
+    def cancel_task(self, task_id: str) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=Warning)
+            super().cancel_task(task_id)
+
+
+def compat_node_class(major: int) -> Any:
+    """An urllib3 node that sends ``compatible-with=<major>`` instead of the client's own
+    major: elasticsearch-py 9 asks for 9, which an 8.x server rejects (media_type_header_exception)."""
+    from elastic_transport import HttpHeaders, Urllib3HttpNode
+    from elastic_transport._models import DEFAULT, DefaultType
+    from elastic_transport._node._base import NodeApiResponse
+
+    class CompatNode(Urllib3HttpNode):
+        def perform_request(
+            self,
+            method: str,
+            target: str,
+            body: bytes | None = None,
+            headers: HttpHeaders | None = None,
+            request_timeout: DefaultType | float | None = DEFAULT,
+        ) -> NodeApiResponse:
+            if headers:
+                headers = headers.copy()
+                for h in ("accept", "content-type"):
+                    v = headers.get(h)
+                    if v:
+                        headers[h] = re.sub(r"compatible-with=\d+", f"compatible-with={major}", v)
+            return super().perform_request(method, target, body=body, headers=headers, request_timeout=request_timeout)
+
+    return CompatNode
+
+
+def elasticsearch_client_from_env(conn_id: str) -> Any:
+    """An ``elasticsearch.Elasticsearch`` client from ``AIRFLOW_CONN_<ID>`` (or Airflow's lookup).
+
+    Extras: ``use_ssl``, ``verify_certs``, ``ca_certs``, ``timeout``, ``api_key`` and
+    ``compatible_with`` (the server's major version when it is older than the client's)."""
+    from elasticsearch import Elasticsearch
+
+    info = resolve(conn_id)
+    extra = info.extra
+    use_ssl = _truthy(extra.get("use_ssl")) or info.conn_type == "https"
+    kwargs: dict[str, Any] = {
+        "hosts": [
+            {"host": info.host or "localhost", "port": info.port or 9200, "scheme": "https" if use_ssl else "http"}
+        ],
+        "request_timeout": int(extra.get("timeout", 30)),
+    }
+    if use_ssl:
+        kwargs["verify_certs"] = not ("verify_certs" in extra and not _truthy(extra["verify_certs"]))
+        if extra.get("ca_certs"):
+            kwargs["ca_certs"] = extra["ca_certs"]
+    if extra.get("api_key"):
+        kwargs["api_key"] = str(extra["api_key"])
+    elif info.login:
+        kwargs["basic_auth"] = (info.login, info.password or "")
+    compat = extra.get("compatible_with")
+    if compat not in (None, ""):
+        kwargs["node_class"] = compat_node_class(int(compat))
+    return Elasticsearch(**kwargs)
+
+
+def is_elasticsearch_conn(conn_id: str) -> bool:
+    try:
+        conn_type = resolve(conn_id).conn_type or ""
+    except Exception:  # broad: Airflow's connection lookup raises its own error types
+        return False  # an unknown connection fails later, inside the run (with a receipt)
+    return conn_type in {"elasticsearch", "elastic"}
+
+
+def _truthy(v: Any) -> bool:
+    return v is True or (isinstance(v, str) and v.strip().lower() in {"1", "true", "yes", "on"})
+
+
+def opensearch_client_from_env(conn_id: str) -> Any:
+    """An ``opensearchpy.OpenSearch`` client from ``AIRFLOW_CONN_<ID>`` (or Airflow's lookup)."""
+    from opensearchpy import OpenSearch
+
+    info = resolve(conn_id)
+    extra = info.extra
+    use_ssl = _truthy(extra.get("use_ssl")) or info.conn_type == "https"
+    kwargs: dict[str, Any] = {
+        "hosts": [
+            {"host": info.host or "localhost", "port": info.port or 9200, "scheme": "https" if use_ssl else "http"}
+        ],
+        "use_ssl": use_ssl,
+        "timeout": int(extra.get("timeout", 30)),
+    }
+    if use_ssl:
+        kwargs["verify_certs"] = not ("verify_certs" in extra and not _truthy(extra["verify_certs"]))
+        if extra.get("ca_certs"):
+            kwargs["ca_certs"] = extra["ca_certs"]
+    if info.login:
+        kwargs["http_auth"] = (info.login, info.password or "")
+    return OpenSearch(**kwargs)
+
+
+ClientFactory = Callable[[], SearchClient]

@@ -1,0 +1,322 @@
+"""A search run while it holds the migration lock: blue/green apply with every alias action
+held back, rollback, the atomic alias flip at ``commit``, and ``abort`` deleting what the
+run built. Ledger entries are written only once the flip succeeded."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+
+from airflow_kfm_migrations.contracts.models import Baseline, SearchDeclaration
+from airflow_kfm_migrations.declaration.bundle import Bundle
+from airflow_kfm_migrations.errors import RefusedError
+from airflow_kfm_migrations.stores.base import ApplyOutcome, GcDecision, LedgerRecord
+from airflow_kfm_migrations.stores.search import gc, governance
+from airflow_kfm_migrations.stores.search.actions import Action, additive_problem, created_by, load_actions
+from airflow_kfm_migrations.stores.search.capture import capture, scope_fingerprint
+from airflow_kfm_migrations.stores.search.client import CallError, ClientFactory, SearchClient
+from airflow_kfm_migrations.stores.search.lock import DocumentLock
+from airflow_kfm_migrations.stores.search.reindex import Reindexed, run_reindex
+
+log = logging.getLogger(__name__)
+
+
+def _strict(actions: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Alias actions for the wire: a ``remove`` must find its alias, or the whole call fails
+    (without ``must_exist`` the cluster accepts a remove of a vanished alias next to an add)."""
+    return [{"remove": {**a["remove"], "must_exist": True}} if "remove" in a else dict(a) for a in actions]
+
+
+class SearchSession:
+    """Holds the migration lock document; applies blue/green; flips at ``commit``."""
+
+    transactional = False
+
+    def __init__(self, client: ClientFactory, conn_id: str, bundle: Bundle, run_id: str) -> None:
+        self._client = client  # the store's (lazily connected) client
+        self.conn_id = conn_id
+        self.bundle = bundle
+        self.decl: SearchDeclaration = bundle.declaration  # type: ignore[assignment]
+        self.run_id = run_id
+        self.lock = DocumentLock(client, conn_id, self.decl.migration_id, run_id)
+        self._created: list[str] = []  # indices this run created and abort still has to delete
+        self._built: set[str] = set()  # every index this run created, kept after the abort
+        self._applied_here = False
+        self._pending: list[dict[str, Any]] = []
+        self._records: list[LedgerRecord] = []
+        self._facts: dict[str, Any] = {"docs_reindexed": 0, "pending_aliases": []}
+        self._retained: list[dict[str, str]] = []  # old indices kept for a rollback, and until when
+        self._state = "open"  # open | applied | aborted | committed
+
+    @property
+    def client(self) -> SearchClient:
+        return self._client()
+
+    # -- lock -----------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            governance.ensure_governance_index(self.client)
+            self.lock.acquire()
+        except CallError as exc:
+            raise RefusedError(f"cannot prepare the run on {self.conn_id}: {exc.line()}") from None
+
+    def close(self) -> None:
+        """Session exit: undo an apply that was neither committed nor aborted, release the lock."""
+        try:
+            if self._state == "applied":
+                self.abort()
+        finally:
+            self.lock.release()
+
+    def release_if_ours(self) -> None:
+        self.lock.release()
+
+    # -- ledger ---------------------------------------------------------------
+
+    def ledger_last(self) -> LedgerRecord | None:
+        src = self.last_entry()
+        if src is None:
+            return None
+        return governance.record_of(src)
+
+    def last_entry(self) -> dict[str, Any] | None:
+        """The raw last ledger document of this migration (apply or rollback)."""
+        return governance.last_entry(self.client, self.decl.migration_id)
+
+    def record(self, rec: LedgerRecord) -> None:
+        """Kept until ``commit``: the ledger entry is written only once the flip succeeded."""
+        self._records.append(rec)
+
+    def _write_records(self) -> None:
+        post_scope: str | None = None
+        post_schema: str | None = None
+        if self._records:
+            after = self.baseline()  # after the flip: what a later drift check compares with
+            post_scope = scope_fingerprint(self.bundle, after)
+            post_schema = after.schema_fingerprint
+        for rec in self._records:
+            if rec.operation == "apply" and post_scope is not None and post_schema is not None:
+                rec = replace(rec, post_scope_fingerprint=post_scope, post_schema_fingerprint=post_schema)
+            extra: dict[str, Any] = {
+                "flipped_aliases": [dict(a) for a in self._pending] if rec.operation == "apply" else [],
+            }
+            if rec.operation == "apply":
+                extra["old_index_retention_days"] = self.decl.old_index_retention_days
+                extra["retained_indices"] = [dict(r) for r in self._retained]
+            governance.write_entry(self.client, rec, extra)
+        self._records = []
+
+    def set_receipt_digest(self, run_id: str, digest: str) -> None:
+        governance.set_receipt_digest(self.client, self.decl.migration_id, run_id, digest)
+
+    # -- baseline / facts -----------------------------------------------------
+
+    def baseline(self) -> Baseline:
+        return capture(self.client, self.decl)
+
+    def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]:
+        return json.loads(json.dumps(self._facts))
+
+    # -- apply / rollback -----------------------------------------------------
+
+    def apply(self) -> ApplyOutcome:
+        actions = load_actions(self.bundle.by_role("forward"))
+        self._state = "applied"
+        self._applied_here = True
+        return self._run(actions, forward=True)
+
+    def rollback(self) -> ApplyOutcome:
+        """Run the rollback artifact. Alias actions are made idempotent (pairs already in the
+        wanted state are dropped; the rest is one atomic call); ``delete_index`` only names
+        indices the forward creates. Compensating a run of this session (after ``abort``), its
+        alias actions are skipped (this run never flipped) and only indices this run built
+        count as its own."""
+        actions = load_actions(self.bundle.by_role("rollback"))
+        return self._run(actions, forward=False)
+
+    def _run(self, actions: list[Action], *, forward: bool) -> ApplyOutcome:
+        started = time.monotonic()
+        total = Reindexed()
+        n = 0
+        forward_creates = set(created_by(load_actions(self.bundle.by_role("forward"))))
+        act: Action | None = None
+        try:
+            for act in actions:
+                n += 1
+                self.lock.heartbeat()
+                b = act.body
+                if act.name == "aliases":
+                    if forward:
+                        self._pending.extend({op: {"index": ix, "alias": al}} for op, ix, al in act.alias_ops())
+                    elif self._applied_here:
+                        # Compensating this run: its flip never happened, the aliases are as before.
+                        log.info("compensation: alias action %d skipped (this run never flipped)", act.pos)
+                    else:
+                        self._flip_now(act)
+                elif act.name == "create_index":
+                    body: dict[str, Any] = {k: b[k] for k in ("settings", "mappings") if k in b}
+                    self.client.create_index(b["index"], body)
+                    if forward:
+                        self._created.append(b["index"])
+                        self._built.add(b["index"])
+                elif act.name == "put_mapping":
+                    problem = self._additive(b["index"], b["mappings"]["properties"])
+                    if problem:
+                        return self._failed(act, n, f"put_mapping is additive only: {problem} would change", started)
+                    self.client.put_mapping(b["index"], b["mappings"])
+                elif act.name == "put_settings":
+                    self.client.put_settings(b["index"], b["settings"])
+                elif act.name == "delete_index":
+                    ix = b["index"]
+                    allowed = self._created if forward else forward_creates
+                    if ix not in allowed:
+                        return self._failed(act, n, f"refusing to delete {ix}: not created by this migration", started)
+                    if not forward and self._applied_here and ix not in self._built:
+                        # Compensating this run: an index of that name that this run did not
+                        # build (e.g. a leftover that made create_index fail) is not ours to delete.
+                        log.warning("compensation: %s was not created by this run; left in place", ix)
+                        continue
+                    if not forward and not self.client.index_exists(ix):
+                        continue  # already gone (the abort or an earlier rollback removed it)
+                    self.client.delete_index(ix)
+                elif act.name == "reindex":
+                    err = run_reindex(
+                        self.client,
+                        act,
+                        total,
+                        timeout=self.decl.timeouts.statement_timeout,
+                        heartbeat=self.lock.heartbeat,
+                    )
+                    if err:
+                        return self._failed(act, n, err, started, total)
+            if forward:
+                problem = self._check_pending()
+                if problem:
+                    return self._failed(act, n, problem, started, total)
+                self._facts = {"docs_reindexed": total.docs, "pending_aliases": list(self._pending)}
+                self._retained = gc.retained_indices(self._pending, self._built, self.decl.old_index_retention_days)
+        except CallError as exc:
+            assert act is not None
+            return self._failed(act, n, exc.line(), started, total)
+        metrics: dict[str, int | float | str] = {"apply_seconds": round(time.monotonic() - started, 3)}
+        if forward:
+            metrics.update(docs_reindexed=total.docs, aliases_held_back=len(self._pending))
+            metrics.update(
+                old_index_retention_days=self.decl.old_index_retention_days,
+                old_indices_kept=len(self._retained),
+            )
+            if self._retained:
+                metrics["old_indices_kept_names"] = ",".join(r["index"] for r in self._retained)
+                metrics["old_indices_kept_until"] = self._retained[0]["keep_until"]
+        return ApplyOutcome(
+            ok=True,
+            writes=total.writes,
+            facts=json.loads(json.dumps(self._facts)) if forward else {},
+            statements_run=n,
+            metrics=metrics,
+        )
+
+    def _failed(
+        self, act: Action | None, n: int, error: str, started: float, total: Reindexed | None = None
+    ) -> ApplyOutcome:
+        where = f"action {act.pos} ({act.name}) of {act.file.rsplit('/', 1)[-1]}" if act else "actions"
+        return ApplyOutcome(
+            ok=False,
+            writes=total.writes if total else [],
+            error=f"{where}: {error}",
+            statements_run=n - 1,
+            metrics={"apply_seconds": round(time.monotonic() - started, 3)},
+        )
+
+    def _additive(self, index: str, properties: dict[str, Any]) -> str | None:
+        meta = self.client.get_indices(index).get(index, {})
+        current = (meta.get("mappings") or {}).get("properties", {})
+        return additive_problem(current, properties)
+
+    def _alias_pairs(self) -> set[tuple[str, str]]:
+        return {(ix, al) for ix, meta in self.client.get_alias().items() for al in (meta.get("aliases") or {})}
+
+    def _flip_now(self, act: Action) -> None:
+        """A rollback alias action, made idempotent: pairs already in the wanted state are dropped,
+        the rest go in one atomic call."""
+        pairs = self._alias_pairs()
+        todo = [
+            {op: {"index": ix, "alias": al}}
+            for op, ix, al in act.alias_ops()
+            if (op == "remove" and (ix, al) in pairs) or (op == "add" and (ix, al) not in pairs)
+        ]
+        if todo:
+            self.client.update_aliases(_strict(todo))
+
+    def _check_pending(self) -> str | None:
+        """Refuse before the gate an alias flip that the cluster would reject at commit."""
+        if not self._pending:
+            return None
+        pairs = self._alias_pairs()
+        existing = set(self.client.get_alias())
+        for spec in self._pending:
+            ((op, body),) = spec.items()
+            ix, al = body["index"], body["alias"]
+            if op == "add" and ix not in existing:
+                return f"the held-back alias action add {al} -> {ix} names a missing index"
+            if op == "remove" and (ix, al) not in pairs:
+                return f"the held-back alias action remove {al} -> {ix} names a missing alias"
+        return None
+
+    # -- retention / gc -------------------------------------------------------
+
+    def collect_garbage(self, now: datetime, *, dry_run: bool = False) -> list[GcDecision]:
+        """Delete the old indices the last apply kept whose retention expired at ``now``
+        (see :func:`.gc.collect_garbage`). Call it holding the lock (inside the session)."""
+        return gc.collect_garbage(
+            self.client,
+            self.bundle,
+            self.decl,
+            self.run_id,
+            self.last_entry(),
+            now,
+            dry_run=dry_run,
+            heartbeat=self.lock.heartbeat,
+        )
+
+    # -- commit / abort -------------------------------------------------------
+
+    def commit(self) -> None:
+        if self._state == "applied" and self._pending:
+            try:
+                self.client.update_aliases(_strict(self._pending))
+            except CallError as exc:
+                self.abort()
+                raise RefusedError(
+                    f"the alias flip was refused ({exc.line()}); aliases unchanged, the new indices were deleted"
+                ) from None
+        if self._state != "aborted":
+            try:
+                self._write_records()
+            except CallError as exc:
+                raise RefusedError(
+                    f"the change is live but the ledger entry could not be written: {exc.line()}"
+                ) from None
+        if self._state == "applied":
+            self._state = "committed"
+
+    def abort(self) -> None:
+        """Delete the indices this run created; never touch an alias."""
+        if self._state == "committed":
+            return
+        self._records = []
+        self._pending = []
+        for ix in reversed(self._created):
+            try:
+                if self.client.index_exists(ix):
+                    self.client.delete_index(ix)
+            except CallError as exc:
+                log.error("abort: could not delete %s: %s", ix, exc.line())
+        self._created = []
+        if self._state == "applied":
+            self._state = "aborted"
