@@ -28,8 +28,6 @@ class Settings:
     artifacts_root: str
     environment: str
     fail_on_drift: bool
-    # who runs
-    actor: str
     # gate thresholds (PostGIS)
     review_index_rows: int
     review_backfill_rows: int
@@ -73,7 +71,6 @@ def settings(read_option: OptionReader | None = None) -> Settings:
         artifacts_root=v("KFM_ARTIFACTS_ROOT", "", "artifacts_root"),
         environment=v("KFM_ENVIRONMENT", "dev", "environment"),
         fail_on_drift=v("KFM_FAIL_ON_DRIFT", "false", "fail_on_drift").lower() in {"1", "true", "yes"},
-        actor=os.environ.get("KFM_ACTOR") or f"{getpass.getuser()}@cli",
         review_index_rows=int(v("KFM_REVIEW_INDEX_ROWS", "1000000")),
         review_backfill_rows=int(v("KFM_REVIEW_BACKFILL_ROWS", "100000")),
         backfill_log_seconds=float(v("KFM_BACKFILL_LOG_SECONDS", "10")),
@@ -83,6 +80,12 @@ def settings(read_option: OptionReader | None = None) -> Settings:
         search_lock_stale_seconds=float(v("KFM_SEARCH_LOCK_STALE_SECONDS", "3600")),
         graph_lock_stale_seconds=float(v("KFM_GRAPH_LOCK_STALE_SECONDS", "3600")),
     )
+
+
+def actor() -> str:
+    """Who runs: ``KFM_ACTOR``, else ``<login>@cli`` (read only when a run needs it: a worker
+    whose uid has no passwd entry can still run with ``KFM_ACTOR`` set)."""
+    return os.environ.get("KFM_ACTOR") or f"{getpass.getuser()}@cli"
 
 
 def cache_setting(variable: str) -> str | None:

@@ -197,13 +197,12 @@ def test_cache_off_and_unwritable_cache_cost_only_speed(world: Path, tmp_path: P
 
 
 def test_constants_copied_to_keep_a_warm_parse_light() -> None:
-    from airflow_kfm_migrations import decl_cache
+    from airflow_kfm_migrations import config, decl_cache
     from airflow_kfm_migrations.declaration import bundle, registry
-    from airflow_kfm_migrations.operators import common
 
     assert decl_cache.DECLARATION_FILE == bundle.DECLARATION_FILE
     assert decl_cache.REGISTRY_CAP == registry.MAX_REGISTRY_BYTES
-    assert common.REGISTRY_REL == registry.REGISTRY_REL
+    assert config.REGISTRY_REL == registry.REGISTRY_REL
 
 
 def test_registry_cache_follows_the_registry(world: Path, tmp_path: Path) -> None:

@@ -154,10 +154,11 @@ def test_gc_waits_for_a_held_lock(example: Path, cluster: Any, tmp_path: Path) -
 
 
 def test_gc_bad_now_is_usage_error(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from airflow_kfm_migrations.errors import InputError
-
-    with pytest.raises(InputError, match="not an ISO 8601"):
-        gc(example, example, "--now", "next tuesday")
+    before = sorted(p.relative_to(example) for p in example.rglob("*"))
+    assert gc(example, example, "--now", "next tuesday") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert err == ["--now: -: not an ISO 8601 timestamp: 'next tuesday'"]
+    assert sorted(p.relative_to(example) for p in example.rglob("*")) == before  # nothing written
 
 
 # ------------------------------------------------------------------ break-lock

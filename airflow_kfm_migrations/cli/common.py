@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from airflow_kfm_migrations.config import settings
+from airflow_kfm_migrations.config import actor
 from airflow_kfm_migrations.declaration.bundle import Bundle, load_bundle
 from airflow_kfm_migrations.engine.run import RunOptions
 from airflow_kfm_migrations.util.secret_scan import redact
@@ -21,7 +21,7 @@ def console(stderr: bool = False) -> Any:
 
 def default_actor() -> str:
     """``KFM_ACTOR``, else ``<user>@cli``."""
-    return settings().actor
+    return actor()
 
 
 def load_bundle_arg(path: str) -> Bundle:

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from airflow_kfm_migrations.config import REGISTRY_REL as CONFIG_REGISTRY_REL
 from airflow_kfm_migrations.contracts import adapter
 from airflow_kfm_migrations.contracts.models import Registry, RegistryEntry, StatusEvent
 from airflow_kfm_migrations.declaration.bundle import (
@@ -31,7 +32,7 @@ from airflow_kfm_migrations.errors import InputError, PolicyError, RefusedError
 from airflow_kfm_migrations.stores.kinds import ALL_TYPES, KINDS, TYPE_PREFIX, kinds_with
 from airflow_kfm_migrations.util.digest import write_bytes_atomic
 
-REGISTRY_REL = Path("registry") / "migrations.v1.json"
+REGISTRY_REL = CONFIG_REGISTRY_REL  # where a migrations root keeps its registry
 MAX_REGISTRY_BYTES = 16 * 1024 * 1024
 
 TRANSITIONS: dict[str, set[str]] = {

@@ -7,49 +7,31 @@ core step, writes artifacts and pushes only digests and small summaries to XCom.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from airflow_kfm_migrations.config import Settings
+from airflow_kfm_migrations.config import settings as config_settings
 
 if TYPE_CHECKING:  # imported when used: a DAG file parse reads settings only
     from airflow_kfm_migrations.contracts.models import RegistryEntry
     from airflow_kfm_migrations.declaration.bundle import Bundle
 
-# registry.REGISTRY_REL (tests/test_dag_factory_speed.py checks), without importing pydantic.
-REGISTRY_REL = Path("registry") / "migrations.v1.json"
 
-
-@dataclass(frozen=True)
-class Settings:
-    bundles_root: Path
-    registry_path: Path
-    artifacts_root: str
-    environment: str
-    fail_on_drift: bool
-
-
-def _conf(key: str, env: str, default: str) -> str:
-    value = os.environ.get(env)
-    if value:
-        return value
+def airflow_option(key: str) -> str | None:
+    """One option of Airflow's ``[kfm_migrations]`` section, or None."""
     try:
         from airflow.sdk import conf
 
-        return str(conf.get("kfm_migrations", key, fallback=default) or default)
-    except Exception:  # config unavailable (plain Python): the default applies
-        return default
+        value = conf.get("kfm_migrations", key, fallback=None)
+    except Exception:  # broad on purpose: no Airflow config here (plain Python); the defaults apply
+        return None
+    return str(value) if value else None
 
 
 def settings() -> Settings:
-    root = Path(_conf("bundles_root", "KFM_BUNDLES_ROOT", "migrations")).resolve()
-    reg = _conf("registry_path", "KFM_REGISTRY_PATH", "") or str(root / REGISTRY_REL)
-    return Settings(
-        bundles_root=root,
-        registry_path=Path(reg),
-        artifacts_root=_conf("artifacts_root", "KFM_ARTIFACTS_ROOT", ""),
-        environment=_conf("environment", "KFM_ENVIRONMENT", "dev"),
-        fail_on_drift=_conf("fail_on_drift", "KFM_FAIL_ON_DRIFT", "false").lower() in {"1", "true", "yes"},
-    )
+    """The settings in force, ``KFM_*`` first, then ``[kfm_migrations]``, then defaults."""
+    return config_settings(airflow_option)
 
 
 def resolve(migration_id: str) -> tuple[Settings, RegistryEntry | None, Bundle]:
