@@ -55,6 +55,9 @@ _CODE = (
     "contracts/__init__.py",
     "contracts/models.py",
     "decl_cache.py",
+    "errors.py",
+    "config.py",
+    "stores/kinds.py",
 )
 _FACT_TYPES: dict[str, Any] = {
     "type": str,
@@ -226,8 +229,8 @@ class DeclarationFacts:
             self._max_bytes = settings().max_declaration_bytes
         text = _read_plain(decl_path, self._max_bytes)
         if text is None:  # let the bundle loader say what is wrong (or read it after all)
-            from airflow_kfm_migrations.declaration.bundle import InvalidInput, Limits, read_text_capped
-            from airflow_kfm_migrations.errors import InputError
+            from airflow_kfm_migrations.declaration.bundle import Limits, read_text_capped
+            from airflow_kfm_migrations.errors import InputError, InvalidInput
 
             try:
                 text = read_text_capped(decl_path, Limits().max_declaration_bytes)

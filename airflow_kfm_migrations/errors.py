@@ -61,8 +61,43 @@ class VerifyMismatch(RefusedError):
 
 
 class StoreCallError(RefusedError):
-    """A call to a store's server failed; ``line()`` names the call and the server's reason
-    without any connection detail (exit 1)."""
+    """A failed call to a store's server, translated from whatever the client library raised.
+
+    ``status`` is the HTTP status (0 when nothing answered); ``kind`` the server's error
+    type; ``detail`` its message, which the caller has already redacted. Nothing here
+    carries a host or a credential. Being a :class:`RefusedError`, a call failing where the
+    session does not handle it ends the run as failed (with a receipt), and the session
+    exit deletes what the run built (exit 1)."""
+
+    def __init__(self, status: int, kind: str, detail: str, *, server: str = "search cluster") -> None:
+        self.status = status
+        self.kind = kind
+        self.detail = " ".join(str(detail).split())[:500]
+        super().__init__(f"{server} call failed: {self.line()}")
 
     def line(self) -> str:
-        return str(self)
+        return f"{self.status or 'connection'} {self.kind}: {self.detail}"
+
+
+class InvalidInput(KfmError):
+    """One or more input problems, each rendered as its own ``file: field: reason`` line (exit 2)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[InputError]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(p.line() for p in problems))
+
+
+class BackfillStop(KfmError):
+    """A governance stop of a backfill batch: the batch was rolled back and the migration
+    must be compensated (exit 1). ``code`` is the finding code that stopped it."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+class BackfillInterrupted(KfmError):
+    """A backfill batch failed for a reason that is not governance (error, timeout, lost
+    connection): committed progress is kept and a re-run resumes (exit 1)."""

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.contracts import CONTRACTS, adapter, schema_errors, schema_text
 from airflow_kfm_migrations.contracts.export import main as export_main
-from airflow_kfm_migrations.declaration.bundle import InvalidInput, load_bundle, parse_declaration
+from airflow_kfm_migrations.declaration.bundle import load_bundle, parse_declaration
+from airflow_kfm_migrations.errors import InvalidInput
 
 CONTRACT_DOC = REPO.parent / "shared" / "spec" / "governed-migrations-contract.md"
 FIXTURES = MIGRATIONS / "registry" / "fixtures"

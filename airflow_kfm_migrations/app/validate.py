@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, InvalidInput, display, load_bundle
+from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, display, load_bundle
 from airflow_kfm_migrations.declaration.registry import (
     REGISTRY_REL,
     check_against_base,
@@ -15,7 +15,7 @@ from airflow_kfm_migrations.declaration.registry import (
     load_registry,
 )
 from airflow_kfm_migrations.engine.preflight import bundle_problems
-from airflow_kfm_migrations.errors import InputError
+from airflow_kfm_migrations.errors import InputError, InvalidInput
 
 FIXTURE_EXPECTED = "expected.txt"
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.contracts import adapter
 from airflow_kfm_migrations.contracts.models import AnyDeclaration
-from airflow_kfm_migrations.errors import InputError, KfmError
+from airflow_kfm_migrations.errors import InputError, InvalidInput
 from airflow_kfm_migrations.stores.kinds import ALL_TYPES
 from airflow_kfm_migrations.util.digest import digest_json, sha256_bytes
 from airflow_kfm_migrations.util.safe_yaml import load_yaml_text
@@ -27,16 +27,6 @@ from airflow_kfm_migrations.util.safe_yaml import load_yaml_text
 DECLARATION_FILE = "migration.yml"
 # Folders a run writes into; they are outputs, never inputs of the bundle digest.
 OUTPUT_DIRS = ("baselines", "diffs", "receipts")
-
-
-class InvalidInput(KfmError):
-    """One or more input problems, each rendered as its own ``file: field: reason`` line."""
-
-    exit_code = 2
-
-    def __init__(self, problems: list[InputError]) -> None:
-        self.problems = problems
-        super().__init__("\n".join(p.line() for p in problems))
 
 
 def _declaration_cap() -> int:

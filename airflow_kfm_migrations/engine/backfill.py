@@ -13,12 +13,10 @@ from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.engine.preflight import preflight
 from airflow_kfm_migrations.engine.rollback import rollback_core
 from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult
-from airflow_kfm_migrations.errors import LockedError, RefusedError
+from airflow_kfm_migrations.errors import BackfillInterrupted, BackfillStop, LockedError, RefusedError
 from airflow_kfm_migrations.stores.base import (
     BackfillEngine,
     Backfilling,
-    BackfillInterrupted,
-    BackfillStop,
     Store,
     open_store,
 )

@@ -179,18 +179,6 @@ class BatchEvent:
         return max(0.0, (self.estimate - self.keys) / self.rate)
 
 
-class BackfillStop(Exception):
-    """A governance stop: the batch was rolled back and the backfill must be compensated."""
-
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
-        super().__init__(message)
-
-
-class BackfillInterrupted(Exception):
-    """A non-governance failure (error, timeout, lost connection): progress is kept; re-run resumes."""
-
-
 class BackfillEngine(Protocol):
     """Batches of a declared backfill, one short transaction each, with durable progress.
 

@@ -43,8 +43,8 @@ from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.contracts.models import Backfill, PostgisDeclaration
 from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
-from airflow_kfm_migrations.errors import LockedError
-from airflow_kfm_migrations.stores.base import BackfillInterrupted, BackfillStop, BatchEvent
+from airflow_kfm_migrations.errors import BackfillInterrupted, BackfillStop, LockedError
+from airflow_kfm_migrations.stores.base import BatchEvent
 from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA, TABLES_QUERY, XACT_WRITES_QUERY
 from airflow_kfm_migrations.stores.postgis.client import advisory_key, db_error
 from airflow_kfm_migrations.stores.postgis.plan import classify_statement

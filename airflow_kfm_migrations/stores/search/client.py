@@ -17,24 +17,7 @@ from airflow_kfm_migrations.errors import StoreCallError
 from airflow_kfm_migrations.util.connections import resolve
 from airflow_kfm_migrations.util.secret_scan import redact
 
-
-class CallError(StoreCallError):
-    """A failed cluster call, translated from whatever the client library raised.
-
-    ``status`` is the HTTP status (0 when nothing answered); ``kind`` the server's error
-    type; ``detail`` its message. Nothing here carries a host or a credential. It is a
-    :class:`RefusedError`, so a call failing where the session does not handle it ends
-    the run as failed (with a receipt), and the session exit deletes what the run built.
-    """
-
-    def __init__(self, status: int, kind: str, detail: str) -> None:
-        self.status = status
-        self.kind = kind
-        self.detail = redact(" ".join(str(detail).split()))[:500]
-        super().__init__(f"search cluster call failed: {self.line()}")
-
-    def line(self) -> str:
-        return f"{self.status or 'connection'} {self.kind}: {self.detail}"
+CallError = StoreCallError  # the search store's name for a failed cluster call
 
 
 class SearchClient(Protocol):
@@ -213,7 +196,7 @@ class OpenSearchBinding(_ClientBinding):
             err: dict[str, Any] = raw if isinstance(raw, dict) else {}
             kind = str(err.get("type") or exc.error or type(exc).__name__)
             reason = str(err.get("reason") or (exc.error if isinstance(exc.error, str) else "") or kind)
-            return CallError(status, kind, reason)
+            return CallError(status, kind, redact(reason))
         return CallError(0, type(exc).__name__, "client error")
 
     def _do(self, fn: Callable[..., Any], **kw: Any) -> Any:
@@ -256,7 +239,7 @@ class ElasticsearchBinding(_ClientBinding):
                 reason = str(err.get("reason") or exc.message or kind)
             if isinstance(exc, es.UnsupportedProductError):
                 kind, reason = "unsupported_product", "the server is not Elasticsearch (product header check failed)"
-            return CallError(status, kind, reason)
+            return CallError(status, kind, redact(reason))
         if isinstance(exc, es.TransportError):  # connection refused, timeout, TLS; str() names the host
             return CallError(0, type(exc).__name__, "the cluster did not answer (refused, timed out or TLS failed)")
         return CallError(0, type(exc).__name__, "client error")
