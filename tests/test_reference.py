@@ -16,6 +16,7 @@ from conftest import REPO
 from pydantic import BaseModel
 
 from airflow_kfm_migrations.contracts import CONTRACTS
+from airflow_kfm_migrations.contracts import finding_scan as fscan
 from airflow_kfm_migrations.contracts import models as m
 from airflow_kfm_migrations.contracts import reference as ref
 from airflow_kfm_migrations.contracts.finding_codes import FINDING_CODES, FindingCode
@@ -58,7 +59,7 @@ def test_check_fails_when_a_code_changes(tmp_path: Path, monkeypatch: pytest.Mon
     extra = FindingCode("never_emitted", ("hard_fail",), "A code nothing emits.", "Nothing.")
     monkeypatch.setitem(FINDING_CODES, extra.code, extra)
     assert ref.main(["--check", str(tmp_path)]) == 1
-    assert any("never_emitted" in p for p in ref.code_problems(ref.scan_codes()))
+    assert any("never_emitted" in p for p in fscan.code_problems(fscan.scan_codes()))
 
 
 def test_check_fails_when_a_generated_file_is_edited(tmp_path: Path) -> None:
@@ -140,15 +141,15 @@ def test_every_finding_code_is_in_the_findings_reference() -> None:
 
 
 def test_every_emitted_code_is_catalogued_and_every_catalogued_code_is_emitted() -> None:
-    scan = ref.scan_codes(PACKAGE)
-    assert scan.sites, "the scan found no finding code at all"
-    assert scan.unresolved == []
-    assert ref.code_problems(scan) == []
+    result = fscan.scan_codes(PACKAGE)
+    assert result.sites, "the scan found no finding code at all"
+    assert result.unresolved == []
+    assert fscan.code_problems(result) == []
 
 
 def test_the_scan_misses_nothing_a_plain_text_search_finds() -> None:
     """A cross-check of the syntax-tree scan with regular expressions over the source."""
-    scanned = ref.scan_codes(PACKAGE).codes()
+    scanned = fscan.scan_codes(PACKAGE).codes()
     rules = (
         re.compile(r"""\bcode\s*=\s*["']([a-z][a-z0-9_]*)["']"""),
         re.compile(r"""\b\w*Stop\(\s*["']([a-z][a-z0-9_]*)["']"""),
@@ -156,7 +157,7 @@ def test_the_scan_misses_nothing_a_plain_text_search_finds() -> None:
     )
     found: dict[str, str] = {}
     for path in sorted(PACKAGE.rglob("*.py")):
-        if path.name in {"finding_codes.py", "reference.py"}:
+        if path.name in {"finding_codes.py", "reference.py", "finding_scan.py"}:
             continue
         text = path.read_text()
         for rule in rules:
@@ -201,14 +202,14 @@ def test_the_scan_reports_a_code_added_without_documenting_it(tmp_path: Path) ->
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "module.py").write_text(SAMPLE)
-    scan = ref.scan_codes(pkg)
-    codes = scan.codes()
+    result = fscan.scan_codes(pkg)
+    codes = result.codes()
     for code in ("new_thing", "brand_new", "object_added", "validated_code", "via_helper", "approved_code"):
         assert code in codes, code
     assert "halted_code" in codes
-    assert any(s.pattern and s.code == "prefix_.+" for s in scan.sites)
-    assert len(scan.unresolved) == 1 and "c.upper()" in scan.unresolved[0]
-    problems = "\n".join(ref.code_problems(scan))
+    assert any(s.pattern and s.code == "prefix_.+" for s in result.sites)
+    assert len(result.unresolved) == 1 and "c.upper()" in result.unresolved[0]
+    problems = "\n".join(fscan.code_problems(result))
     for code in ("new_thing", "brand_new", "validated_code", "via_helper", "approved_code", "halted_code"):
         assert f"'{code}' is not in contracts/finding_codes.py" in problems, code
     assert "prefix_" in problems
@@ -219,7 +220,7 @@ def test_a_catalogued_code_emitted_with_another_tier_is_reported(tmp_path: Path)
     pkg = tmp_path / "pkg"
     pkg.mkdir()
     (pkg / "module.py").write_text('Finding(code="object_added", tier="hard_fail", message="x")\n')
-    problems = ref.code_problems(ref.scan_codes(pkg))
+    problems = fscan.code_problems(fscan.scan_codes(pkg))
     assert any("object_added is emitted as hard_fail" in p for p in problems)
 
 
@@ -238,13 +239,16 @@ def test_catalogue_entries_are_complete() -> None:
 
 
 def test_the_catalogue_sits_in_the_contracts_layer() -> None:
-    """finding_codes imports nothing of the package but the models; reference only the contracts."""
+    """finding_codes imports nothing of the package but the models; the scan only the
+    catalogue; the generator only the contracts."""
     allowed = {
         "finding_codes.py": {"airflow_kfm_migrations.contracts.models"},
+        "finding_scan.py": {"airflow_kfm_migrations.contracts.finding_codes"},
         "reference.py": {
             "airflow_kfm_migrations.contracts",
             "airflow_kfm_migrations.contracts.models",
             "airflow_kfm_migrations.contracts.finding_codes",
+            "airflow_kfm_migrations.contracts.finding_scan",
         },
     }
     for name, ok in allowed.items():
