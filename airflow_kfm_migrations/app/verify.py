@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from airflow_kfm_migrations.contracts import adapter
 from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, display, pydantic_problems
 from airflow_kfm_migrations.engine.receipts import HISTORY, RECEIPT, receipt_digest
+from airflow_kfm_migrations.engine.run import RUNS
 from airflow_kfm_migrations.errors import InputError, VerifyMismatch
 from airflow_kfm_migrations.stores.base import open_store
 from airflow_kfm_migrations.stores.kinds import KINDS, kind_of_prefix
@@ -52,7 +53,7 @@ def _inside(root: Path, rel: str, receipt: Path) -> Path:
 def verify(target: Path) -> list[str]:
     """Recompute every digest; raise VerifyMismatch naming the first mismatching artifact."""
     path = target / RECEIPT if target.is_dir() else target
-    artifacts_dir = path.parent.parent if path.parent.name == "receipts" else path.parent
+    artifacts_dir = artifacts_dir_of(path)
     doc = load_receipt(path)
     checked: list[str] = []
     if receipt_digest(doc) != doc.get("receipt_digest"):
@@ -77,6 +78,7 @@ def verify(target: Path) -> list[str]:
     manifest = {"migration_id": doc["migration_id"], "type": _type_of(doc), "artifacts": manifest_artifacts}
     if digest_json(manifest) != doc["bundle_digest"]:
         raise VerifyMismatch("bundle_digest does not match the listed inputs", file=display(path))
+    latest = _is_latest(artifacts_dir, doc["receipt_digest"])
     for ref in doc["outputs"]:
         f = _inside(artifacts_dir, ref["path"], path)
         if not f.is_file():
@@ -84,6 +86,12 @@ def verify(target: Path) -> list[str]:
         if sha256_file(f) != ref["sha256"]:
             raise VerifyMismatch("output artifact changed since the run (sha256 mismatch)", file=display(f))
         checked.append(f"output {ref['path']}")
+        view = _latest_view(artifacts_dir, ref["path"]) if latest else None
+        if view is not None and view.is_file() and sha256_file(view) != ref["sha256"]:
+            raise VerifyMismatch(
+                "the latest run's view differs from the output its receipt lists (sha256 mismatch)",
+                file=display(view),
+            )
     # The chain: each previous receipt must exist (content-addressed) and verify itself.
     prev = doc.get("previous_receipt_digest")
     seen = {doc["receipt_digest"]}
@@ -126,7 +134,7 @@ def verify_against_ledger(target: Path, conn_id: str, *, use_hook: bool = False)
     Returns a one-line summary; raises VerifyMismatch naming the receipt otherwise.
     """
     path = target / RECEIPT if target.is_dir() else target
-    artifacts_dir = path.parent.parent if path.parent.name == "receipts" else path.parent
+    artifacts_dir = artifacts_dir_of(path)
     doc = load_receipt(path)
     run_id, status = doc["run_id"], doc["status"]
     store = open_store(_type_of(doc), conn_id, use_hook=use_hook)
@@ -153,3 +161,28 @@ def verify_against_ledger(target: Path, conn_id: str, *, use_hook: bool = False)
                 file=display(artifacts_dir / post["path"]),
             )
     return f"ledger: run {run_id[:12]} ({status}) recorded in {where} with this receipt digest"
+
+
+def artifacts_dir_of(receipt: Path) -> Path:
+    """The artifacts folder of a receipt file: ``receipts/run_receipt.json`` and
+    ``receipts/history/<digest>.json`` both sit in it."""
+    parent = receipt.parent
+    if parent.name == "history" and parent.parent.name == "receipts":
+        return parent.parent.parent
+    return parent.parent if parent.name == "receipts" else parent
+
+
+def _is_latest(artifacts_dir: Path, digest: str) -> bool:
+    try:
+        return bool(json.loads((artifacts_dir / RECEIPT).read_bytes()).get("receipt_digest") == digest)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _latest_view(artifacts_dir: Path, rel: str) -> Path | None:
+    """``runs/<operation>-<run_id>/<path>`` is published at ``<path>`` as the latest run's
+    view: for the latest receipt the two must hold the same bytes."""
+    parts = Path(rel).parts
+    if len(parts) > 2 and parts[0] == RUNS:
+        return artifacts_dir.joinpath(*parts[2:])
+    return None

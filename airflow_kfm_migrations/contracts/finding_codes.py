@@ -292,6 +292,16 @@ _CODES = (
         "what changed the protected domain.",
     ),
     FindingCode(
+        "rollback_incomplete",
+        ("hard_fail",),
+        "Rollback or compensation: after the rollback artifact ran, this object still differs from the "
+        "pre-baseline the rollback must restore (the apply's pre-baseline, or the run's own pre-baseline "
+        "for a compensation). Listed in `diffs/rollback.json` of the run's folder; nothing was committed "
+        "on a transactional store.",
+        "Compare the object in `diffs/rollback.json` with the apply's `baselines/pre.json`, fix "
+        "`rollback.*` so that it undoes the forward exactly, and run the rollback again.",
+    ),
+    FindingCode(
         "protected_write",
         ("hard_fail",),
         "Gate or backfill batch: rows or documents were written into a protected table or index without "

@@ -18,12 +18,13 @@ from typing import Annotated, Any, Literal
 import msgspec
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from airflow_kfm_migrations.stores.kinds import TYPE_PREFIX as KIND_PREFIXES
 from airflow_kfm_migrations.util.digest import dump_json
 
 SCHEMA_BASE = "https://airflow-kfm-migrations.dev/schemas/"
 
 MigrationType = Literal["postgis", "search", "graph", "other"]
-TYPE_PREFIX: dict[str, str] = {"postgis": "PG", "search": "SEARCH", "graph": "GRAPH", "other": "OTHER"}
+TYPE_PREFIX = KIND_PREFIXES  # the id prefix of each declaration type (stores/kinds.py)
 ID_PATTERN = r"^(PG|SEARCH|GRAPH|OTHER)-MIG-[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])-[0-9]{2}$"
 
 

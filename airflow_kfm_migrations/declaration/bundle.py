@@ -26,7 +26,7 @@ from airflow_kfm_migrations.util.safe_yaml import load_yaml_text
 
 DECLARATION_FILE = "migration.yml"
 # Folders a run writes into; they are outputs, never inputs of the bundle digest.
-OUTPUT_DIRS = ("baselines", "diffs", "receipts")
+OUTPUT_DIRS = ("baselines", "diffs", "receipts", "runs")
 
 
 def _declaration_cap() -> int:

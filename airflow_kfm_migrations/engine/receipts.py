@@ -128,3 +128,27 @@ def write_receipt(
     )
     write_bytes_atomic(artifacts_dir / REF, dump_json(ref.model_dump(mode="json")))
     return artifacts_dir / RECEIPT, receipt
+
+
+def output_of_run(artifacts_dir: Path, run_id: str, role: str) -> Path | None:
+    """The file with ``role`` that the receipt of ``run_id`` lists, when that receipt is in
+    this artifacts folder's chain and the file is still unchanged; else None."""
+    path = artifacts_dir / RECEIPT
+    seen: set[str] = set()
+    while path.is_file():
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        if doc.get("run_id") == run_id:
+            for ref in doc.get("outputs", []):
+                f = artifacts_dir / str(ref.get("path", ""))
+                if ref.get("role") == role and f.is_file() and sha256_file(f) == ref.get("sha256"):
+                    return f
+            return None
+        prev = doc.get("previous_receipt_digest")
+        if not isinstance(prev, str) or prev in seen:
+            return None
+        seen.add(prev)
+        path = artifacts_dir / HISTORY / f"{prev}.json"
+    return None

@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, Finding
 from airflow_kfm_migrations.declaration.bundle import Bundle
+from airflow_kfm_migrations.engine.receipts import output_of_run
 from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult, cycle_collector_paused
 from airflow_kfm_migrations.errors import LockedError
+from airflow_kfm_migrations.evidence.diff import diff_objects
 from airflow_kfm_migrations.stores.base import (
     BackfillEngine,
     Backfilling,
@@ -57,9 +60,11 @@ def compensate(run: RunRecorder, s: StoreSession, why: str) -> RunResult:
         s.commit()
         return run.finish("rolled_back", f"{why}; compensated by the rollback artifact, store equals pre")
     s.abort()
-    return run.finish("rollback_failed", f"{why}; rollback did not restore the pre-baseline")
+    differs = record_differences(run, run.pre, after)
+    return run.finish("rollback_failed", f"{why}; rollback did not restore the pre-baseline{differs}")
 
 
+ROLLBACK_DIFF = "diffs/rollback.json"  # what still differs after a refused or failed rollback
 Outcome = tuple[str, str | None, StoreSession | None]
 Say = Callable[[str | None], str | None]  # prefixes a reason with why the rollback runs
 
@@ -157,11 +162,73 @@ def _guarded_rollback(run: RunRecorder, store: Store, s: StoreSession, say: Say,
             same_rows = same_rows and passed
     if not (same_schema and same_protected and same_rows):
         s.abort()
+        apply_pre = _apply_pre_baseline(run, last.run_id)
+        if apply_pre is None:
+            differs = "; the apply's pre-baseline is not in this artifacts folder, so only fingerprints were compared"
+        else:
+            differs = record_differences(run, apply_pre, run.post)
         return (
             "rollback_failed",
-            say("after rollback the store does not equal the apply's pre-baseline; rollback not committed"),
+            say(f"after rollback the store does not equal the apply's pre-baseline{differs}; rollback not committed"),
             None,
         )
     s.record(run.ledger_record(store, "rollback", "rolled_back"))
     s.commit()
     return "rolled_back", say("compensated: store equals the apply's pre-baseline" if why else None), s
+
+
+def _apply_pre_baseline(run: RunRecorder, apply_run_id: str) -> Baseline | None:
+    """The pre-baseline the apply being undone recorded, when its receipt is in this folder."""
+    path = output_of_run(run.dir, apply_run_id, "baseline_pre")
+    if path is None:
+        return None
+    try:
+        return Baseline.model_validate_json(path.read_bytes())
+    except ValueError:  # unreadable evidence: say so through the fingerprint-only message
+        return None
+
+
+def record_differences(run: RunRecorder, target: Baseline, after: Baseline) -> str:
+    """Write ``diffs/rollback.json`` (a diff_summary.v1 of what still differs from ``target``
+    after a rollback, one hard-fail finding per object) and return a clause naming the first
+    objects for the refusal's reason."""
+    changes = diff_objects(target, after)
+    findings = [
+        Finding(
+            code="rollback_incomplete",
+            tier="hard_fail",
+            object=c.id,
+            message=f"{c.kind} {c.change} compared with the pre-baseline the rollback must restore",
+        )
+        for c in changes
+    ]
+    if target.protected_fingerprint != after.protected_fingerprint and not changes:
+        findings.append(
+            Finding(
+                code="rollback_incomplete",
+                tier="hard_fail",
+                message="the protected-domain fingerprint differs from the pre-baseline",
+            )
+        )
+    summary = DiffSummary(
+        schema_version="diff_summary.v1",
+        migration_id=run.bundle.migration_id,
+        store=run.bundle.type,  # type: ignore[arg-type]
+        pre_schema_fingerprint=target.schema_fingerprint,
+        post_schema_fingerprint=after.schema_fingerprint,
+        pre_protected_fingerprint=target.protected_fingerprint,
+        post_protected_fingerprint=after.protected_fingerprint,
+        changes=changes,
+        writes=[],
+        limits=[],
+        findings=findings,
+        verdict="fail",
+    )
+    run.add_output("rollback_diff", ROLLBACK_DIFF, summary.model_dump(mode="json", by_alias=True))
+    for f in findings[:5]:
+        run.opts.log(f"  differs: {f.object or '-'}: {f.message}")
+    named = ", ".join(f"{c.id} ({c.change})" for c in changes[:3])
+    more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
+    if not changes:
+        return f" (no object differs, but the fingerprints do; see {ROLLBACK_DIFF})"
+    return f" ({len(changes)} object(s) differ: {named}{more}; see {ROLLBACK_DIFF})"

@@ -4,6 +4,12 @@ A :class:`RunRecorder` collects the checks, policy notes, metrics and outputs of
 (apply, rollback, backfill, gc, break_lock) and writes its artifacts and its receipt in
 :meth:`RunRecorder.finish`. Every outcome but invalid input (exit 2, nothing written) ends
 there, so every outcome has a receipt.
+
+Each run writes its outputs into a folder of its own, ``runs/<operation>-<run_id>/``, and
+its receipt lists those files: a later run (a rollback, a re-apply) never overwrites the
+evidence an earlier receipt points to. The declared paths at the top of the artifacts
+folder (``baselines/pre.json``, ``diffs/summary.json``...) then show the latest run's
+outputs, as hard links (or copies) of the files in its run folder.
 """
 
 from __future__ import annotations
@@ -23,11 +29,12 @@ from airflow_kfm_migrations.engine.receipts import carried_outputs, output_refs,
 from airflow_kfm_migrations.evidence.diff import touched_csv
 from airflow_kfm_migrations.evidence.prov import prov_jsonld
 from airflow_kfm_migrations.stores.base import BatchEvent, LedgerRecord, Plan, Store, StoreSession
-from airflow_kfm_migrations.util.digest import write_bytes_atomic, write_json
+from airflow_kfm_migrations.util.digest import dump_json, publish_copy, write_bytes_atomic
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
+RUNS = "runs"  # each run's own outputs: runs/<operation>-<run_id>/
 EXIT = {"succeeded": 0, "noop": 0, "failed": 1, "rolled_back": 1, "rollback_failed": 1}
 
 
@@ -78,6 +85,7 @@ class RunRecorder:
         self.run_id = uuid.uuid4().hex
         self.started = datetime.now(UTC)
         self.dir = opts.artifacts_dir or bundle.root
+        self.run_dir = self.dir / RUNS / f"{operation}-{self.run_id}"
         self.checks: list[ValidationCheck] = []
         self.policy: list[str] = []
         self.metrics: dict[str, int | float | str] = {}
@@ -93,32 +101,32 @@ class RunRecorder:
         self.checks.append(ValidationCheck(name=name, passed=passed, detail=detail))
         self.opts.log(f"[{'pass' if passed else 'FAIL'}] {name}" + (f": {detail}" if detail else ""))
 
+    def _write(self, role: str, rel: str, data: bytes) -> None:
+        """One output: into this run's folder (listed in the receipt), then published at
+        ``rel`` in the artifacts folder as the latest run's view."""
+        own = self.run_dir / rel
+        write_bytes_atomic(own, data)
+        publish_copy(own, self.dir / rel)
+        self.outputs.append((role, own))
+
     def add_output(self, role: str, rel: str, doc: dict[str, Any]) -> None:
         """Write a JSON output of this run (e.g. a backfill summary) and list it in the receipt."""
         if self.opts.dry_run:
             return
-        path = self.dir / rel
-        write_json(path, doc)
-        self.outputs.append((role, path))
+        self._write(role, rel, dump_json(doc))
 
     def write_outputs(self) -> None:
         paths = self.bundle.declaration.artifacts
         if self.pre is not None:
-            p = self.dir / paths.baselines.pre
-            write_bytes_atomic(p, baseline_json(self.pre))
-            self.outputs.append(("baseline_pre", p))
+            self._write("baseline_pre", paths.baselines.pre, baseline_json(self.pre))
         if self.post is not None:
-            p = self.dir / paths.baselines.post
-            write_bytes_atomic(p, baseline_json(self.post))
-            self.outputs.append(("baseline_post", p))
+            self._write("baseline_post", paths.baselines.post, baseline_json(self.post))
         if self.summary is not None:
-            p = self.dir / paths.diffs.summary
-            write_json(p, self.summary.model_dump(mode="json", by_alias=True))
-            self.outputs.append(("diff_summary", p))
-            t = self.dir / paths.diffs.touched
+            self._write(
+                "diff_summary", paths.diffs.summary, dump_json(self.summary.model_dump(mode="json", by_alias=True))
+            )
             writes = [(w.table, w.inserted, w.updated, w.deleted) for w in self.summary.writes]
-            write_bytes_atomic(t, touched_csv(self.summary.changes, writes).encode())
-            self.outputs.append(("diff_touched", t))
+            self._write("diff_touched", paths.diffs.touched, touched_csv(self.summary.changes, writes).encode())
 
     def finish(self, status: str, reason: str | None) -> RunResult:
         if self.opts.dry_run:
@@ -160,7 +168,9 @@ class RunRecorder:
         )
         prov_rel = self.bundle.declaration.artifacts.receipts.prov
         if self.opts.prov and prov_rel:
-            write_bytes_atomic(self.dir / prov_rel, prov_jsonld(receipt))
+            own = self.run_dir / prov_rel
+            write_bytes_atomic(own, prov_jsonld(receipt))
+            publish_copy(own, self.dir / prov_rel)
         return RunResult(
             status,
             reason,

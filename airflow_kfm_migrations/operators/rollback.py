@@ -19,8 +19,9 @@ class RollbackOperator(MigrationOperator):
         applied = ti.xcom_pull(task_ids="apply", key="apply") or {}
         backfill = ti.xcom_pull(task_ids="backfill", key="backfill") or {}
         if backfill.get("status") in {"rolled_back", "rollback_failed"}:
-            self.log.info("the backfill already compensated the migration (%s); nothing more to roll back",
-                          backfill["status"])
+            self.log.info(
+                "the backfill already compensated the migration (%s); nothing more to roll back", backfill["status"]
+            )
             return {"status": "already_compensated"}
         if applied.get("status") != "succeeded":
             self.log.info(

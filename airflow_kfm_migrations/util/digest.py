@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -100,3 +101,17 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
+
+
+def publish_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` hold what ``src`` holds, atomically: a hard link where the filesystem
+    allows (no second copy of a large baseline), a copy elsewhere. Replacing ``dst`` later
+    never changes ``src``: the link's name is replaced, not the file it pointed to."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:  # another filesystem, or links not supported: copy the bytes
+        tmp.write_bytes(src.read_bytes())
+    tmp.replace(dst)
