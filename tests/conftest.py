@@ -6,10 +6,13 @@ With CI=true a missing server FAILS the test; locally it skips with the command 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,6 +22,8 @@ MIGRATIONS = REPO / "migrations"
 PG_PORT = int(os.environ.get("KFM_PG_PORT", "55432"))
 PG_USER = os.environ.get("KFM_PG_USER", "kfm")
 PG_PASSWORD = os.environ.get("KFM_PG_PASSWORD", "kfm-local-only")
+PG_DUMP = os.environ.get("KFM_PG_DUMP", "/usr/lib/postgresql/15/bin/pg_dump")
+LEDGER_SCHEMA = "kfm_governance"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -82,7 +87,8 @@ class PgDatabase:
             return cur.fetchall() if cur.description else []
 
     def fingerprint(self) -> tuple[str, str]:
-        """Schema + protected fingerprints, taken with the product's own baseline."""
+        """Schema + protected fingerprints, taken with the product's own capture. Use it only
+        where a test checks those values; "the store is unchanged" is :meth:`state`."""
         from airflow_kfm_migrations.declaration.bundle import load_bundle
         from airflow_kfm_migrations.stores.postgis.store import PostgisStore
 
@@ -91,6 +97,119 @@ class PgDatabase:
         with self.connect() as c, c.cursor() as cur:
             b = store.capture(cur, bundle.declaration)
         return b.schema_fingerprint, b.protected_fingerprint
+
+    def state(self, *, exclude_schemas: tuple[str, ...] = ()) -> StoreState:
+        """The database as an oracle independent of the product sees it: ``pg_dump
+        --schema-only --create`` plus an md5 of every ordinary table's rows (the governance
+        schema included) plus what pg_dump leaves out at database and cluster level. Two
+        equal states mean the store is unchanged. ``exclude_schemas`` leaves schemas out of
+        both the dump and the row digests (a rollback test leaves its ledger out this way)."""
+        return StoreState(
+            schema=self._schema_dump(exclude_schemas),
+            rows=self._row_digests(exclude_schemas),
+            cluster=self._cluster_facts(),
+        )
+
+    def _schema_dump(self, exclude_schemas: tuple[str, ...]) -> str:
+        cmd = [PG_DUMP, "--schema-only", "--create", "--no-password",
+               "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", PG_USER, "-d", self.name]
+        cmd += [f"--exclude-schema={s}" for s in exclude_schemas]
+        out = subprocess.run(
+            cmd, env={**os.environ, "PGPASSWORD": PG_PASSWORD}, capture_output=True, text=True, check=True, timeout=300
+        ).stdout
+        return _VOLATILE_DUMP_LINES.sub("", out)
+
+    def _row_digests(self, exclude_schemas: tuple[str, ...]) -> dict[str, tuple[int, str | None]]:
+        from psycopg import IsolationLevel, sql
+
+        with self.connect() as c, c.cursor() as cur:
+            c.isolation_level = IsolationLevel.REPEATABLE_READ
+            cur.execute(
+                "SELECT n.nspname, c.relname FROM pg_catalog.pg_class c "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+                "AND n.nspname !~ '^pg_(toast|temp_|toast_temp_)' AND NOT n.nspname = ANY(%s) "
+                "ORDER BY 1, 2",
+                (list(exclude_schemas),),
+            )
+            tables = cur.fetchall()
+            out = {}
+            for schema, table in tables:
+                cur.execute(
+                    sql.SQL("SELECT count(*), md5(string_agg(t::text, '' ORDER BY t::text)) FROM {}.{} t").format(
+                        sql.Identifier(schema), sql.Identifier(table)
+                    )
+                )
+                out[f"{schema}.{table}"] = cur.fetchone()
+            return out
+
+    def _cluster_facts(self) -> dict[str, list[tuple]]:
+        """What pg_dump of one database does not show: roles, role settings, the other
+        databases, tablespaces, replication, large objects and ALTER SYSTEM. Roles and
+        databases that other tests of this session create for themselves are left out
+        (``kfm_state_t_*``, ``t_*``): they come and go while this test runs."""
+        mine = "(datname = current_database() OR datname !~ '^t_[0-9a-f]{12}$')"
+        my_roles = "(rolname = 'kfm_state_' || current_database() OR rolname !~ '^kfm_state_t_[0-9a-f]{12}$')"
+        queries = {
+            "roles": f"SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, "
+            f"rolreplication, rolbypassrls, rolconnlimit, rolvaliduntil::text, "
+            f"shobj_description(oid, 'pg_authid') FROM pg_catalog.pg_roles WHERE {my_roles} ORDER BY 1",
+            "role_members": f"SELECT r.rolname, u.rolname, m.admin_option FROM pg_catalog.pg_auth_members m "
+            f"JOIN pg_catalog.pg_roles r ON r.oid = m.roleid JOIN pg_catalog.pg_roles u ON u.oid = m.member "
+            f"WHERE {my_roles.replace('rolname', 'r.rolname')} AND {my_roles.replace('rolname', 'u.rolname')} "
+            f"ORDER BY 1, 2",
+            "role_settings": "SELECT COALESCE(r.rolname, '*'), COALESCE(d.datname, '*'), s.setconfig::text "
+            "FROM pg_catalog.pg_db_role_setting s LEFT JOIN pg_catalog.pg_roles r ON r.oid = s.setrole "
+            "LEFT JOIN pg_catalog.pg_database d ON d.oid = s.setdatabase "
+            f"WHERE (d.datname IS NULL OR {mine.replace('datname', 'd.datname')}) ORDER BY 1, 2, 3",
+            "databases": f"SELECT datname, pg_get_userbyid(datdba), datacl::text, datconnlimit, datallowconn, "
+            f"datistemplate, shobj_description(oid, 'pg_database') FROM pg_catalog.pg_database "
+            f"WHERE {mine} ORDER BY 1",
+            "tablespaces": "SELECT spcname, pg_get_userbyid(spcowner), spcacl::text, spcoptions::text "
+            "FROM pg_catalog.pg_tablespace ORDER BY 1",
+            "replication_slots": "SELECT slot_name, plugin, slot_type, database FROM pg_catalog.pg_replication_slots "
+            "WHERE NOT temporary ORDER BY 1",
+            "replication_origins": "SELECT roname FROM pg_catalog.pg_replication_origin ORDER BY 1",
+            "large_objects": "SELECT m.oid::bigint, pg_get_userbyid(m.lomowner), m.lomacl::text, "
+            "(SELECT md5(string_agg(p.data, ''::bytea ORDER BY p.pageno)) FROM pg_catalog.pg_largeobject p "
+            "WHERE p.loid = m.oid) FROM pg_catalog.pg_largeobject_metadata m ORDER BY 1",
+            "alter_system": "SELECT name, setting FROM pg_catalog.pg_file_settings "
+            "WHERE sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno",
+            # pg_dump leaves the system schemas out: what was added to them.
+            "system_schema_objects": "SELECT 'class', c.oid::regclass::text FROM pg_catalog.pg_class c "
+            "WHERE c.oid >= 16384 AND c.relnamespace IN ('pg_catalog'::regnamespace, "
+            "'information_schema'::regnamespace) UNION ALL SELECT 'proc', p.oid::regprocedure::text "
+            "FROM pg_catalog.pg_proc p WHERE p.oid >= 16384 AND p.pronamespace IN ('pg_catalog'::regnamespace, "
+            "'information_schema'::regnamespace) UNION ALL SELECT 'type', t.oid::regtype::text "
+            "FROM pg_catalog.pg_type t WHERE t.oid >= 16384 AND t.typnamespace IN ('pg_catalog'::regnamespace, "
+            "'information_schema'::regnamespace) ORDER BY 1, 2",
+        }
+        from psycopg import IsolationLevel
+
+        with self.connect() as c, c.cursor() as cur:
+            c.isolation_level = IsolationLevel.REPEATABLE_READ
+            out = {}
+            for name, q in queries.items():
+                cur.execute(q)
+                out[name] = cur.fetchall()
+            return out
+
+    def ledger_schema_exists(self) -> bool:
+        return self.sql("SELECT to_regnamespace(%s) IS NOT NULL", (LEDGER_SCHEMA,))[0][0]
+
+
+# pg_dump's header names its own version, and 15.14+ brackets the dump with \restrict
+# lines holding a random key: neither says anything about the database.
+_VOLATILE_DUMP_LINES = re.compile(r"^(-- Dumped (from|by) .*|\\(un)?restrict .*)\n", re.M)
+
+
+@dataclass(frozen=True)
+class StoreState:
+    """What :meth:`PgDatabase.state` saw; equal states mean an unchanged store."""
+
+    schema: str
+    rows: dict[str, tuple[int, str | None]] = field(default_factory=dict)
+    cluster: dict[str, list[tuple]] = field(default_factory=dict)
 
 
 def make_db(admin: object, monkeypatch: pytest.MonkeyPatch | None = None) -> PgDatabase:
@@ -139,3 +258,24 @@ def example(tmp_path: Path) -> Path:
     dst = tmp_path / "postgis" / src.name
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"))
     return dst
+
+
+def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
+    """``state() == before`` failures show what changed: a diff of the dumps, the tables
+    whose rows differ and the cluster facts that differ."""
+    if op != "==" or not (isinstance(left, StoreState) and isinstance(right, StoreState)):
+        return None
+    import difflib
+
+    out = ["the store's state differs:"]
+    if left.schema != right.schema:
+        diff = difflib.unified_diff(left.schema.splitlines(), right.schema.splitlines(), lineterm="", n=1)
+        out.append("schema (pg_dump):")
+        out.extend("  " + line for line in list(diff)[2:60])
+    for table in sorted(left.rows.keys() | right.rows.keys()):
+        if left.rows.get(table) != right.rows.get(table):
+            out.append(f"rows of {table}: {left.rows.get(table)} != {right.rows.get(table)}")
+    for fact in sorted(left.cluster.keys() | right.cluster.keys()):
+        if left.cluster.get(fact) != right.cluster.get(fact):
+            out.append(f"cluster {fact}: {left.cluster.get(fact)} != {right.cluster.get(fact)}")
+    return out
