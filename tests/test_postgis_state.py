@@ -312,7 +312,7 @@ def test_a_failure_while_reusing_falls_back_to_a_full_capture(
     """Fault injection: the thread that builds the reused objects dies half-way."""
     import threading
 
-    from airflow_kfm_migrations.stores.postgis import store as postgis
+    from airflow_kfm_migrations.stores.postgis import capture as postgis
 
     db = rich
     decl = load_bundle(example).declaration

@@ -26,9 +26,10 @@ with ``rollback_set``, then ``rollback.sql`` through the guard) keeps its own pr
 
 Key values stay in the database: receipts and artifacts carry batch numbers and counts.
 
-This module is the PostGIS batch engine (SQL, batches, progress, reverse, key checks); the
-orchestration the lifecycle calls (``engine/backfill.py``) reaches it through the
-``Backfilling`` capability of :class:`PostgisStore`.
+This module is the PostGIS batch engine (SQL, batches, progress, reverse); the static
+checks, the key check and the per-batch stops are ``backfill_checks``. The orchestration the
+lifecycle calls (``engine/backfill.py``) reaches it through the ``Backfilling`` capability
+of :class:`PostgisStore`.
 """
 
 from __future__ import annotations
@@ -41,146 +42,25 @@ from typing import Any
 
 from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.contracts.models import Backfill, PostgisDeclaration
-from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.errors import BackfillInterrupted, BackfillStop, LockedError
 from airflow_kfm_migrations.stores.base import BatchEvent
-from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA, TABLES_QUERY, XACT_WRITES_QUERY
+from airflow_kfm_migrations.stores.postgis.backfill_checks import (
+    batch_statement,
+    check_key,
+    reverse_statement,
+    rewrite_stop,
+    run_key,
+    scope_stop,
+    split_table,
+)
+from airflow_kfm_migrations.stores.postgis.catalog import TABLES_QUERY, XACT_WRITES_QUERY
+from airflow_kfm_migrations.stores.postgis.catalog_sql import LEDGER_SCHEMA, qident
 from airflow_kfm_migrations.stores.postgis.client import advisory_key, db_error
-from airflow_kfm_migrations.stores.postgis.plan import classify_statement
-from airflow_kfm_migrations.stores.postgis.scope import PgScope
 
-PLACEHOLDERS = ("{lo}", "{hi}")
 PENDING = "backfill_pending"
 ROLLED_BACK = "backfill_rolled_back"
 _RETRYABLE = {"55P03", "40P01", "40001"}  # lock_not_available, deadlock, serialization
-
-
-# ----------------------------------------------------------------------- static checks
-
-
-def _split(name: str) -> tuple[str, str]:
-    schema, _, table = name.rpartition(".")
-    return schema or "public", table
-
-
-def run_key(bundle: Bundle) -> str:
-    """Identifies one logical backfill: the migration id (its own column) + the bundle digest."""
-    return bundle.digest
-
-
-def _statement(bf: Backfill, key_type: str = "text") -> str:
-    """The batch statement as text, with ``{lo}`` / ``{hi}`` left for the runner."""
-    schema, table = _split(bf.table)
-    if bf.sql_template is not None:
-        return bf.sql_template
-    where = f" AND ({bf.where})" if bf.where else ""
-    return (
-        f"UPDATE {_q(schema)}.{_q(table)} SET {bf.set} WHERE {_q(bf.key_column)} >= {{lo}} "
-        f"AND {_q(bf.key_column)} <= {{hi}}{where}"
-    )
-
-
-def _reverse_statement(bf: Backfill) -> str:
-    schema, table = _split(bf.table)
-    return (
-        f"UPDATE {_q(schema)}.{_q(table)} SET {bf.rollback_set} WHERE {_q(bf.key_column)} >= {{lo}} "
-        f"AND {_q(bf.key_column)} <= {{hi}}"
-    )
-
-
-def _q(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def static_problems(bundle: Bundle) -> list[str]:
-    """Checks that need no connection: scope of the target and of every statement the
-    backfill runs, one statement per template, approvals for large backfills."""
-    decl = bundle.declaration
-    if not isinstance(decl, PostgisDeclaration) or decl.backfill is None:
-        return []
-    import pglast
-    from pglast import ast
-
-    review_rows = settings().review_backfill_rows
-
-    bf = decl.backfill
-    scope = PgScope(decl)
-    problems: list[str] = []
-    schema, table = _split(bf.table)
-    if scope.forbidden(schema, table) or (
-        scope.protected(schema, table) and not approval_covers(decl, f"protected:{schema}.{table}")
-    ):
-        problems.append(f"backfill.table {schema}.{table} is forbidden or protected")
-    elif not scope.allowed(schema, table):
-        problems.append(f"backfill.table {schema}.{table} is outside the allowed scope")
-    if bf.max_rows > review_rows and not approval_covers(decl, "review:large_backfill"):
-        problems.append(
-            f"backfill.max_rows {bf.max_rows} is over {review_rows}: needs an approval covering review:large_backfill"
-        )
-    if bf.sql_template is not None and not all(p in bf.sql_template for p in PLACEHOLDERS):
-        problems.append("backfill.sql_template must use both {lo} and {hi} (the batch's key range, inclusive)")
-    bodies = [("backfill", _statement(bf))]
-    if bf.rollback_set:
-        bodies.append(("backfill.rollback_set", _reverse_statement(bf)))
-    for label, text in bodies:
-        probe = text.replace("{lo}", "'0'").replace("{hi}", "'0'")
-        try:
-            parsed = pglast.parse_sql(probe)
-        except pglast.parser.ParseError as exc:
-            problems.append(f"{label}: SQL does not parse: {exc.args[0]}")
-            continue
-        if len(parsed) != 1:
-            problems.append(f"{label}: must be exactly one statement, found {len(parsed)}")
-            continue
-        stmt = parsed[0].stmt
-        if not isinstance(stmt, (ast.UpdateStmt, ast.InsertStmt, ast.DeleteStmt, ast.MergeStmt)):
-            problems.append(f"{label}: must be one UPDATE, INSERT, DELETE or MERGE, not {type(stmt).__name__}")
-            continue
-        _kind, targets, _txn, _note = classify_statement(stmt, ["public"])
-        for t in targets:
-            ts, _, tt = t.partition(".")
-            if scope.forbidden(ts, tt) or (scope.protected(ts, tt) and not approval_covers(decl, f"protected:{t}")):
-                problems.append(f"{label}: targets forbidden or protected {t}")
-            elif not scope.allowed(ts, tt):
-                problems.append(f"{label}: targets {t}, outside the allowed scope")
-    if bf.verify_columns and not bf.rollback_set and not bundle.by_role("rollback"):
-        problems.append("backfill.verify_columns needs rollback_set or a rollback artifact to verify against")
-    return problems
-
-
-# ------------------------------------------------------------------------ key check
-
-_KEY_QUERY = """
-SELECT a.attnotnull, format_type(a.atttypid, a.atttypmod),
-       EXISTS (SELECT 1 FROM pg_catalog.pg_index i
-               WHERE i.indrelid = c.oid AND i.indisunique AND i.indisvalid AND i.indimmediate
-                 AND i.indpred IS NULL AND i.indexprs IS NULL AND i.indnkeyatts = 1 AND i.indkey[0] = a.attnum)
-FROM pg_catalog.pg_class c
-JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = %s AND a.attnum > 0 AND NOT a.attisdropped
-WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')"""
-
-
-def check_key(cur: Any, bf: Backfill) -> tuple[str | None, str]:
-    """(problem or None, key type). The key must be NOT NULL and alone carry a unique index."""
-    schema, table = _split(bf.table)
-    cur.execute(_KEY_QUERY, (bf.key_column, schema, table))
-    row = cur.fetchone()
-    if row is None:
-        return f"backfill table {schema}.{table} does not exist", "text"
-    notnull, key_type, unique = row
-    if key_type is None:
-        return f"backfill key column {bf.key_column} does not exist on {schema}.{table}", "text"
-    if not notnull:
-        return f"backfill key column {schema}.{table}.{bf.key_column} is nullable; it must be NOT NULL", key_type
-    if not unique:
-        return (
-            f"backfill key column {schema}.{table}.{bf.key_column} has no unique index of its own; "
-            "batches need a unique, ordered key",
-            key_type,
-        )
-    return None, key_type
 
 
 # --------------------------------------------------------------------------- engine
@@ -216,7 +96,7 @@ class Engine:
         self.log = log
         self.progress = progress
         self.key_type = "text"
-        self.schema, self.table = _split(self.bf.table)
+        self.schema, self.table = split_table(self.bf.table)
         self._last_log = 0.0
         self.log_every_s = settings().backfill_log_seconds
         self.totals = Totals()  # forward batches of this run
@@ -334,35 +214,37 @@ class Engine:
     def verify_digest(self, cur: Any) -> str | None:
         if not self.bf.verify_columns:
             return None
-        cols = ", ".join(_q(c) for c in [self.bf.key_column, *self.bf.verify_columns])
+        cols = ", ".join(qident(c) for c in [self.bf.key_column, *self.bf.verify_columns])
         cur.execute(
             f"SELECT encode(sha256(convert_to(COALESCE(string_agg(md5(ROW({cols})::text), '' "
-            f"ORDER BY {_q(self.bf.key_column)}), ''), 'UTF8')), 'hex') FROM {_q(self.schema)}.{_q(self.table)}"
+            f"ORDER BY {qident(self.bf.key_column)}), ''), 'UTF8')), 'hex') "
+            f"FROM {qident(self.schema)}.{qident(self.table)}"
         )
         return str(cur.fetchone()[0])
 
     def estimate(self, after: str | None) -> int | None:
+        """Keys after ``after`` this run expects to cover (None when it cannot tell)."""
         where = [f"({self.bf.where})"] if self.bf.where and self.bf.set is not None else []
         try:
             with self.conn.cursor() as cur:
                 self._begin(cur)
                 params: list[Any] = []
                 if after is not None:
-                    where.append(f"{_q(self.bf.key_column)} > %s::{self.key_type}")
+                    where.append(f"{qident(self.bf.key_column)} > %s::{self.key_type}")
                     params.append(after)
                 cond = (" WHERE " + " AND ".join(where)) if where else ""
-                cur.execute(f"SELECT count(*) FROM {_q(self.schema)}.{_q(self.table)}{cond}", params)
+                cur.execute(f"SELECT count(*) FROM {qident(self.schema)}.{qident(self.table)}{cond}", params)
                 n = int(cur.fetchone()[0])
             self.conn.commit()
             return min(n, self.bf.max_rows) if self.bf.sql_template is None else n
-        except Exception:
+        except Exception:  # the estimate only feeds the progress report: without one, the ETA is unknown
             self.conn.rollback()
             return None
 
     # -- one batch --------------------------------------------------------------
 
     def _next_range(self, cur: Any, after: str | None, upto: str | None, filtered: bool) -> tuple[str, str, int] | None:
-        k = _q(self.bf.key_column)
+        k = qident(self.bf.key_column)
         cond: list[str] = []
         params: list[Any] = []
         if after is not None:
@@ -375,8 +257,8 @@ class Engine:
             cond.append(f"({self.bf.where})")
         where = (" WHERE " + " AND ".join(cond)) if cond else ""
         cur.execute(
-            f"SELECT min(k)::text, max(k)::text, count(*) FROM (SELECT {k} AS k FROM {_q(self.schema)}.{_q(self.table)}"
-            f"{where} ORDER BY {k} LIMIT %s) s",
+            f"SELECT min(k)::text, max(k)::text, count(*) FROM (SELECT {k} AS k "
+            f"FROM {qident(self.schema)}.{qident(self.table)}{where} ORDER BY {k} LIMIT %s) s",
             [*params, self.bf.batch_size],
         )
         lo, hi, n = cur.fetchone()
@@ -386,39 +268,6 @@ class Engine:
 
         cur.execute(TABLES_QUERY)
         return {oid: (f"{s}.{t}", fn) for oid, s, t, fn in cur.fetchall()}
-
-    def _rewrite_stop(
-        self, before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]]
-    ) -> BackfillStop | None:
-        """TRUNCATE or a table rewrite replaces storage without counting rows: caught by relfilenode."""
-
-        scope = PgScope(self.decl)
-        for oid, (name, fn) in sorted(after.items()):
-            if oid in before and before[oid][1] != fn:
-                schema, _, table = name.partition(".")
-                if not scope.allowed(schema, table) or scope.guarded(schema, table):
-                    return BackfillStop("forbidden_rewrite", f"storage of {name} replaced (TRUNCATE or rewrite)")
-                if not approval_covers(self.decl, "review:table_rewritten"):
-                    return BackfillStop(
-                        "table_rewritten", f"storage of {name} replaced (TRUNCATE or rewrite) without approval"
-                    )
-        return None
-
-    def _scope_stop(self, writes: dict[str, tuple[int, int, int]]) -> BackfillStop | None:
-
-        scope = PgScope(self.decl)
-        for t, (i, u, d) in sorted(writes.items()):
-            n = i + u + d
-            if not n:
-                continue
-            schema, _, table = t.partition(".")
-            if scope.forbidden(schema, table):
-                return BackfillStop("forbidden_write", f"{n} row(s) written into forbidden {t}")
-            if scope.protected(schema, table) and not approval_covers(self.decl, f"protected:{t}"):
-                return BackfillStop("protected_write", f"{n} row(s) written into protected {t}")
-            if not scope.protected(schema, table) and not scope.allowed(schema, table):
-                return BackfillStop("out_of_scope_write", f"{n} row(s) written into {t}, outside the allowed scope")
-        return None
 
     def batch(
         self,
@@ -458,7 +307,7 @@ class Engine:
                         if any(delta):
                             writes[t] = delta
                     rows = sum(sum(v) for v in writes.values())
-                    stop = self._scope_stop(writes) or self._rewrite_stop(files0, files1)
+                    stop = scope_stop(self.decl, writes) or rewrite_stop(self.decl, files0, files1)
                     if stop is None and limit is not None and rows_before + rows > limit:
                         stop = BackfillStop(
                             "limit_exceeded",
@@ -473,7 +322,7 @@ class Engine:
             except psycopg.Error as exc:
                 try:
                     self.conn.rollback()
-                except Exception:
+                except Exception:  # the connection may be gone too: the error being handled is what counts
                     pass
                 if (
                     getattr(exc, "sqlstate", None) in _RETRYABLE
@@ -644,7 +493,7 @@ class Engine:
             after=after,
             upto=None,
             rows_before=last[2],
-            template=_statement(self.bf),
+            template=batch_statement(self.bf),
             limit=self.bf.max_rows,
             totals=self.totals,
             estimate=self.estimate(after),
@@ -669,7 +518,7 @@ class Engine:
                 after=last[1],
                 upto=fwd[-1][1],
                 rows_before=last[2],
-                template=_reverse_statement(self.bf),
+                template=reverse_statement(self.bf),
                 limit=None,
                 totals=self.reverse_totals,
                 estimate=None,

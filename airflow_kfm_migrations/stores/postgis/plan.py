@@ -1,4 +1,5 @@
-"""PostGIS static plan: statements parsed with pglast, classified, their targets named."""
+"""PostGIS static plan: statements parsed with pglast, classified, their targets named, and
+the plan's findings (cluster statements, transaction control, targets outside the scope)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,12 @@ from typing import Any
 import pglast
 from pglast import ast
 
+from airflow_kfm_migrations.contracts.models import Finding, PostgisDeclaration
+from airflow_kfm_migrations.declaration.approvals import approval_covers
+from airflow_kfm_migrations.declaration.bundle import Bundle, display
 from airflow_kfm_migrations.errors import InputError
+from airflow_kfm_migrations.stores.base import Plan, PlannedStatement
+from airflow_kfm_migrations.stores.postgis.scope import PgScope
 
 # ----------------------------------------------------------------------------- plan
 
@@ -157,3 +163,117 @@ def classify_statement(stmt: Any, search_path: list[str]) -> tuple[str, list[str
     if isinstance(stmt, ast.SelectStmt) and stmt.intoClause is None:
         kind = "other"
     return kind, sorted(set(targets)), transactional, note
+
+
+# ----------------------------------------------------------------------- findings
+
+
+def static_plan(bundle: Bundle, store_kind: str) -> Plan:
+    """The statements of the forward scripts, classified, and what the plan refuses or notes."""
+    decl = bundle.declaration
+    assert isinstance(decl, PostgisDeclaration)
+    scope = PgScope(decl)
+    statements: list[PlannedStatement] = []
+    findings: list[Finding] = []
+    i = 0
+    for art in bundle.by_role("forward"):
+        search_path = ["$user", "public"]
+        for _text, stmt in plan_sql(art.text, display(art.path)):
+            i += 1
+            if isinstance(stmt, ast.VariableSetStmt):
+                sp = search_path_of(stmt)
+                if sp:
+                    search_path = sp
+            kind, targets, transactional, note = classify_statement(stmt, search_path)
+            statements.append(PlannedStatement(i, kind, type(stmt).__name__, tuple(targets), transactional, note))
+            if type(stmt).__name__ in CLUSTER_STATEMENTS or (
+                isinstance(stmt, ast.CopyStmt) and getattr(stmt, "is_program", False)
+            ):
+                findings.append(
+                    Finding(
+                        code="cluster_statement",
+                        tier="hard_fail",
+                        object=f"statement {i}",
+                        message=f"{type(stmt).__name__} acts outside any schema (roles, databases, system "
+                        "settings, server programs); a migration may not run it",
+                    )
+                )
+            if isinstance(stmt, ast.TransactionStmt):
+                findings.append(
+                    Finding(
+                        code="transaction_control",
+                        tier="hard_fail",
+                        object=f"statement {i}",
+                        message="the runner owns the transaction; remove BEGIN/COMMIT/ROLLBACK",
+                    )
+                )
+            if not transactional and decl.transactional:
+                findings.append(
+                    Finding(
+                        code="non_transactional_statement",
+                        tier="hard_fail",
+                        object=f"statement {i}",
+                        message=f"{type(stmt).__name__} cannot run in a transaction; declare "
+                        "transactional: false with a reason",
+                    )
+                )
+            if not decl.transactional and (note or isinstance(stmt, (ast.SelectStmt, ast.ExecuteStmt))):
+                # Without the transaction nothing undoes what the gate refuses, so the
+                # static plan must see every effect before the first write.
+                findings.append(
+                    Finding(
+                        code="opaque_non_transactional",
+                        tier="hard_fail",
+                        object=f"statement {i}",
+                        message=f"{type(stmt).__name__} can hide its effects from the static plan, and a "
+                        "transactional: false run cannot roll them back; run it in a transactional migration",
+                    )
+                )
+            elif note:
+                findings.append(
+                    Finding(code="opaque_statement", tier="informational", object=f"statement {i}", message=note)
+                )
+            for t in targets:
+                schema, _, table = t.partition(".")
+                table = "" if table == "*" else table
+                if scope.forbidden(schema, table or None):
+                    findings.append(
+                        Finding(
+                            code="plan_forbidden_target",
+                            tier="hard_fail",
+                            object=t,
+                            message=f"statement {i} targets forbidden {t}",
+                        )
+                    )
+                elif scope.protected(schema, table or None) and not approval_covers(decl, f"protected:{t}"):
+                    findings.append(
+                        Finding(
+                            code="plan_protected_target",
+                            tier="hard_fail",
+                            object=t,
+                            message=f"statement {i} targets protected {t} without approval",
+                        )
+                    )
+                elif not scope.allowed(schema, table or None) and not _index_of_allowed(stmt, scope, t):
+                    findings.append(
+                        Finding(
+                            code="plan_out_of_scope",
+                            tier="hard_fail",
+                            object=t,
+                            message=f"statement {i} targets {t}, outside the allowed scope",
+                        )
+                    )
+    return Plan(bundle.migration_id, store_kind, tuple(statements), tuple(findings))
+
+
+def _index_of_allowed(stmt: Any, scope: PgScope, target: str) -> bool:
+    """An index is in scope when its table is. CREATE INDEX names both; DROP INDEX names
+    only the index, so its schema must be allowed and the observed diff decides."""
+    from pglast.enums.parsenodes import ObjectType
+
+    schema, _, _ = target.partition(".")
+    if isinstance(stmt, ast.IndexStmt) and stmt.relation is not None:
+        return scope.allowed(schema, stmt.relation.relname)
+    if isinstance(stmt, ast.DropStmt) and stmt.removeType == ObjectType.OBJECT_INDEX:
+        return scope.allowed(schema, None)
+    return False

@@ -11,7 +11,7 @@ from operator import attrgetter
 from typing import Any
 
 from airflow_kfm_migrations.contracts.models import PostgisDeclaration
-from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_SCHEMA
+from airflow_kfm_migrations.stores.postgis.catalog_sql import LEDGER_SCHEMA
 
 
 def _glob_rx(patterns: list[str]) -> re.Pattern[str] | None:

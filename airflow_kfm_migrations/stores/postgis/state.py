@@ -1,7 +1,7 @@
 """Reusing an earlier PostgreSQL catalog capture, one relation family at a time.
 
 A capture of a 10,000-table catalog digests 120k objects, and most runs change a handful.
-Every object of the family kinds (see ``postgis_catalog.FAMILY_KINDS``) belongs to one
+Every object of the family kinds (see ``catalog_family.FAMILY_KINDS``) belongs to one
 relation, its *family*: a table with its columns, indexes, constraints, triggers, policies,
 rules and statistics. A capture records, besides its objects, what it needs to tell later
 which families may have changed since:
