@@ -283,12 +283,25 @@ def cache_dir() -> Path | None:
     return cache_dir_of("KFM_CAPTURE_CACHE")
 
 
+# What a state depends on: the SQL that computes the digests, this module, the capture that
+# builds the states, and the Merkle leaves they keep (paths relative to this package).
+_CODE = (
+    "catalog_sql.py",
+    "catalog_family.py",
+    "catalog_global.py",
+    "catalog.py",
+    "state.py",
+    "capture.py",
+    "../../util/digest.py",
+)
+
+
 @functools.cache
 def code_fingerprint() -> str:
+    """A digest of the code states depend on: a state saved by other code is never reused."""
     here = Path(__file__).resolve().parent
     h = hashlib.sha256(CACHE_FORMAT.encode())
-    # The SQL that computes the digests, this module, and the Merkle leaves the states keep.
-    for name in ("postgis_catalog.py", "postgis_state.py", "../digest.py"):
+    for name in _CODE:
         with contextlib.suppress(OSError):
             h.update((here / name).read_bytes())
     return h.hexdigest()
@@ -330,7 +343,7 @@ def save(state: CatalogState) -> None:
             with os.fdopen(fd, "wb") as f:
                 f.write(_ENCODER.encode(state))
             os.replace(tmp, path)
-        except BaseException:
+        except BaseException:  # whatever interrupted the write, no half-written file is left behind
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
