@@ -311,9 +311,11 @@ def _dag_for(entry: Any, bundles_root: Path, environment: str, facts_reader: Any
     broken = None
     try:
         facts = reader.get(bundles_root / entry.path)
-    except Exception as exc:
+    except Exception as exc:  # broad on purpose: one broken bundle must never break the DAG file's parse;
+        # its DAG is built anyway and fails in preflight with this line
         broken = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    conn_id = entry.conn_id or (facts["runner_conn_id"] if facts else None) or f"kfm_{entry.type}"
+    default_conn = KINDS[entry.type].default_conn_id if entry.type in KINDS else f"kfm_{entry.type}"
+    conn_id = entry.conn_id or (facts["runner_conn_id"] if facts else None) or default_conn
     dag = _new_dag(entry, facts, broken, environment)
     return dag, conn_id, _assets(facts, conn_id), bool(facts and facts["backfill"])
 
