@@ -7,18 +7,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow_kfm_migrations.app.admin import break_lock_migration, gc_migration
-from airflow_kfm_migrations.cli.common import load_bundle_arg, run_options
-from airflow_kfm_migrations.engine.run import RunResult
+from airflow_kfm_migrations.cli.common import load_bundle_arg, report, run_options
 from airflow_kfm_migrations.errors import InputError
-
-
-def _report(result: RunResult) -> int:
-    tail = f" ({result.reason})" if result.reason else ""
-    if result.receipt_path is not None:
-        print(f"{result.status}: receipt {result.receipt_path}{tail}")
-    else:
-        print(f"{result.status}{tail}")
-    return 0 if result.status in {"succeeded", "noop"} else 1
 
 
 def _parse_now(text: str | None) -> datetime:
@@ -34,7 +24,7 @@ def _parse_now(text: str | None) -> datetime:
 def cmd_gc(args: argparse.Namespace) -> int:
     now = _parse_now(args.now)
     bundle = load_bundle_arg(args.bundle)
-    return _report(gc_migration(bundle, run_options(args, dry_run=args.dry_run), now))
+    return report(gc_migration(bundle, run_options(args, dry_run=args.dry_run), now))
 
 
 def cmd_break_lock(args: argparse.Namespace) -> int:
@@ -42,7 +32,7 @@ def cmd_break_lock(args: argparse.Namespace) -> int:
     if not reason:
         raise InputError("--reason", "-", "give the reason for breaking the lock")
     bundle = load_bundle_arg(args.bundle)
-    return _report(break_lock_migration(bundle, run_options(args, dry_run=args.dry_run), reason, print))
+    return report(break_lock_migration(bundle, run_options(args, dry_run=args.dry_run), reason, print))
 
 
 def _common(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from airflow_kfm_migrations.config import actor
 from airflow_kfm_migrations.declaration.bundle import Bundle, load_bundle
-from airflow_kfm_migrations.engine.run import RunOptions
+from airflow_kfm_migrations.engine.run import RunOptions, RunResult
 from airflow_kfm_migrations.util.secret_scan import redact
 
 
@@ -45,3 +45,13 @@ def run_options(args: argparse.Namespace, *, dry_run: bool | None = None) -> Run
         registry_path=Path(registry) if registry else None,
         log=log if not args.quiet else (lambda _l: None),
     )
+
+
+def report(result: RunResult) -> int:
+    """One line on stdout: the outcome, the receipt's path and the reason; returns the exit code."""
+    tail = f" ({result.reason})" if result.reason else ""
+    if result.receipt_path is not None:
+        print(f"{result.status}: receipt {result.receipt_path}{tail}")
+    else:
+        print(f"{result.status}{tail}")
+    return result.exit_code

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from airflow_kfm_migrations.cli.admin import register as register_admin
-from airflow_kfm_migrations.cli.common import console, default_actor, load_bundle_arg, run_options
+from airflow_kfm_migrations.cli.common import console, default_actor, load_bundle_arg, report, run_options
 from airflow_kfm_migrations.errors import InputError, KfmError
 from airflow_kfm_migrations.stores.kinds import KINDS
 from airflow_kfm_migrations.util.secret_scan import redact
@@ -114,15 +114,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 1 if plan.refused else 0
 
 
-def _report(result: Any) -> int:
-    tail = f" ({result.reason})" if result.reason else ""
-    if result.receipt_path is not None:
-        print(f"{result.status}: receipt {result.receipt_path}{tail}")
-    else:
-        print(f"{result.status}{tail}")
-    return int(result.exit_code)
-
-
 class _BackfillBar:
     """A rich progress bar for backfill batches (batches, rows, rate, ETA) on stderr."""
 
@@ -177,7 +168,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         bar = opts.progress = _BackfillBar()
     result = run_migration(bundle, opts)
     if getattr(bundle.declaration, "backfill", None) is None or result.status not in {"succeeded", "noop"}:
-        return _report(result)
+        return report(result)
     # The schema part is committed (or was already): the backfill runs, resumes or is a no-op.
     try:
         filled = run_backfill(bundle, opts)
@@ -185,15 +176,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if filled.receipt_path is None and filled.status in {"noop", "succeeded"}:
-        return _report(result)  # already complete, or a dry run: the schema run's outcome stands
-    return _report(filled)
+        return report(result)  # already complete, or a dry run: the schema run's outcome stands
+    return report(filled)
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     from airflow_kfm_migrations.engine import rollback_migration
 
     bundle = load_bundle_arg(args.bundle)
-    return _report(rollback_migration(bundle, run_options(args)))
+    return report(rollback_migration(bundle, run_options(args)))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
