@@ -2,9 +2,9 @@
 one transaction, fingerprinted so that the gate can compare pre and post.
 
 What is read: ``SHOW CONSTRAINTS``, ``SHOW INDEXES`` and one read of the tokens in use, the
-count store per label and relationship type, every node of every protected label, the
-property keys of the other guarded labels and types, and the ledger nodes. Nothing outside
-the guarded labels and types is scanned.
+count store per label and relationship type, every node of every protected label and every
+relationship attached to one, the property keys of the other guarded labels and types, and
+the ledger nodes. Nothing outside the guarded labels and types is scanned.
 """
 
 from __future__ import annotations
@@ -18,12 +18,13 @@ from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.errors import RefusedError
 from airflow_kfm_migrations.stores.graph.client import RunQuery
 from airflow_kfm_migrations.stores.graph.cypher import quote
-from airflow_kfm_migrations.stores.graph.digests import digest, jsonable, node_digests
+from airflow_kfm_migrations.stores.graph.digests import digest, jsonable, node_digests, relationship_digests
 from airflow_kfm_migrations.stores.graph.governance import GOVERNANCE_LABELS, LEDGER_LABEL
 from airflow_kfm_migrations.stores.graph.scope import GraphScope, object_names
 from airflow_kfm_migrations.util.digest import digest_json, merkle_root
 
-COUNT_KINDS = frozenset({"label_count", "rel_count", "nodes"})
+# Data, not schema: left out of the schema fingerprint.
+COUNT_KINDS = frozenset({"label_count", "rel_count", "nodes", "relationships"})
 # The server version and the tokens in use (labels, relationship types, property keys).
 TOKENS = (
     "COLLECT { CALL dbms.components() YIELD name, versions, edition RETURN [name, versions, edition] } "
@@ -54,13 +55,30 @@ def guarded_reads(
     return protected, keyed
 
 
+def protected_nodes_query(label: str) -> str:
+    """The nodes of a protected label, one ``[labels, properties]`` row each."""
+    return f"MATCH (n:{quote(label)}) RETURN [labels(n), properties(n)]"
+
+
+def protected_relationships_query(label: str) -> str:
+    """Every relationship attached to a node of a protected label, one
+    ``[labels, properties, type, outgoing, relationship properties, other end's elementId]``
+    row each (``relationship_digests``). The hint keeps the planner from scanning every
+    relationship of the graph when it guesses that to be cheaper."""
+    return (
+        f"MATCH (n:{quote(label)})-[r]-(m) USING SCAN n:{quote(label)} "
+        "RETURN [labels(n), properties(n), type(r), startNode(r) = n, properties(r), elementId(m)]"
+    )
+
+
 def read_query(scope: GraphScope, labels: tuple[str, ...], rel_types: tuple[str, ...]) -> str:
     protected, keyed = guarded_reads(scope, labels, rel_types)
     patterns = {"node": "(n:{})", "relationship": "()-[n:{}]->()"}
     columns = {
         "label_counts": [f"COUNT {{ MATCH (n:{quote(x)}) }}" for x in labels],
         "rel_counts": [f"COUNT {{ MATCH ()-[r:{quote(t)}]->() }}" for t in rel_types],
-        "protected_nodes": [f"COLLECT {{ MATCH (n:{quote(x)}) RETURN [labels(n), properties(n)] }}" for x in protected],
+        "protected_nodes": [f"COLLECT {{ {protected_nodes_query(x)} }}" for x in protected],
+        "protected_rels": [f"COLLECT {{ {protected_relationships_query(x)} }}" for x in protected],
         "guarded_keys": [
             f"COLLECT {{ MATCH {patterns[e].format(quote(x))} UNWIND keys(n) AS k RETURN DISTINCT k }}"
             for e, x in keyed
@@ -84,8 +102,9 @@ class BaselineReader:
            command with no other clause);
         3. one read (one transaction): the server version and the labels, relationship types
            and property keys in use; the count store per label and relationship type; every
-           node of every protected label (labels and full property map); the property keys of
-           the other guarded labels and types; the ledger nodes.
+           node of every protected label (labels and full property map) and every relationship
+           attached to one; the property keys of the other guarded labels and types; the ledger
+           nodes.
 
         Count-store reads need the labels and types written in the query: it names those the
         last baseline of this store found in use, and is read again with the ones it reports
@@ -160,6 +179,7 @@ class BaselineReader:
             (e, x): sorted(ks) for (e, x), ks in zip(keyed, data["guarded_keys"], strict=True)
         }
         nodes = dict(zip(protected_labels, data["protected_nodes"], strict=True))
+        rels = dict(zip(protected_labels, data["protected_rels"], strict=True))
         for label, count in zip(labels, data["label_counts"], strict=True):
             if label in nodes:
                 keys["node", label] = sorted(set(chain.from_iterable(props for _, props in nodes[label])))
@@ -187,6 +207,19 @@ class BaselineReader:
                         schema="node",
                         table=label,
                         digest=digest(digests),
+                        protected=True,
+                    )
+                )
+            if rels.get(label):
+                # A protected node's relationships are part of it: deleting, creating or
+                # re-pointing one changes the protected domain (see relationship_digests).
+                objects.append(
+                    BaselineObject(
+                        id=f"relationships:{label}",
+                        kind="relationships",
+                        schema="node",
+                        table=label,
+                        digest=digest(relationship_digests(rels[label])),
                         protected=True,
                     )
                 )
@@ -259,18 +292,31 @@ def scope_fingerprint(bundle: Bundle, baseline: Baseline) -> str:
     )
 
 
-def protected_changed(run: RunQuery, decl: GraphDeclaration, pre: Baseline) -> str | None:
-    """The first protected label whose nodes (labels and full property maps), read through
-    ``run``, differ from ``pre``, unless an approval covers it. Run inside a statement's
-    transaction, before it commits: the digest is the baseline's ``nodes:<label>`` digest."""
-    before = {o.table: o.digest for o in pre.objects if o.kind == "nodes" and o.table}
+def guarded_labels(run: RunQuery, decl: GraphDeclaration, pre: Baseline | None = None) -> list[str]:
+    """The protected labels that no approval covers: those in use, those named without a
+    glob, and those ``pre`` holds nodes of (governance labels never)."""
     scope = GraphScope(decl)
     in_use = {r["label"] for r in run("CALL db.labels() YIELD label RETURN label")}
     named = {x for x in decl.scope.protected_labels if not any(c in x for c in "*?[")}
-    for label in sorted(in_use | named | set(before)):
-        if not scope.protected_label(label) or approval_covers(decl, f"protected:{label}"):
-            continue
-        nodes = [r["x"] for r in run(f"MATCH (n:{quote(label)}) RETURN [labels(n), properties(n)] AS x")]
-        if (digest(node_digests(nodes)) if nodes else None) != before.get(label):
+    held = {o.table for o in (pre.objects if pre else []) if o.kind in {"nodes", "relationships"} and o.table}
+    return [
+        x
+        for x in sorted(in_use | named | held)
+        if scope.protected_label(x) and x not in GOVERNANCE_LABELS and not approval_covers(decl, f"protected:{x}")
+    ]
+
+
+def protected_changed(run: RunQuery, decl: GraphDeclaration, pre: Baseline) -> str | None:
+    """The first protected label whose nodes (labels and full property maps) or whose
+    nodes' relationships, read through ``run``, differ from ``pre``, unless an approval
+    covers it. Run inside a statement's transaction, before it commits: the digests are the
+    baseline's ``nodes:<label>`` and ``relationships:<label>`` digests."""
+    before = {(o.kind, o.table): o.digest for o in pre.objects if o.kind in {"nodes", "relationships"} and o.table}
+    for label in guarded_labels(run, decl, pre):
+        nodes = [r["x"] for r in run(f"{protected_nodes_query(label)} AS x")]
+        if (digest(node_digests(nodes)) if nodes else None) != before.get(("nodes", label)):
+            return label
+        rels = [r["x"] for r in run(f"{protected_relationships_query(label)} AS x")]
+        if (digest(relationship_digests(rels)) if rels else None) != before.get(("relationships", label)):
             return label
     return None

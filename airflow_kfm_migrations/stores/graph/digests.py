@@ -138,3 +138,18 @@ def node_digests(nodes: list[list[Any]]) -> list[str]:
         out.append(sha256(data).hexdigest())
     out.sort()
     return out
+
+
+def relationship_digests(rels: list[list[Any]]) -> list[str]:
+    """Sorted digests of the relationships of protected nodes, one per
+    ``[labels, properties, type, outgoing, relationship properties, other end's elementId]``:
+    the sha256 of ``canonical([sorted labels, properties, type, "out" | "in", relationship
+    properties, other end's elementId])``. The protected end is named by its content (as in
+    ``node_digests``), the other end by its identity: a relationship moved to another node
+    changes the digest, a neighbour relabelled or updated does not."""
+    out = []
+    for labels, props, rel_type, outgoing, rel_props, other in rels:
+        item = [sorted(labels), props, rel_type, "out" if outgoing else "in", rel_props, other]
+        out.append(hashlib.sha256(canonical(item)).hexdigest())
+    out.sort()
+    return out
