@@ -39,6 +39,19 @@ _CODES = (
         "Nothing. Check in `diffs/summary.json` that the alias moves are the ones you meant.",
     ),
     FindingCode(
+        "batched_protected_write",
+        ("hard_fail",),
+        "Graph apply or rollback: a batched statement (`CALL { ... } IN TRANSACTIONS`) tried to write a "
+        "protected node (its properties or labels, delete it, or create or delete one of its "
+        "relationships), or waited behind another writer that did. Its batches commit as they go, so it "
+        "runs while the run holds the write lock of every protected node: the batch waited, the statement "
+        "was stopped and that batch rolled back. No protected node changed; batches committed before it "
+        "are undone by the compensation (the rollback artifact).",
+        "Make the statement reach only allowed nodes: match by an allowed label and leave out nodes that "
+        "also carry a protected label (`WHERE NOT n:Protected`) and relationships to protected nodes. If "
+        "protected nodes are to change, record an approval covering `protected:<Label>`.",
+    ),
+    FindingCode(
         "blue_green",
         ("informational",),
         "Search static plan: the store has no transactions, so new indices are built beside the old ones, "
@@ -230,6 +243,17 @@ _CODES = (
         "Remove it from the script; a migration may not run it.",
     ),
     FindingCode(
+        "plan_batched_unbound",
+        ("hard_fail",),
+        "Graph EXPLAIN preflight: a batched statement (`CALL { ... } IN TRANSACTIONS`, which commits as it "
+        "goes) binds nodes or relationships from the whole graph (an all-node or all-relationship scan, a "
+        "lookup by id), calls a procedure, or uses a label or type built at run time. Refused before the "
+        "first write; the graph is unchanged.",
+        "Match the nodes by an allowed label (`MATCH (n:Allowed) ...`) and relationships by an allowed "
+        "type, without procedures or dynamic labels; or write the statement without `IN TRANSACTIONS`, so "
+        "that it is checked before it commits.",
+    ),
+    FindingCode(
         "plan_delete_not_created",
         ("hard_fail",),
         "Search static plan: a `delete_index` action names an index that this migration does not create "
@@ -256,6 +280,16 @@ _CODES = (
         "covering `protected:<target>`.",
         "If the change is intended: set `approvals.change_class: governance-critical` and record an "
         "approval whose `covers` lists `protected:<target>`. Otherwise fix the script.",
+    ),
+    FindingCode(
+        "plan_schema_target_unknown",
+        ("hard_fail",),
+        "Graph static plan or preflight: a CREATE CONSTRAINT/INDEX statement names no label or relationship "
+        "type that can be read from its `FOR` pattern (e.g. a token lookup index, which covers every "
+        "label). Schema statements commit at once and cannot be EXPLAINed, so their target must be "
+        "readable.",
+        "Write the target as `FOR (n:Label)` or `FOR ()-[r:TYPE]-()` with an allowed label or type. Token "
+        "lookup indexes are managed outside migrations.",
     ),
     FindingCode(
         "plan_use_clause",
@@ -300,6 +334,15 @@ _CODES = (
         "on a transactional store.",
         "Compare the object in `diffs/rollback.json` with the apply's `baselines/pre.json`, fix "
         "`rollback.*` so that it undoes the forward exactly, and run the rollback again.",
+    ),
+    FindingCode(
+        "protected_guard_failed",
+        ("hard_fail",),
+        "Graph apply or rollback: a batched statement was not run because the run could not hold the "
+        "write lock of every protected node while it would run (another transaction held one for longer "
+        "than the statement timeout, or the server did not show the locks).",
+        "Find the transaction that holds the protected nodes (`SHOW TRANSACTIONS`), let it finish, and run "
+        "again.",
     ),
     FindingCode(
         "protected_write",

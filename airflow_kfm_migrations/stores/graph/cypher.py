@@ -141,6 +141,30 @@ def classify(masked: str) -> tuple[str, str]:
     return "other", "read"
 
 
+_NAME = r"(?:`(?:[^`]|``)+`|[A-Za-z_]\w*)"
+_NAMES = rf"({_NAME}(?:\s*\|\s*:?\s*{_NAME})*)"
+# ``FOR (n:Label)``, ``FOR (n: A|B)`` and ``FOR ()-[r:TYPE]-()`` of CREATE CONSTRAINT/INDEX,
+# spaces allowed wherever the server allows them (``IS`` is not accepted there).
+_SCHEMA_NODE = re.compile(rf"\bFOR\s*\(\s*(?:{_NAME}\s*)?:\s*{_NAMES}\s*\)", re.I)
+_SCHEMA_REL = re.compile(rf"\bFOR\s*\(\s*\)\s*<?\s*-\s*\[\s*(?:{_NAME}\s*)?:\s*{_NAMES}\s*\]\s*-\s*>?\s*\(\s*\)", re.I)
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace("``", "`") if name.startswith("`") else name
+
+
+def schema_targets(masked: str) -> tuple[str, list[str]] | None:
+    """(``node`` | ``relationship``, labels or types) that a CREATE CONSTRAINT/INDEX statement
+    is for, read from its ``FOR`` pattern; None when there is none to read (a token lookup
+    index, ``FOR (n)``, is for every label; a DROP names only the object)."""
+    for entity, rx in (("relationship", _SCHEMA_REL), ("node", _SCHEMA_NODE)):
+        m = rx.search(masked)
+        if m:
+            names = [_unquote(x) for x in re.findall(_NAME, m.group(1))]
+            return entity, names
+    return None
+
+
 def schema_name(masked: str) -> str | None:
     m = _SCHEMA_NAME.match(masked)
     if not m:
@@ -287,6 +311,20 @@ def plan_mentions(plan: dict | None) -> tuple[set[str], set[str]]:
             types |= found_types
         stack.extend(op.get("children") or [])
     return labels, types
+
+
+def plan_operators(plan: dict | None) -> list[tuple[str, str]]:
+    """(operator type without its ``@neo4j`` suffix, ``Details`` text) of every operator of a
+    server plan, parents before children."""
+    out: list[tuple[str, str]] = []
+    stack = [plan] if plan else []
+    while stack:
+        op = stack.pop()
+        args = op.get("args") or op.get("arguments") or {}
+        details = args.get("Details") if isinstance(args, dict) else None
+        out.append((str(op.get("operatorType") or "").split("@")[0], details if isinstance(details, str) else ""))
+        stack.extend(reversed(op.get("children") or []))
+    return out
 
 
 def quote(name: str) -> str:

@@ -1,6 +1,15 @@
 """A graph run's session: the lock from ``open`` to ``release``, the EXPLAIN preflight, the
-statements (each in its own auto-commit transaction), the in-flight record, the recovery of
-an interrupted run, and the ledger entry.
+statements (each in its own transaction), the in-flight record, the recovery of an
+interrupted run, and the ledger entry.
+
+Protected nodes and commits (``docs/stores/graph.md``, "Batched and early-committing
+statements"): a data statement runs in an explicit transaction, and its protected nodes
+and their relationships are compared with the last baseline before it commits, in every
+phase. A batched statement (``CALL { … } IN TRANSACTIONS``) commits as it goes: the
+preflight refuses one that ranges over the whole graph (``plan.batched_findings``), and it
+runs under the protected guard (``guard.ProtectedGuard``), which holds every protected node's
+write lock. A schema statement cannot write nodes; the preflight refuses one on a guarded
+label or type, and a DROP is looked up again just before it runs (``plan.schema_findings``).
 """
 
 from __future__ import annotations
@@ -9,12 +18,12 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from airflow_kfm_migrations.contracts.models import Baseline, GraphDeclaration
+from airflow_kfm_migrations.contracts.models import Baseline, Finding, GraphDeclaration
 from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
 from airflow_kfm_migrations.errors import LockedError, RefusedError
 from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord
 from airflow_kfm_migrations.stores.graph import ledger, lock
-from airflow_kfm_migrations.stores.graph.capture import protected_changed
+from airflow_kfm_migrations.stores.graph.capture import guarded_labels, protected_changed
 from airflow_kfm_migrations.stores.graph.client import RunQuery, mask_values, neo_error, seconds
 from airflow_kfm_migrations.stores.graph.cypher import (
     CypherStatement,
@@ -23,11 +32,15 @@ from airflow_kfm_migrations.stores.graph.cypher import (
     explain_query,
     in_transactions,
     plan_mentions,
+    plan_operators,
+    schema_name,
+    schema_targets,
     split_cypher,
 )
 from airflow_kfm_migrations.stores.graph.evaluate import invariant_facts
 from airflow_kfm_migrations.stores.graph.governance import LOCK_LABEL, ensure_schema
-from airflow_kfm_migrations.stores.graph.plan import scope_findings
+from airflow_kfm_migrations.stores.graph.guard import GuardError, ProtectedGuard
+from airflow_kfm_migrations.stores.graph.plan import SchemaObjects, batched_findings, schema_findings, scope_findings
 from airflow_kfm_migrations.stores.graph.scope import GraphScope
 from airflow_kfm_migrations.util.secret_scan import redact
 
@@ -101,6 +114,7 @@ class GraphSession:
         self._phase = "open"
         self._inflight = False
         self._checked: set[str] = set()  # roles that passed the EXPLAIN preflight
+        self._batched: set[tuple[str, int, str]] = set()  # statements whose server plan commits in batches
 
     # -- plumbing -------------------------------------------------------------
 
@@ -160,6 +174,7 @@ class GraphSession:
             lock.stop_orphans(self._run, found.run_id, where)
             self._phase = "compensating"
             self._inflight = True
+            self.baseline()  # what the rollback's statements are checked against before they commit
             outcome = self._run_role("rollback")
             after = self.baseline()
             problems = []
@@ -190,12 +205,15 @@ class GraphSession:
     def preflight(self, roles: tuple[str, ...]) -> str | None:
         """EXPLAIN every non-schema statement of ``roles`` (nothing runs): a statement the server
         cannot compile, or whose plan names a forbidden, protected (unapproved) or out-of-scope
-        label or relationship type, refuses the run. Returns the problem, or None.
+        label or relationship type, refuses the run; so does a batched statement whose plan
+        ranges over the whole graph (``batched_findings``). Returns the problem, or None.
 
-        Schema statements cannot be EXPLAINed; the static plan checked them."""
+        Schema statements cannot be EXPLAINed: the labels or types of what they create, and of
+        the live object a DROP names, are checked against the scope (``schema_findings``)."""
         import neo4j.exceptions as nx
 
         scope = GraphScope(self.decl)
+        live: SchemaObjects | None = None
         for role in roles:
             if role in self._checked:
                 continue
@@ -203,6 +221,20 @@ class GraphSession:
             for art, st in self._statements(self.bundle.by_role(role)):
                 n += 1
                 if st.kind == "schema":
+                    try:
+                        live = self._schema_objects() if live is None else live
+                    except (nx.Neo4jError, nx.DriverError) as exc:
+                        return f"schema preflight: cannot read the schema: {neo_error(exc)}"
+                    hard = [
+                        f
+                        for f in schema_findings(self.decl, scope, n, st, live, self._created())
+                        if f.tier == "hard_fail"
+                    ]
+                    if hard:
+                        return (
+                            f"schema preflight: {art.rel} line {st.line} (statement {n} of the {role}): "
+                            f"{hard[0].code}: {hard[0].message}"
+                        )
                     continue
                 try:
                     with self._session() as s:
@@ -223,8 +255,34 @@ class GraphSession:
                         f"EXPLAIN preflight: {art.rel} line {st.line} (statement {n} of the {role}): "
                         f"the server's plan shows it {hard[0].message.removeprefix(f'statement {n} ')}"
                     )
+                ops = {op for op, _ in plan_operators(summary.plan)}
+                if in_transactions(st.masked) or ops & {"TransactionForeach", "TransactionApply"}:
+                    self._batched.add((art.rel, st.line, st.text))
+                    hard = batched_findings(n, summary.plan)
+                    if hard:
+                        return (
+                            f"EXPLAIN preflight: {art.rel} line {st.line} (statement {n} of the {role}): "
+                            f"{hard[0].code}: {hard[0].message}"
+                        )
             self._checked.add(role)
         return None
+
+    def _schema_objects(self) -> SchemaObjects:
+        """The live constraints and indexes by name: (node | relationship, labels or types)."""
+        out: SchemaObjects = {}
+        for r in (*self._run("SHOW CONSTRAINTS YIELD *"), *self._run("SHOW INDEXES YIELD *")):
+            entity = "relationship" if r.get("entityType") == "RELATIONSHIP" else "node"
+            out.setdefault(str(r["name"]), (entity, list(r.get("labelsOrTypes") or [])))
+        return out
+
+    def _created(self) -> SchemaObjects:
+        """The constraints and indexes the bundle's own statements create, by name."""
+        out: SchemaObjects = {}
+        for _art, st in self._statements([*self.bundle.by_role("forward"), *self.bundle.by_role("rollback")]):
+            name, target = schema_name(st.masked), schema_targets(st.masked)
+            if st.kind == "schema" and name and target:
+                out.setdefault(name, target)
+        return out
 
     # -- protocol -------------------------------------------------------------
 
@@ -270,25 +328,36 @@ class GraphSession:
                     )
                 # Tagged: a recovery can find (and terminate) statements of a run that died.
                 meta = {"kfm_run_id": self.run_id, "kfm_migration_id": self.decl.migration_id}
-                kind, _name = classify(st.masked)
-                if self._phase == "applying" and kind != "schema" and not in_transactions(st.masked):
-                    # A data statement runs in its own transaction, and the protected nodes are
-                    # compared with the pre-baseline before it commits: a protected change
-                    # that only the observed state reveals never reaches the store.
+                kind, name = classify(st.masked)
+                where = f"statement {n} of {art.rel} (line {st.line})"
+                if kind == "schema":
+                    # Commits at once and cannot be rolled back: what a DROP names is looked
+                    # up again now (the preflight saw the schema before earlier statements).
+                    problem = self._drop_problem(n, st) if name.startswith("drop") else None
+                    if problem:
+                        return stopped(f"{where}: {problem}; not run")
+                    query = neo4j.Query(st.text, timeout=self._timeout, metadata=meta)
+                    with self._session() as s:
+                        summary = s.run(query).consume()
+                elif (art.rel, st.line, st.text) in self._batched or in_transactions(st.masked):
+                    summary, problem = self._run_guarded(n, art.rel, st.line, st.text, meta)
+                    if problem:
+                        return stopped(problem)
+                else:
+                    # A data statement runs in its own transaction, and the protected nodes and
+                    # their relationships are compared with the last baseline before it commits
+                    # (in every phase): a protected change that only the observed state
+                    # reveals never reaches the store.
                     with self._session() as s, s.begin_transaction(timeout=self._timeout, metadata=meta) as tx:
                         summary = tx.run(st.text).consume()
                         touched = self._protected_touched(tx) if summary.counters.contains_updates else None
                         if touched is not None:
                             tx.rollback()
                             return stopped(
-                                f"statement {n} of {art.rel} (line {st.line}) changed protected :{touched} "
-                                "nodes without an approval; its transaction was rolled back before commit"
+                                f"{where} changed protected :{touched} nodes or their relationships without an "
+                                "approval; its transaction was rolled back before commit"
                             )
                         tx.commit()
-                else:
-                    query = neo4j.Query(st.text, timeout=self._timeout, metadata=meta)
-                    with self._session() as s:
-                        summary = s.run(query).consume()
             except (nx.Neo4jError, nx.DriverError) as exc:
                 return stopped(f"statement {n} of {art.rel} (line {st.line}): {neo_error(exc)}")
             for k in COUNTER_NAMES:
@@ -300,6 +369,60 @@ class GraphSession:
             facts={"counters": dict(counters)},
             metrics={"apply_seconds": round(time.monotonic() - started, 3)},
         )
+
+    def _drop_problem(self, n: int, st: CypherStatement) -> str | None:
+        hard = [
+            f
+            for f in schema_findings(self.decl, GraphScope(self.decl), n, st, self._schema_objects(), {})
+            if f.tier == "hard_fail"
+        ]
+        return f"{hard[0].code}: {hard[0].message}" if hard else None
+
+    def _run_guarded(self, n: int, rel: str, line: int, text: str, meta: dict[str, str]) -> tuple[Any, str | None]:
+        """A batched statement, under the protected guard: (summary, None), or (None, why it
+        was stopped). Its batches commit as they go; none of them can write a protected node."""
+        import neo4j
+        import neo4j.exceptions as nx
+
+        where = f"statement {n} of {rel} (line {line})"
+        labels = guarded_labels(self._run, self.decl, self._last_baseline)
+        try:
+            with ProtectedGuard(
+                self.driver, self.database, self.run_id, labels, statement=n, acquire_seconds=self._timeout or 60.0
+            ) as guard:
+                try:
+                    with self._session() as s:
+                        summary = s.run(neo4j.Query(text, timeout=self._timeout, metadata=meta)).consume()
+                except (nx.Neo4jError, nx.DriverError):
+                    if not guard.tripped:
+                        raise
+                if guard.tripped:
+                    f = Finding(
+                        code="batched_protected_write",
+                        tier="hard_fail",
+                        object=f"{rel}:{line}",
+                        message=f"{where} commits in batches and {guard.tripped}; the statement was stopped "
+                        f"and its waiting batch rolled back, so no protected node changed "
+                        f"({guard.nodes} node(s) of :{', :'.join(labels)} held)",
+                    )
+                    return None, f"{f.code}: {f.message}"
+        except GuardError as exc:
+            f = Finding(
+                code="protected_guard_failed",
+                tier="hard_fail",
+                object=f"{rel}:{line}",
+                message=f"{where} commits in batches, and the protected nodes could not be held while it runs "
+                f"({exc}); it was not run",
+            )
+            return None, f"{f.code}: {f.message}"
+        if self._last_baseline is not None:
+            touched = protected_changed(self._run, self.decl, self._last_baseline)
+            if touched is not None:
+                return None, (
+                    f"{where} commits in batches and protected :{touched} nodes or their relationships differ "
+                    "from the last baseline after it"
+                )
+        return summary, None
 
     def _protected_touched(self, tx: Any) -> str | None:
         """Inside a statement's transaction: the first protected label whose nodes differ from

@@ -2,19 +2,22 @@
 a lock node, the in-store ledger of ``:KfmMigration`` nodes, and compensating rollback.
 
 Neo4j cannot mix schema and data writes in one transaction and cannot roll schema back,
-so sessions are non-transactional: every statement runs in its own auto-commit
-transaction, and the lifecycle compensates with the rollback artifact when the gate
-fails. Before the first write every forward and rollback statement is compiled with
-``EXPLAIN`` (schema statements excepted): a statement the server rejects, or whose plan
-names a forbidden, unapproved protected or out-of-scope label or relationship type, refuses
-the run with the graph unchanged. The ``:KfmLock`` and ``:KfmMigration`` nodes (and their
-schema) are governance state: they never appear in baselines or accounting. A killed run is
-recovered by running the command again (see ``GraphSession``).
+so sessions are non-transactional: every statement runs in its own transaction, and the
+lifecycle compensates with the rollback artifact when the gate fails. Before the first
+write every forward and rollback statement is compiled with ``EXPLAIN`` (schema
+statements are checked against the live schema instead): a statement the server rejects,
+or whose plan names a forbidden, unapproved protected or out-of-scope label or relationship
+type, refuses the run with the graph unchanged. No statement that commits before the gate
+can change a protected node (see ``session`` and ``guard``). The ``:KfmLock`` and
+``:KfmMigration`` nodes (and their schema) are governance state: they never appear in
+baselines or accounting. A killed run is recovered by running the command again (see
+``GraphSession``).
 
 This module is the ``Store`` the engine opens; the work is done by its neighbours:
 ``plan`` (static plan), ``capture`` (baselines), ``evaluate`` (the gate's findings),
-``session`` (a run under the lock), ``lock`` (lock node, in-flight record, break-lock),
-``ledger``, ``client`` (connections), ``digests``, ``scope``, ``cypher``.
+``session`` (a run under the lock), ``guard`` (protected nodes held during batched
+statements), ``lock`` (lock node, in-flight record, break-lock), ``ledger``, ``client``
+(connections), ``digests``, ``scope``, ``cypher``.
 """
 
 from __future__ import annotations
