@@ -16,6 +16,7 @@ from airflow_kfm_migrations.stores.base import (
     BackfillEngine,
     Backfilling,
     BackfillSession,
+    LegacyFingerprints,
     Store,
     StoreSession,
     open_store,
@@ -49,8 +50,12 @@ def compensate(run: RunRecorder, s: StoreSession, why: str) -> RunResult:
         return run.finish("rollback_failed", f"{why}; no rollback artifact to compensate with")
     outcome = s.rollback()
     after = s.baseline()
-    same = after.schema_fingerprint == run.pre.schema_fingerprint and (
-        after.protected_fingerprint == run.pre.protected_fingerprint
+    # The schema fingerprint leaves database- and cluster-level objects out; the store says
+    # whether the run changed any (a non-transactional PostGIS run: any that changed).
+    same = (
+        after.schema_fingerprint == run.pre.schema_fingerprint
+        and after.protected_fingerprint == run.pre.protected_fingerprint
+        and not s.rollback_findings(run.pre, after)
     )
     run.post = after
     run.check(
@@ -60,6 +65,8 @@ def compensate(run: RunRecorder, s: StoreSession, why: str) -> RunResult:
         s.commit()
         return run.finish("rolled_back", f"{why}; compensated by the rollback artifact, store equals pre")
     s.abort()
+    if same:  # the store is back at pre, but the rollback artifact itself failed on the way
+        return run.finish("rollback_failed", f"{why}; the rollback artifact failed: {outcome.error}")
     differs = record_differences(run, run.pre, after)
     return run.finish("rollback_failed", f"{why}; rollback did not restore the pre-baseline{differs}")
 
@@ -151,10 +158,26 @@ def _guarded_rollback(run: RunRecorder, store: Store, s: StoreSession, say: Say,
         s.abort()
         return "rollback_failed", say(f"rollback script failed: {outcome.error}"), None
     run.post = s.baseline()
-    same_schema = run.post.schema_fingerprint == last.pre_schema_fingerprint
+    same_schema = run.post.schema_fingerprint == last.pre_schema_fingerprint or (
+        # An apply recorded by an earlier release, whose fingerprint meant something else.
+        isinstance(s, LegacyFingerprints) and s.legacy_schema_fingerprint(run.post) == last.pre_schema_fingerprint
+    )
     same_protected = run.post.protected_fingerprint == last.pre_protected_fingerprint
     run.check("schema_equals_pre", same_schema)
     run.check("protected_equals_pre", same_protected)
+    # What the fingerprints leave out: a database- or cluster-level object the rollback changed.
+    blockers = s.rollback_findings(run.pre, run.post)
+    run.check(
+        "global_objects_unchanged", not blockers, "; ".join(f"{f.object}: {f.message}" for f in blockers[:3]) or None
+    )
+    if blockers:
+        s.abort()
+        first = blockers[0]
+        return (
+            "rollback_failed",
+            say(f"the rollback changed {first.object} ({first.code}: {first.message}); rollback not committed"),
+            None,
+        )
     same_rows = True
     if getattr(run.bundle.declaration, "backfill", None) is not None and isinstance(s, BackfillSession):
         for name, passed, detail in s.backfill_rollback_checks(run.run_id):
