@@ -8,7 +8,7 @@ Then, in the same run, measures
   (a) a baseline capture, written as JSON   vs pg_dump --schema-only   (target <= 0.2x)
   (b) a governed one-index run              vs pg_dump --schema-only   (target <= 1x)
 (a) cold (KFM_CAPTURE_CACHE=off: every object computed) and from the state file an earlier
-capture left (what a new process finds; see stores/postgis_state.py). (b) three ways: reuse
+capture left (what a new process finds; see stores/postgis/state.py). (b) three ways: reuse
 off (both baselines computed in full), a first run (no state file: the pre-baseline is
 computed in full, the post-baseline starts from it), and from the state file. Every capture
 must be byte-identical, cold or not. Prints a Markdown row for bench/RESULTS.md.
