@@ -201,7 +201,7 @@ def _changed(oid: str) -> Baseline:
 
 @pytest.mark.parametrize(
     ("oid", "target"),
-    [("relation:public.authority_sites", "authority_sites"), ("schema:governance", "governance")],
+    [("relation:public.authority_sites", "public.authority_sites"), ("schema:governance", "governance")],
 )
 def test_a_changed_protected_object_is_a_hard_fail_whatever_the_store_says(
     bundle: Bundle, oid: str, target: str
@@ -217,7 +217,7 @@ def test_a_changed_protected_object_is_a_hard_fail_whatever_the_store_says(
 @pytest.mark.parametrize("token_of", [lambda oid, target: target, lambda oid, target: oid])
 @pytest.mark.parametrize(
     ("oid", "target"),
-    [("relation:public.authority_sites", "authority_sites"), ("schema:governance", "governance")],
+    [("relation:public.authority_sites", "public.authority_sites"), ("schema:governance", "governance")],
 )
 def test_a_protected_change_with_a_protected_approval_is_informational(
     bundle: Bundle, oid: str, target: str, token_of: Any
@@ -229,6 +229,19 @@ def test_a_protected_change_with_a_protected_approval_is_informational(
     assert (f.code, f.tier, f.object) == ("protected_change_approved", "informational", oid)
     # ... and no protected_fingerprint_changed on top, although the fingerprint moved.
     assert "protected_fingerprint_changed" not in {x.code for x in s.findings}
+
+
+def test_a_bare_table_name_approves_only_what_the_declaration_protects_by_that_name(bundle: Bundle) -> None:
+    """``protected:authority_sites`` would approve a same-named table in every schema: it
+    counts only where the declaration itself protects the bare name."""
+    change = _changed("relation:public.authority_sites")
+    bare = with_approvals(bundle, ["protected:authority_sites"])
+    assert [f.code for f in blocking(verdict(bare, EvaluateGives(), PROT_PRE, change, []))] == [
+        "protected_domain_changed"
+    ]
+    scope = bare.declaration.scope.model_copy(update={"protected_tables": ["authority_sites"]})
+    declared = dataclasses.replace(bare, declaration=bare.declaration.model_copy(update={"scope": scope}))
+    assert verdict(declared, EvaluateGives(), PROT_PRE, change, []).verdict == "pass"
 
 
 def test_a_review_approval_does_not_cover_a_protected_change(bundle: Bundle) -> None:

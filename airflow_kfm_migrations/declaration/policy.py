@@ -40,9 +40,11 @@ def effective_body(rel: str, text: str) -> str:
 
 
 NOTES_SECTIONS = {
-    "reason": re.compile(r"(?im)^#+\s*[^\n]*\breason\b[^\n]*\n+(?!#)\s*\S"),
-    "approval reference": re.compile(r"(?im)^#+\s*[^\n]*\bapproval\b[^\n]*\n+(?!#)\s*\S"),
-    "alternative safety strategy": re.compile(r"(?im)^#+\s*[^\n]*\b(safety|alternative)\b[^\n]*\n+(?!#)\s*\S"),
+    # A heading naming it, then text before the next heading: the whitespace after the heading
+    # is taken whole (possessive), so an empty section cannot borrow the next heading's '#'.
+    "reason": re.compile(r"(?im)^#+\s*[^\n]*\breason\b[^\n]*\n\s*+(?!#)\S"),
+    "approval reference": re.compile(r"(?im)^#+\s*[^\n]*\bapproval\b[^\n]*\n\s*+(?!#)\S"),
+    "alternative safety strategy": re.compile(r"(?im)^#+\s*[^\n]*\b(safety|alternative)\b[^\n]*\n\s*+(?!#)\S"),
 }
 
 

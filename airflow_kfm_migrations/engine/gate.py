@@ -8,9 +8,10 @@ hard fails whatever the store says.
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
-from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, Finding, WriteCount
+from airflow_kfm_migrations.contracts.models import Baseline, BaselineObject, DiffSummary, Finding, WriteCount
 from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.evidence.diff import changed_objects, diff_objects
@@ -30,6 +31,29 @@ def resolve_approvals(bundle: Bundle, findings: list[Finding]) -> list[Finding]:
     return out
 
 
+def protected_name(obj: BaselineObject) -> str:
+    """How an approval names a protected object: ``schema.table``, else its schema (or index,
+    label...), else its id."""
+    if obj.schema_ and obj.table:
+        return f"{obj.schema_}.{obj.table}"
+    return obj.table or obj.schema_ or obj.id
+
+
+def protection_tokens(bundle: Bundle, obj: BaselineObject) -> set[str]:
+    """What ``protected:<token>`` may name to approve a change of ``obj``: its qualified name,
+    its id, or a ``protected_*`` pattern of the declared scope, as written, that matches it.
+    The same tokens the policy check asks for, so one approval satisfies both; a bare table
+    name approves only where the declaration itself protects the bare name."""
+    tokens = {protected_name(obj), obj.id}
+    names = [n for n in (protected_name(obj), obj.table, obj.schema_) if n]
+    scope = bundle.declaration.scope
+    for field in type(scope).model_fields:
+        patterns = getattr(scope, field) if field.startswith("protected_") else None
+        if isinstance(patterns, (list, tuple)):  # protected_tables, _schemas, _indices, _labels
+            tokens.update(p for p in patterns if any(fnmatch.fnmatchcase(n, p) for n in names))
+    return tokens
+
+
 def protected_findings(bundle: Bundle, pre: Baseline, post: Baseline) -> list[Finding]:
     objects = changed_objects(pre, post)
     findings: list[Finding] = []
@@ -37,10 +61,8 @@ def protected_findings(bundle: Bundle, pre: Baseline, post: Baseline) -> list[Fi
         obj = objects.get(change.id)
         if obj is None or not obj.protected:
             continue
-        target = obj.table or obj.schema_ or obj.id
-        if approval_covers(bundle.declaration, f"protected:{target}") or approval_covers(
-            bundle.declaration, f"protected:{change.id}"
-        ):
+        target = protected_name(obj)
+        if any(approval_covers(bundle.declaration, f"protected:{token}") for token in protection_tokens(bundle, obj)):
             findings.append(
                 Finding(
                     code="protected_change_approved",
