@@ -38,6 +38,7 @@ class Settings:
     max_declaration_bytes: int
     max_script_bytes: int
     # locks that outlive their holder
+    search_heartbeat_seconds: float
     search_lock_stale_seconds: float
     graph_lock_stale_seconds: float
 
@@ -64,6 +65,7 @@ def settings(read_option: OptionReader | None = None) -> Settings:
         return _value(env, option, read_option, default)
 
     root = Path(v("KFM_BUNDLES_ROOT", "migrations", "bundles_root")).resolve()
+    search_heartbeat = float(v("KFM_SEARCH_HEARTBEAT_SECONDS", "30"))
     registry = v("KFM_REGISTRY_PATH", "", "registry_path") or str(root / REGISTRY_REL)
     return Settings(
         bundles_root=root,
@@ -77,7 +79,9 @@ def settings(read_option: OptionReader | None = None) -> Settings:
         backfill_lock_retries=int(v("KFM_BACKFILL_LOCK_RETRIES", "8")),
         max_declaration_bytes=int(v("KFM_MAX_DECLARATION_BYTES", str(DEFAULT_MAX_DECLARATION_BYTES))),
         max_script_bytes=int(v("KFM_MAX_SCRIPT_BYTES", str(DEFAULT_MAX_SCRIPT_BYTES))),
-        search_lock_stale_seconds=float(v("KFM_SEARCH_LOCK_STALE_SECONDS", "3600")),
+        search_heartbeat_seconds=search_heartbeat,
+        # A holder whose heartbeat missed three beats is dead (its process is gone or hung).
+        search_lock_stale_seconds=float(v("KFM_SEARCH_LOCK_STALE_SECONDS", str(3 * search_heartbeat))),
         graph_lock_stale_seconds=float(v("KFM_GRAPH_LOCK_STALE_SECONDS", "3600")),
     )
 

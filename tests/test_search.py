@@ -23,7 +23,6 @@ from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.contracts.models import DiffSummary
 from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import InputError, LockedError, RefusedError
-from airflow_kfm_migrations.stores.search import lock as search_lock
 from airflow_kfm_migrations.stores.search import session as search_session
 from airflow_kfm_migrations.stores.search.actions import additive_problem, parse_actions
 from airflow_kfm_migrations.stores.search.governance import GOVERNANCE_INDEX
@@ -343,7 +342,8 @@ def test_hidden_change_is_seen_by_the_gate_before_the_flip(
 
 
 def test_lock_taken_over_during_the_run_stops_it(example: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(search_lock, "HEARTBEAT_SECONDS", 0.0)
+    monkeypatch.setenv("KFM_SEARCH_HEARTBEAT_SECONDS", "0")
+    monkeypatch.setenv("KFM_SEARCH_LOCK_STALE_SECONDS", "3600")
     bundle = load_bundle(example)
     with SearchStore.from_conn_id(CONN_ID).session(bundle, "4" * 32) as s:
         cluster.index(

@@ -165,10 +165,12 @@ def test_gc_bad_now_is_usage_error(example: Path, capsys: pytest.CaptureFixture[
 
 
 def test_break_lock_names_the_previous_holder(
-    example: Path, cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    example: Path, cluster: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from airflow_kfm_migrations.declaration.bundle import load_bundle
     from airflow_kfm_migrations.stores.search.store import SearchStore
+
+    monkeypatch.setenv("KFM_SEARCH_LOCK_STALE_SECONDS", "3600")
 
     with SearchStore.from_conn_id(CONN_ID).session(load_bundle(example), "e" * 32):
         pass  # creates the governance index
@@ -180,8 +182,12 @@ def test_break_lock_names_the_previous_holder(
         params={"refresh": "true"},
     )
     out = tmp_path / "out"
-    # A run is refused while the lock is held (10 minutes old is not stale).
+    # A run is refused while the lock is held (10 minutes old is not stale here), and told the way out.
     assert run(example, out) == 1 and "holds the lock" in receipt(out)["reason"]
+    assert (
+        "kfm-migrations break-lock" in receipt(out)["reason"]
+        and "KFM_SEARCH_LOCK_STALE_SECONDS" in receipt(out)["reason"]
+    )
     capsys.readouterr()
     argv = ["break-lock", str(example), "--conn-id", CONN_ID, "--artifacts", str(out), "--quiet"]
     assert main([*argv, "--reason", "worker killed by OOM (INC-42)"]) == 0

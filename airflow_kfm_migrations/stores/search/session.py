@@ -11,7 +11,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from airflow_kfm_migrations.contracts.models import Baseline, SearchDeclaration
+from airflow_kfm_migrations.contracts.models import Baseline, Finding, SearchDeclaration
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.errors import RefusedError
 from airflow_kfm_migrations.stores.base import ApplyOutcome, GcDecision, LedgerRecord
@@ -121,6 +121,10 @@ class SearchSession:
 
     def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]:
         return json.loads(json.dumps(self._facts))
+
+    def rollback_findings(self, pre: Baseline, post: Baseline) -> list[Finding]:
+        """Nothing beyond the fingerprints: a search rollback changes no cluster-level object."""
+        return []
 
     # -- apply / rollback -----------------------------------------------------
 
