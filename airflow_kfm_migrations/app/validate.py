@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airflow_kfm_migrations.declaration import requires
 from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, display, load_bundle
 from airflow_kfm_migrations.declaration.registry import (
     REGISTRY_REL,
@@ -38,7 +39,9 @@ class Result:
         return max((p.exit_code for p in self.problems), default=0)
 
 
-def validate_bundle(path: Path) -> Result:
+def validate_bundle(path: Path, *, check_requires: bool = True) -> Result:
+    """One bundle; ``check_requires``: judge its ``requires`` within its migrations root too
+    (``validate_root`` judges every bundle's at once instead)."""
     res = Result(display(path), "bundle")
     try:
         bundle = load_bundle(path)
@@ -51,6 +54,8 @@ def validate_bundle(path: Path) -> Result:
     res.migration_id = bundle.migration_id
     res.digest = bundle.digest
     res.problems = bundle_problems(bundle)
+    if check_requires:
+        res.problems += requires.bundle_problems(bundle)
     return res
 
 
@@ -79,8 +84,12 @@ def validate_root(root: Path, base: str | None) -> list[Result]:
         except InputError as exc:
             reg_res.problems.append(exc)
     results.append(reg_res)
-    for bundle in discover_bundles(root):
-        results.append(validate_bundle(bundle))
+    bundles = [validate_bundle(bundle, check_requires=False) for bundle in discover_bundles(root)]
+    by_file = {display(Path(r.target) / DECLARATION_FILE): r for r in bundles}
+    for problem in requires.problems(requires.read_root(root), requires.known_ids(root)):
+        if problem.file in by_file:
+            by_file[problem.file].problems.append(problem)
+    results.extend(bundles)
     fixtures = root / "registry" / "fixtures"
     if fixtures.is_dir():
         results.extend(validate_fixtures(fixtures))

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from airflow_kfm_migrations.cli.admin import register as register_admin
 from airflow_kfm_migrations.cli.common import console, default_actor, load_bundle_arg, report, run_options
+from airflow_kfm_migrations.cli.ops import register as register_ops
 from airflow_kfm_migrations.errors import InputError, KfmError
 from airflow_kfm_migrations.stores.kinds import KINDS
 from airflow_kfm_migrations.util.secret_scan import redact
@@ -284,6 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     rg.set_defaults(func=cmd_record)
 
     register_admin(sub)  # gc and break-lock (cli/admin.py)
+    register_ops(sub)  # status, history and migrate (cli/ops.py)
     return p
 
 

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, ConfigDict, Field, StringConstraints, model_validator
 
 from airflow_kfm_migrations.contracts.types import (
+    ID_PATTERN,
     ChangeClass,
     ConnId,
     NonNegInt,
@@ -390,6 +391,12 @@ class _DeclarationBase(Strict):
         default=None, description="Why the migration cannot run in a transaction; required with transactional: false"
     )
     timeouts: Timeouts = Field(default_factory=Timeouts, description="Lock and statement timeouts")
+    requires: list[Annotated[str, StringConstraints(pattern=ID_PATTERN)]] = Field(
+        default_factory=list,
+        description="Migrations of the same type that must be applied in the target store before this one. "
+        "kfm-migrations migrate applies them first; a run, and the Airflow preflight, refuses while one is "
+        "not applied there. validate refuses unknown ids, cycles and ids of another type",
+    )
 
     @model_validator(mode="after")
     def _conditional(self) -> Any:

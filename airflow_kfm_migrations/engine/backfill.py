@@ -24,7 +24,7 @@ from airflow_kfm_migrations.stores.base import (
 SUMMARY = "diffs/backfill.json"
 
 
-def run_backfill(bundle: Bundle, opts: RunOptions) -> RunResult:
+def run_backfill(bundle: Bundle, opts: RunOptions, store: Store | None = None) -> RunResult:
     """The backfill phase: after the schema part is committed (ledger ``backfill_pending``).
 
     Shared by the CLI (after ``run_migration``) and the Airflow BackfillOperator. A re-run
@@ -40,7 +40,8 @@ def run_backfill(bundle: Bundle, opts: RunOptions) -> RunResult:
     reason = preflight(run)
     if reason:
         return run.finish("failed", reason)
-    store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+    if store is None:
+        store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
     if not isinstance(store, Backfilling):
         run.check("store", False, f"the {bundle.type} store does not run backfills")
         return run.finish("failed", f"the {bundle.type} store does not run backfills")

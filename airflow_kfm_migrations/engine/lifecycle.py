@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.engine.gate import blocking, verdict
-from airflow_kfm_migrations.engine.preflight import preflight
+from airflow_kfm_migrations.engine.preflight import preflight, requirements_check
 from airflow_kfm_migrations.engine.rollback import compensate
 from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult, cycle_collector_paused
 from airflow_kfm_migrations.errors import LockedError, RefusedError
@@ -20,13 +20,23 @@ PENDING_BACKFILL = "backfill_pending"  # the ledger status of an apply whose bac
 
 
 @cycle_collector_paused
-def run_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
+def run_migration(bundle: Bundle, opts: RunOptions, store: Store | None = None) -> RunResult:
+    """One governed apply. ``store``: an open store of the bundle's kind to run on (``migrate``
+    runs a series on one store and connection), else one is opened for ``opts.conn_id``."""
     run = RunRecorder(bundle, opts, "apply")
     reason = preflight(run)
     if reason:
         return run.finish("failed", reason)
-    store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+    if store is None:
+        store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
     refusal = _static_plan(run, store)
+    if refusal:
+        return run.finish("failed", refusal)
+    try:
+        refusal = requirements_check(run, store)
+    except RefusedError as exc:
+        run.check("requires", False, str(exc))
+        return run.finish("failed", str(exc))
     if refusal:
         return run.finish("failed", refusal)
     # Only a store that can undo a run without a trace rehearses it (PostgreSQL in one

@@ -7,7 +7,9 @@ from airflow_kfm_migrations.declaration.policy import check_bundle
 from airflow_kfm_migrations.declaration.registry import RUNNABLE_IN, find_entry, find_registry_for, load_registry
 from airflow_kfm_migrations.engine.run import RunRecorder
 from airflow_kfm_migrations.errors import InputError, PolicyError
-from airflow_kfm_migrations.stores.base import Backfilling, open_store
+from airflow_kfm_migrations.stores.base import Backfilling, LedgerRecord, Store, open_store
+
+APPLIED = "succeeded"  # the ledger status of an apply that is complete (its backfill too)
 
 
 def backfill_problems(bundle: Bundle) -> list[str]:
@@ -63,4 +65,43 @@ def preflight(run: RunRecorder) -> str | None:
         run.check("approvals", not missing, f"missing {', '.join(missing)}" if missing else None)
         if missing:
             return f"{opts.environment} run needs recorded approvals from: {', '.join(missing)}"
+    return None
+
+
+def applied_ids(entries: list[LedgerRecord]) -> set[str]:
+    """The migrations whose newest ledger entry (``entries`` newest first) is a complete apply."""
+    seen: set[str] = set()
+    applied: set[str] = set()
+    for e in entries:
+        if e.migration_id in seen:
+            continue
+        seen.add(e.migration_id)
+        if e.operation == "apply" and e.status == APPLIED:
+            applied.add(e.migration_id)
+    return applied
+
+
+def unmet_requirements(bundle: Bundle, store: Store, applied: set[str] | None = None) -> list[str]:
+    """The ids in the declaration's ``requires`` that are not applied in ``store`` (read from
+    its ledger, without locks or writes, unless ``applied`` says already)."""
+    required = list(getattr(bundle.declaration, "requires", None) or [])
+    if not required:
+        return []
+    if applied is None:
+        applied = applied_ids(store.ledger_entries(None))
+    return [r for r in required if r not in applied]
+
+
+def requirements_check(run: RunRecorder, store: Store, applied: set[str] | None = None) -> str | None:
+    """Preflight's last check, the one that reads the store: every migration the declaration
+    ``requires`` must be applied there. Returns a refusal reason, or None."""
+    if not getattr(run.bundle.declaration, "requires", None):
+        return None
+    missing = unmet_requirements(run.bundle, store, applied)
+    run.check("requires", not missing, f"not applied: {', '.join(missing)}" if missing else "all applied")
+    if missing:
+        return (
+            f"{run.bundle.migration_id} requires {', '.join(missing)}, not applied on {run.opts.conn_id}; "
+            "apply them first (kfm-migrations migrate applies pending migrations in order)"
+        )
     return None

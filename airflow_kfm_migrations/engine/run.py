@@ -208,6 +208,7 @@ class RunRecorder:
             pre_protected_fingerprint=self.pre.protected_fingerprint,
             post_schema_fingerprint=self.post.schema_fingerprint,
             post_scope_fingerprint=store.scope_fingerprint(self.bundle, self.post),
+            actor=self.opts.actor,
         )
 
     def log_summary(self) -> None:

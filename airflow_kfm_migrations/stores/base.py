@@ -95,6 +95,7 @@ class ApplyOutcome:
 
 @runtime_checkable
 class StoreSession(Protocol):
+    actor: str | None = None  # who ran it (the receipt's actor); None in entries older than the field
     """Work done while holding the store's lock.
 
     Transactional sessions (PostgreSQL) keep one transaction open from the lock to
@@ -167,6 +168,16 @@ class BatchEvent:
     estimate: int | None  # keys this run expects to cover (None: unknown)
     elapsed_s: float
     final: bool = False
+    def ledger_entries(self, migration_id: str | None = None) -> list[LedgerRecord]:
+        """Every ledger entry (of ``migration_id``, or of all migrations), newest first; read
+        without locks or writes (``history``, ``status``, ``requires``). [] without a ledger."""
+        ...
+
+    def observe(self, bundle: Bundle) -> Baseline:
+        """A baseline of the committed state now, read without the lock and without writing
+        (``status`` compares its scope fingerprint with the ledger's, for drift)."""
+        ...
+
 
     @property
     def rate(self) -> float:
@@ -301,3 +312,12 @@ def open_store(kind: str, conn_id: str, *, use_hook: bool = False, plan_only: bo
 
 def iter_nonempty(items: list[str]) -> Iterator[str]:
     yield from (i for i in items if i)
+@runtime_checkable
+class ConnectionHolding(Protocol):
+    """Stores that can keep one connection for many runs (``migrate``, ``status``): inside
+    ``held()``, every session, ledger read and baseline of the store uses it, and each
+    session leaves it as a new one would find it."""
+
+    def held(self) -> AbstractContextManager[None]: ...
+
+

@@ -54,6 +54,9 @@ class Kind:
     # Does the ledger hold the post-baseline's schema fingerprint? (search records its state
     # after the alias flip, which is later than the post-baseline the receipt lists)
     ledger_has_post_baseline: bool = True
+    # The Airflow connection types that reach a store of this kind (``status``/``history``
+    # tell the kind a ``--conn-id`` reaches from its type).
+    conn_types: tuple[str, ...] = ()
 
 
 KINDS: dict[str, Kind] = {
@@ -90,6 +93,7 @@ KINDS: dict[str, Kind] = {
         tool="psycopg",
         asset_uris=_postgis_assets,
         scripts=(".sql",),
+        conn_types=("postgres", "postgresql", "postgis"),
     ),
     "search": Kind(
         name="search",
@@ -114,6 +118,7 @@ KINDS: dict[str, Kind] = {
         collects_garbage=True,
         scripts=(".json",),
         ledger_has_post_baseline=False,
+        conn_types=("opensearch", "elasticsearch", "elastic"),
     ),
     "graph": Kind(
         name="graph",
@@ -143,6 +148,7 @@ KINDS: dict[str, Kind] = {
         asset_uris=_graph_assets,
         lock_breakable=True,
         scripts=(".cypher",),
+        conn_types=("neo4j", "bolt", "neo4j+s", "neo4j+ssc", "bolt+s", "bolt+ssc"),
     ),
 }
 
@@ -154,6 +160,12 @@ TYPE_PREFIX: dict[str, str] = {**{k.name: k.id_prefix for k in KINDS.values()}, 
 
 def kind_of_prefix(prefix: str) -> str | None:
     return next((k.name for k in KINDS.values() if k.id_prefix == prefix), None)
+
+
+def kind_of_conn_type(conn_type: str | None) -> str | None:
+    """The kind whose store a connection of ``conn_type`` reaches, or None."""
+    t = (conn_type or "").lower().replace("_", "+")
+    return next((k.name for k in KINDS.values() if t in k.conn_types), None)
 
 
 def kinds_with(ability: str) -> list[str]:

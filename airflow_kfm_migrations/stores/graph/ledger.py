@@ -24,7 +24,11 @@ def ledger_last(run: RunQuery, migration_id: str) -> LedgerRecord | None:
     )
     if not rows:
         return None
-    m = dict(rows[0]["p"])
+    return record_of(dict(rows[0]["p"]))
+
+
+def record_of(m: dict[str, Any]) -> LedgerRecord:
+    """The :class:`LedgerRecord` of a ledger node's properties."""
     kw: dict[str, Any] = {k: m.get(k) for k in LEDGER_FIELDS}
     kw["artifacts"] = json.loads(m.get("artifacts") or "{}")
     kw["applied_at"] = m.get("applied_at") or ""
@@ -60,3 +64,20 @@ def read_entry(
         with suppress(Exception):  # broad: closing a driver whose connection is already gone
             driver.close()
     return dict(rec["p"]) if rec is not None else None
+
+
+def entries(driver: Any, database: str | None, conn_id: str, migration_id: str | None) -> list[LedgerRecord]:
+    """Every ledger node (of ``migration_id``, or all), newest first, read in a READ session."""
+    where = " {migration_id: $mid}" if migration_id else ""
+    try:
+        with driver.session(database=database, default_access_mode="READ", notifications_min_severity="OFF") as s:
+            rows = [
+                dict(r["p"])
+                for r in s.run(
+                    f"MATCH (m:{LEDGER_LABEL}{where}) RETURN properties(m) AS p ORDER BY m.applied_at DESC",
+                    mid=migration_id,
+                )
+            ]
+    except Exception as exc:  # broad: any driver or server failure refuses, reported policy-safe
+        raise RefusedError(f"cannot read the ledger on {conn_id}: {neo_error(exc)}") from None
+    return [record_of(m) for m in rows]

@@ -36,9 +36,15 @@ from airflow_kfm_migrations.contracts.models import (
 )
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.errors import RefusedError
-from airflow_kfm_migrations.stores.base import LockHolder, Plan
+from airflow_kfm_migrations.stores.base import LedgerRecord, LockHolder, Plan
 from airflow_kfm_migrations.stores.graph import capture, evaluate, ledger, lock, plan
-from airflow_kfm_migrations.stores.graph.client import Connect, RunQuery, connector_from_env, connector_from_hook
+from airflow_kfm_migrations.stores.graph.client import (
+    Connect,
+    RunQuery,
+    connector_from_env,
+    connector_from_hook,
+    neo_error,
+)
 from airflow_kfm_migrations.stores.graph.session import GraphSession
 
 
@@ -50,6 +56,27 @@ class GraphStore:
         self.conn_id = conn_id
         self.database = database
         self._reader = capture.BaselineReader()  # remembers the tokens the last baseline found in use
+        self._held: Any = None  # the driver ``held()`` keeps open
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """One driver (and its connection pool) for every session and read in the block."""
+        if self._held is not None or self._connector is None:
+            yield
+            return
+        self._held = self._connector()
+        try:
+            yield
+        finally:
+            driver, self._held = self._held, None
+            with suppress(Exception):  # broad: closing a driver whose connection is already gone
+                driver.close()
+
+    def _driver(self) -> tuple[Any, bool]:
+        """(driver, whether the caller closes it)."""
+        if self._held is not None:
+            return self._held, False
+        return self.connect(), True
 
     # -- construction ---------------------------------------------------------
 
@@ -76,6 +103,39 @@ class GraphStore:
         """The ledger node of one run, read without locks or writes (for ``verify --conn-id``)."""
         return ledger.read_entry(self.connect(), self.database, self.conn_id, migration_id, run_id)
 
+    def ledger_entries(self, migration_id: str | None = None) -> list[LedgerRecord]:
+        """Every ledger node (of ``migration_id``), newest first, read without locks or writes."""
+        driver, own = self._driver()
+        try:
+            return ledger.entries(driver, self.database, self.conn_id, migration_id)
+        finally:
+            if own:
+                with suppress(Exception):  # broad: closing a driver whose connection is already gone
+                    driver.close()
+
+    def observe(self, bundle: Bundle) -> Baseline:
+        """A baseline of the graph now, read in READ sessions without the lock."""
+        decl = bundle.declaration
+        assert isinstance(decl, GraphDeclaration)
+        driver, own = self._driver()
+
+        def run(query: str, **params: Any) -> list[dict[str, Any]]:
+            with driver.session(
+                database=self.database, default_access_mode="READ", notifications_min_severity="OFF"
+            ) as s:
+                return [dict(r) for r in s.run(query, params)]
+
+        try:
+            return self.capture(run, decl)
+        except RefusedError:
+            raise
+        except Exception as exc:  # broad: any driver or server failure refuses, reported policy-safe
+            raise RefusedError(f"cannot read the graph on {self.conn_id}: {neo_error(exc)}") from None
+        finally:
+            if own:
+                with suppress(Exception):  # broad: closing a driver whose connection is already gone
+                    driver.close()
+
     # -- plan and baselines ---------------------------------------------------
 
     def plan(self, bundle: Bundle) -> Plan:
@@ -94,7 +154,7 @@ class GraphStore:
     def session(self, bundle: Bundle, run_id: str) -> Iterator[GraphSession]:
         decl = bundle.declaration
         assert isinstance(decl, GraphDeclaration)
-        driver = self.connect()
+        driver, own = self._driver()
         s = GraphSession(driver, bundle, run_id, conn_id=self.conn_id, database=self.database, capture=self.capture)
         try:
             s.open()
@@ -103,8 +163,9 @@ class GraphStore:
             try:
                 s.release()
             finally:
-                with suppress(Exception):  # broad: closing a driver whose connection is already gone
-                    driver.close()
+                if own:
+                    with suppress(Exception):  # broad: closing a driver whose connection is already gone
+                        driver.close()
 
     # -- gate -----------------------------------------------------------------
 

@@ -170,8 +170,17 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.ledger (
     post_schema_fingerprint text NOT NULL,
     post_scope_fingerprint text NOT NULL,
     receipt_digest text,
-    applied_at timestamptz NOT NULL DEFAULT now()
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    actor text
 );
+-- A ledger created by an earlier release gains the columns added since. Only when one is
+-- missing: ALTER TABLE would otherwise lock the ledger against readers for the whole run.
+DO $kfm$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = '{LEDGER_SCHEMA}.ledger'::regclass
+                   AND attname = 'actor' AND NOT attisdropped) THEN
+        ALTER TABLE {LEDGER_SCHEMA}.ledger ADD COLUMN IF NOT EXISTS actor text;
+    END IF;
+END $kfm$;
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.backfill_progress (
     migration_id text NOT NULL,
     run_key text NOT NULL,

@@ -1,6 +1,7 @@
 """The in-store ledger (``kfm_governance.ledger``): a run's entry, written in the run's own
 transaction after its gate; the last entry of a migration; the receipt's digest, added after
-the receipt is written; and one run's entry read back for ``verify``.
+the receipt is written; one run's entry read back for ``verify``; and every entry, read
+back for ``history`` and ``status``.
 
 The table itself is created by the session that opens a run (``catalog.LEDGER_DDL``).
 """
@@ -21,7 +22,7 @@ def last_record(cur: Any, migration_id: str) -> LedgerRecord | None:
     cur.execute(
         f"SELECT migration_id, operation, status, bundle_digest, artifacts, environment, run_id, "
         f"pre_schema_fingerprint, pre_protected_fingerprint, post_schema_fingerprint, "
-        f"post_scope_fingerprint, applied_at::text, receipt_digest FROM {LEDGER_SCHEMA}.ledger "
+        f"post_scope_fingerprint, applied_at::text, receipt_digest, actor FROM {LEDGER_SCHEMA}.ledger "
         f"WHERE migration_id = %s ORDER BY id DESC LIMIT 1",
         (migration_id,),
     )
@@ -35,7 +36,7 @@ def insert_record(cur: Any, rec: LedgerRecord) -> None:
     cur.execute(
         f"INSERT INTO {LEDGER_SCHEMA}.ledger (migration_id, operation, status, bundle_digest, artifacts, "
         f"environment, run_id, pre_schema_fingerprint, pre_protected_fingerprint, post_schema_fingerprint, "
-        f"post_scope_fingerprint) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        f"post_scope_fingerprint, actor) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             rec.migration_id,
             rec.operation,
@@ -48,6 +49,7 @@ def insert_record(cur: Any, rec: LedgerRecord) -> None:
             rec.pre_protected_fingerprint,
             rec.post_schema_fingerprint,
             rec.post_scope_fingerprint,
+            rec.actor,
         ),
     )
 
@@ -82,3 +84,44 @@ def read_entry(connect: Connect, conn_id: str, migration_id: str, run_id: str) -
     if row is None:
         return None
     return dict(zip(("operation", "status", "receipt_digest", "post_schema_fingerprint"), row, strict=True))
+
+
+_ENTRY_COLUMNS = (
+    "migration_id, operation, status, bundle_digest, artifacts, environment, run_id, pre_schema_fingerprint, "
+    "pre_protected_fingerprint, post_schema_fingerprint, post_scope_fingerprint, "
+    "to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), receipt_digest"
+)
+
+
+def entries(connect: Connect, conn_id: str, migration_id: str | None) -> list[LedgerRecord]:
+    """Every entry (of ``migration_id``, or all), newest first, read in a read-only
+    transaction that is rolled back; [] when no run has created the ledger yet. A ledger an
+    earlier release created may lack ``actor`` until the next run adds it: None then."""
+    import psycopg
+
+    try:
+        with connect() as conn:
+            conn.read_only = True
+            try:
+                with conn.cursor() as cur:
+                    cur.execute(
+                        "SELECT to_regclass(%s) IS NOT NULL, EXISTS (SELECT 1 FROM pg_catalog.pg_attribute "
+                        "WHERE attrelid = to_regclass(%s) AND attname = 'actor' AND NOT attisdropped)",
+                        (f"{LEDGER_SCHEMA}.ledger", f"{LEDGER_SCHEMA}.ledger"),
+                    )
+                    exists, has_actor = cur.fetchone()
+                    if not exists:
+                        return []
+                    where = "WHERE migration_id = %s " if migration_id else ""
+                    cur.execute(
+                        f"SELECT {_ENTRY_COLUMNS}, {'actor' if has_actor else 'NULL'} FROM {LEDGER_SCHEMA}.ledger "
+                        f"{where}ORDER BY id DESC",
+                        (migration_id,) if migration_id else None,
+                    )
+                    rows = cur.fetchall()
+            finally:
+                conn.rollback()
+                conn.read_only = False
+    except psycopg.Error as exc:
+        raise RefusedError(f"cannot read the ledger on {conn_id}: {db_error(exc)}") from None
+    return [LedgerRecord(*row[:4], dict(row[4]), *row[5:]) for row in rows]  # type: ignore[arg-type,call-arg,misc]

@@ -16,8 +16,8 @@ This module is the ``Store`` the engine opens; the work is done by its neighbour
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, ClassVar
 
 from airflow_kfm_migrations.contracts.models import (
@@ -29,7 +29,8 @@ from airflow_kfm_migrations.contracts.models import (
     WriteCount,
 )
 from airflow_kfm_migrations.declaration.bundle import Bundle
-from airflow_kfm_migrations.stores.base import BatchEvent, Plan
+from airflow_kfm_migrations.errors import RefusedError
+from airflow_kfm_migrations.stores.base import BatchEvent, LedgerRecord, Plan
 from airflow_kfm_migrations.stores.postgis import capture, evaluate, ledger, plan, state
 from airflow_kfm_migrations.stores.postgis.backfill import Engine
 from airflow_kfm_migrations.stores.postgis.backfill_checks import static_problems
@@ -37,8 +38,10 @@ from airflow_kfm_migrations.stores.postgis.client import (
     Connect,
     connector_from_env,
     connector_from_hook,
+    db_error,
     never_connect,
 )
+from airflow_kfm_migrations.stores.postgis.held import HeldConnection
 from airflow_kfm_migrations.stores.postgis.session import PgSession, open_session
 
 
@@ -49,6 +52,27 @@ class PostgisStore:
         self._connect = connect
         self.conn_id = conn_id
         self.captures = capture.Captures(conn_id)
+        self._held: HeldConnection | None = None
+
+    def connect(self) -> Any:
+        """A connection: a new one, or inside ``held()`` the held one, lent."""
+        return self._held.borrow() if self._held is not None else self._connect()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """Every session, ledger read and baseline in the block shares one connection (the
+        ``ConnectionHolding`` capability; see ``held``). The catalog states the captures
+        adopt stay in memory meanwhile, and the newest is saved once, at the end."""
+        if self._held is not None:
+            yield
+            return
+        self._held = HeldConnection(self._connect)
+        try:
+            with self.captures.saving_once():
+                yield
+        finally:
+            held, self._held = self._held, None
+            held.close()
 
     # -- construction ---------------------------------------------------------
 
@@ -72,7 +96,7 @@ class PostgisStore:
     def backfill_engine(
         self, bundle: Bundle, log: Callable[[str], None], progress: Callable[[BatchEvent], None] | None
     ) -> Engine:
-        conn = self._connect()
+        conn = self.connect()
         conn.autocommit = False
         return Engine(conn, bundle, log, progress)
 
@@ -114,12 +138,34 @@ class PostgisStore:
 
     def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
         """The ledger row of one run, read without locks or writes (for ``verify --conn-id``)."""
-        return ledger.read_entry(self._connect, self.conn_id, migration_id, run_id)
+        return ledger.read_entry(self.connect, self.conn_id, migration_id, run_id)
+
+    def ledger_entries(self, migration_id: str | None = None) -> list[LedgerRecord]:
+        """Every ledger row (of ``migration_id``), newest first, read without locks or writes."""
+        return ledger.entries(self.connect, self.conn_id, migration_id)
+
+    def observe(self, bundle: Bundle) -> Baseline:
+        """A baseline of the committed state, in a read-only transaction rolled back after."""
+        import psycopg
+
+        decl = bundle.declaration
+        assert isinstance(decl, PostgisDeclaration)
+        try:
+            with self.connect() as conn:
+                conn.read_only = True
+                try:
+                    with conn.cursor() as cur:
+                        return self.captures.capture(cur, decl)
+                finally:
+                    conn.rollback()
+                    conn.read_only = None
+        except psycopg.Error as exc:
+            raise RefusedError(f"cannot read the store on {self.conn_id}: {db_error(exc)}") from None
 
     # -- session --------------------------------------------------------------
 
     def session(self, bundle: Bundle, run_id: str) -> AbstractContextManager[PgSession]:
-        return open_session(self.captures, self._connect, self.conn_id, bundle, run_id)
+        return open_session(self.captures, self.connect, self.conn_id, bundle, run_id)
 
     # -- gate -----------------------------------------------------------------
 

@@ -84,6 +84,31 @@ def last_entry(client: SearchClient, migration_id: str) -> dict[str, Any] | None
     return dict(hits[0]["_source"]) if hits else None
 
 
+MAX_ENTRIES = 10_000  # the search window of one request: more ledger documents than that are not listed
+
+
+def entries(client: SearchClient, migration_id: str | None) -> list[LedgerRecord]:
+    """Every ledger document (of ``migration_id``, or all), newest first; read-only."""
+    if not client.index_exists(GOVERNANCE_INDEX):
+        return []
+    client.refresh(GOVERNANCE_INDEX)
+    filters: list[dict[str, Any]] = [{"term": {"type": "ledger"}}]
+    if migration_id:
+        filters.append({"term": {"migration_id": migration_id}})
+    hits = client.search(
+        GOVERNANCE_INDEX,
+        {
+            "size": MAX_ENTRIES,
+            "query": {"bool": {"filter": filters}},
+            "sort": [
+                {"applied_at": {"order": "desc", "unmapped_type": "date"}},
+                {"applied_ns": {"order": "desc", "unmapped_type": "long"}},
+            ],
+        },
+    )
+    return [record_of(dict(h["_source"])) for h in hits]
+
+
 def record_of(src: dict[str, Any]) -> LedgerRecord:
     """The :class:`LedgerRecord` fields of a ledger document."""
     names = LedgerRecord.__dataclass_fields__

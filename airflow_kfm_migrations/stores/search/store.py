@@ -40,7 +40,7 @@ from airflow_kfm_migrations.contracts.models import (
 )
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.errors import AdminRefused, RefusedError
-from airflow_kfm_migrations.stores.base import LockHolder, Plan
+from airflow_kfm_migrations.stores.base import LedgerRecord, LockHolder, Plan
 from airflow_kfm_migrations.stores.search import capture as baselines
 from airflow_kfm_migrations.stores.search import evaluate as gate
 from airflow_kfm_migrations.stores.search import governance, lock
@@ -134,6 +134,16 @@ class SearchStore:
     def ledger_entry(self, migration_id: str, run_id: str) -> dict[str, Any] | None:
         """The ledger document of one run, read without locks or writes (for ``verify --conn-id``)."""
         return governance.read_entry(self.client, migration_id, run_id)
+
+    def ledger_entries(self, migration_id: str | None = None) -> list[LedgerRecord]:
+        """Every ledger document (of ``migration_id``), newest first, read without locks or writes."""
+        return governance.entries(self.client, migration_id)
+
+    def observe(self, bundle: Bundle) -> Baseline:
+        """A baseline of the cluster now, without the lock (a capture only reads)."""
+        decl = bundle.declaration
+        assert isinstance(decl, SearchDeclaration)
+        return self.capture(self.client, decl)
 
     @contextmanager
     def session(self, bundle: Bundle, run_id: str) -> Iterator[SearchSession]:
