@@ -217,14 +217,24 @@ def test_example_end_to_end(example: Path, cluster: Any, tmp_path: Path) -> None
     )
     assert entries[0]["receipt_digest"] == r["receipt_digest"]
     assert not c.exists(index=GOVERNANCE_INDEX, id=f"lock:{MIG}")
+    assert not c.exists(index=GOVERNANCE_INDEX, id=f"inflight:{MIG}")  # ended clean: no in-flight record
+    assert set(pre["extra"]["write_counters"]) == {"parcels_v1", "authority_sites_v1"}
     assert main(["verify", str(out)]) == 0
     assert main(["verify", str(out), "--conn-id", CONN_ID]) == 0
     # The ledger is the independent witness: a receipt digest it does not hold is refused.
-    c.update(index=GOVERNANCE_INDEX, id=f"ledger:{MIG}:{r['run_id']}", body={"doc": {"receipt_digest": "0" * 64}},
-             refresh=True)
+    c.update(
+        index=GOVERNANCE_INDEX,
+        id=f"ledger:{MIG}:{r['run_id']}",
+        body={"doc": {"receipt_digest": "0" * 64}},
+        refresh=True,
+    )
     assert main(["verify", str(out), "--conn-id", CONN_ID]) == 1
-    c.update(index=GOVERNANCE_INDEX, id=f"ledger:{MIG}:{r['run_id']}",
-             body={"doc": {"receipt_digest": r["receipt_digest"]}}, refresh=True)
+    c.update(
+        index=GOVERNANCE_INDEX,
+        id=f"ledger:{MIG}:{r['run_id']}",
+        body={"doc": {"receipt_digest": r["receipt_digest"]}},
+        refresh=True,
+    )
     assets = SearchStore.for_planning(CONN_ID).assets(load_bundle(example), DiffSummary.model_validate(s))
     assert assets == [f"search://{CONN_ID}/parcels", f"search://{CONN_ID}/parcels_v2"]
     # A rerun is a no-op without drift (the ledger remembers the store after the flip).
@@ -374,7 +384,7 @@ def test_doc_count_mismatch_fails_closed(example: Path, cluster: Any, tmp_path: 
     def drop_one(actions: list[dict[str, Any]]) -> None:
         actions[1]["reindex"]["script"] = {
             "lang": "painless",
-            "source": "if (ctx._source.parcel_id == 'p-7') { ctx.op = 'noop' }",
+            "source": "if (ctx._source.parcel_id == 'p-7') { ctx._id = 'p-6' }",  # p-7 overwrites p-6
         }
 
     edit_forward(example, drop_one)

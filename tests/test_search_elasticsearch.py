@@ -247,6 +247,99 @@ def test_stale_lock_is_replaced(es: Any, bundle: Path) -> None:
     assert not es.exists(index=GOVERNANCE_INDEX, id=f"lock:{MIG}")
 
 
+def test_write_counters_see_an_overwrite_on_elasticsearch(
+    es: Any, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An overwrite of a protected document keeps its count, mappings and settings; the write
+    counters (primary shards' sequence numbers) move on Elasticsearch too."""
+    from airflow_kfm_migrations.stores.search import session as search_session
+
+    original = search_session.SearchSession.apply
+
+    def sneaky(self: Any) -> Any:
+        outcome = original(self)
+        es.index(index="authority_sites_v1", id="1", document={"name": "Fort Larned?"}, refresh=True)
+        return outcome
+
+    monkeypatch.setattr(search_session.SearchSession, "apply", sneaky)
+    out = tmp_path / "out"
+    assert run(bundle, out) == 1
+    r = receipt(out)
+    assert r["status"] == "rollback_failed" and "gate refused: foreign_index_written" in r["reason"]
+    assert "authority_sites_v1" in r["reason"]
+    assert alias_on(es) == ["parcels_v1"] and not es.indices.exists(index="parcels_v2")
+
+
+def _blocked(es: Any) -> str | None:
+    s = es.indices.get_settings(index="authority_sites_v1")["authority_sites_v1"]["settings"]["index"]
+    return (s.get("blocks") or {}).get("write")
+
+
+def test_write_block_on_elasticsearch(es: Any, bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_kfm_migrations.stores.search import session as search_session
+
+    p = bundle / "migration.yml"
+    p.write_text(
+        p.read_text().replace(
+            "old_index_retention_days: 7", "old_index_retention_days: 7\nprotect_with_write_block: true"
+        )
+    )
+    seen: list[Any] = []
+    original = search_session.SearchSession.apply
+
+    def spy(self: Any) -> Any:
+        outcome = original(self)
+        seen.append(_blocked(es))
+        try:
+            es.index(index="authority_sites_v1", id="9", document={"name": "x"})
+        except Exception as exc:  # broad: the client's error type
+            seen.append(getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None))
+        return outcome
+
+    monkeypatch.setattr(search_session.SearchSession, "apply", spy)
+    out = tmp_path / "out"
+    assert run(bundle, out) == 0, receipt(out)["reason"]
+    assert seen == ["true", 403]
+    assert receipt(out)["metrics"]["write_blocked_indices"] == "authority_sites_v1"
+    assert _blocked(es) is None and alias_on(es) == ["parcels_v2"]
+
+
+def test_dead_run_is_recovered_on_elasticsearch(es: Any, bundle: Path, tmp_path: Path) -> None:
+    """What a run killed on another host leaves (stale lock, in-flight record, its index and
+    write block) is undone by the next run, which then applies."""
+    with SearchStore.from_conn_id(CONN_ID).session(load_bundle(bundle), "0" * 32):
+        pass
+    dead = "d" * 32
+    es.indices.create(index="parcels_v2", settings={"number_of_shards": 1, "number_of_replicas": 0})
+    es.index(index="parcels_v2", id="half", document={"parcel_id": "half-done"}, refresh=True)
+    es.indices.put_settings(index="authority_sites_v1", settings={"index.blocks.write": True})
+    lock = {"type": "lock", "owner": dead, "ts": time.time() - 3600, "at": "an hour ago", "host": "elsewhere", "pid": 1}
+    es.index(index=GOVERNANCE_INDEX, id=f"lock:{MIG}", document=lock, refresh=True)
+    es.index(
+        index=GOVERNANCE_INDEX,
+        id=f"inflight:{MIG}",
+        document={
+            "type": "inflight",
+            "migration_id": MIG,
+            "run_id": dead,
+            "operation": "apply",
+            "phase": "applying",
+            "indices": [{"index": "parcels_v2", "state": "creating"}],
+            "tasks": [],
+            "write_blocks": [{"index": "authority_sites_v1", "previous": None}],
+        },
+        refresh=True,
+    )
+    out = tmp_path / "out"
+    assert run(bundle, out) == 0, receipt(out)["reason"]
+    line = receipt(out)["metrics"]["recovered_interrupted_run"]
+    assert f"recovered interrupted run {dead[:12]}" in line and "no heartbeat for" in line
+    assert "index(es) parcels_v2 it created deleted" in line and "write block lifted from authority_sites_v1" in line
+    assert not es.exists(index="parcels_v2", id="half") and alias_on(es) == ["parcels_v2"]
+    assert _blocked(es) is None
+    assert not es.exists(index=GOVERNANCE_INDEX, id=f"inflight:{MIG}")
+
+
 def test_elasticsearch_py_refuses_opensearch(monkeypatch: pytest.MonkeyPatch) -> None:
     """The product check: the Elasticsearch binding pointed at the OpenSearch node fails
     closed with a clear error (no receipt-leaking host)."""

@@ -435,6 +435,14 @@ class SearchDeclaration(_DeclarationBase):
         description="Days the old indices an alias moves away from are kept for a rollback; "
         "kfm-migrations gc deletes them afterwards",
     )
+    protect_with_write_block: Annotated[bool, Field(strict=True)] = Field(
+        default=False,
+        description="true: every existing protected index that no approval covers gets "
+        "index.blocks.write: true for the duration of the run (writes into it are refused, the run's and "
+        "every other client's), and its previous setting back when the run ends, also after a failure; a "
+        "killed run's blocks are lifted by the next run. false: a write into a protected index is detected "
+        "(write counters) and fails the run, but not prevented",
+    )
 
 
 class GraphDeclaration(_DeclarationBase):

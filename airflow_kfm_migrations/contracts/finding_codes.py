@@ -98,6 +98,19 @@ _CODES = (
         "approvable; if the object really must change, it does not belong in `forbidden_*`.",
     ),
     FindingCode(
+        "foreign_index_written",
+        ("hard_fail",),
+        "Search gate: the write counters (uuid and sequence numbers of the primary shards, from "
+        "`_stats?level=shards`) of a forbidden index, or of a protected one no approval covers, moved "
+        "between the pre- and post-baseline: documents were written there during the run, even if its "
+        "document count, mappings and settings stayed the same (an overwrite). Whoever wrote (the run "
+        "by a path the plan did not see, or another client) it cannot be undone by the rollback artifact. "
+        "The apply checks the same counters after every reindex and fails naming the index.",
+        "Find what wrote there (a reindex script, an alias, another client) and restore the overwritten "
+        "documents from a snapshot or the source of truth. Set `protect_with_write_block: true` to have "
+        "such writes refused instead of only detected.",
+    ),
+    FindingCode(
         "forbidden_rewrite",
         ("hard_fail",),
         "PostGIS backfill batch: the storage of a table outside the allowed scope, or of a protected or "
@@ -134,6 +147,15 @@ _CODES = (
         "`KFM_REVIEW_INDEX_ROWS` (default 1,000,000).",
         "Record an approval covering `review:index_on_large_table`; consider `CREATE INDEX CONCURRENTLY` "
         "in a `transactional: false` migration to avoid long locks.",
+    ),
+    FindingCode(
+        "interrupted_run_recovered",
+        ("informational",),
+        "Search: this run found the in-flight record of an earlier run of the same migration that was "
+        "killed (its process gone, or its heartbeat stale, or its lock broken) and undid what it left: "
+        "its reindex tasks cancelled, the indices it created deleted, its write blocks lifted; no alias "
+        "moved. The message names them; the governance index keeps a `recovery` document.",
+        "Nothing; find out why the earlier run died (its receipt may be missing).",
     ),
     FindingCode(
         "invariant_exclusive_labels",
@@ -268,6 +290,16 @@ _CODES = (
         "Change the script so it does not touch forbidden scope.",
     ),
     FindingCode(
+        "plan_guarded_source",
+        ("hard_fail",),
+        "Search static plan: a reindex reads from a forbidden index, or from a protected one without an "
+        "approval covering `protected:<index>`. Checked again on the cluster before the reindex starts, "
+        "where a source alias resolving to such an index fails the apply.",
+        "Reindex from an allowed index. If a protected index really is to be copied, set "
+        "`approvals.change_class: governance-critical` and record an approval covering "
+        "`protected:<index>`; a forbidden index is never a source.",
+    ),
+    FindingCode(
         "plan_out_of_scope",
         ("hard_fail",),
         "Static plan (all stores): a statement or action names a target outside the allowed scope.",
@@ -290,6 +322,17 @@ _CODES = (
         "readable.",
         "Write the target as `FOR (n:Label)` or `FOR ()-[r:TYPE]-()` with an allowed label or type. Token "
         "lookup indexes are managed outside migrations.",
+    ),
+    FindingCode(
+        "plan_unsafe_script",
+        ("hard_fail",),
+        "Search static plan: a reindex script (forward or rollback) names `ctx` other than as "
+        "`ctx._source` or `ctx._id` (in code, strings or comments). Such a script could set `ctx._index`, "
+        "`ctx._routing` or `ctx.op` and write documents into another index (e.g. overwrite a protected "
+        "one), shard or operation than its dest. The rule is about words, so `ctx['_index']`, "
+        "`ctx.put(...)` and `def c = ctx` are refused too.",
+        "Rewrite the script to read and change only `ctx._source` (and `ctx._id`); filter with the "
+        "reindex `query` instead of `ctx.op = 'noop'`.",
     ),
     FindingCode(
         "plan_use_clause",

@@ -38,6 +38,8 @@ class SearchClient(Protocol):
     def reindex_async(self, body: dict[str, Any], *, slices: int | str | None, rps: float | None) -> str: ...
     def get_task(self, task_id: str) -> dict[str, Any]: ...
     def cancel_task(self, task_id: str) -> None: ...
+    def reindex_tasks(self) -> dict[str, str]: ...
+    def shard_stats(self, pattern: str) -> dict[str, Any]: ...
     def count(self, index: str, query: dict[str, Any] | None = None) -> int: ...
     def index_doc(
         self,
@@ -137,6 +139,32 @@ class _ClientBinding:
 
     def cancel_task(self, task_id: str) -> None:
         self._do(self.c.tasks.cancel, task_id=task_id)
+
+    def reindex_tasks(self) -> dict[str, str]:
+        """The reindex tasks running in the cluster: task id -> description
+        (``reindex from [src] to [dest]``)."""
+        res = self._do(self.c.tasks.list, **self._query(actions="*reindex", detailed=True))
+        out: dict[str, str] = {}
+        for node in (res.get("nodes") or {}).values():
+            for tid, t in (node.get("tasks") or {}).items():
+                if not t.get("parent_task_id"):  # a sliced reindex: its parent carries the children
+                    out[str(tid)] = str(t.get("description", ""))
+        return out
+
+    def shard_stats(self, pattern: str) -> dict[str, Any]:
+        """Per index: its ``uuid`` and ``shards`` (shard -> copies, each with ``routing.primary``
+        and ``seq_no.max_seq_no``), open indices and hidden ones."""
+        res = self._do(
+            self.c.indices.stats,
+            index=pattern,
+            metric="indexing",
+            **self._query(
+                level="shards",
+                expand_wildcards="open,hidden",
+                filter_path="indices.*.uuid,indices.*.shards.*.routing.primary,indices.*.shards.*.seq_no.max_seq_no",
+            ),
+        )
+        return dict(res.get("indices") or {})
 
     def count(self, index: str, query: dict[str, Any] | None = None) -> int:
         body = {"query": query} if query else None
@@ -276,6 +304,11 @@ class ElasticsearchBinding(_ClientBinding):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=Warning)
             super().cancel_task(task_id)
+
+    def reindex_tasks(self) -> dict[str, str]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=Warning)
+            return super().reindex_tasks()
 
 
 def compat_node_class(major: int) -> Any:

@@ -1,6 +1,16 @@
 """The search gate's store-specific part: what changed between the pre- and post-baseline,
 the alias actions still held back, and the documents written, judged against the declared
-scope, approvals and limits."""
+scope, approvals and limits.
+
+Writes are judged twice: as the reindex tasks counted them (by dest), and as the cluster
+saw them (the write counters of every index in both baselines). A protected index (without
+approval) or a forbidden one whose counters moved during the run is a hard fail
+(``foreign_index_written``), whoever wrote: a run that reaches such an index by a path the
+plan did not see, or another client writing into it meanwhile, both leave its state
+unverifiable. Other indices are not judged by their counters: the run's own dest indices
+are written legitimately, the governance index and the indices the run created are not in
+the pre-baseline, and an allowed or unrelated index may take live writes from other
+clients while the run lasts; refusing the run for those would be a false refusal."""
 
 from __future__ import annotations
 
@@ -11,6 +21,7 @@ from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.evidence.diff import diff_objects
 from airflow_kfm_migrations.evidence.limits import limit_checks
+from airflow_kfm_migrations.stores.search.capture import written_between
 from airflow_kfm_migrations.stores.search.scope import SearchScopeRules
 
 
@@ -140,7 +151,40 @@ def evaluate(
                     message=f"{n} document(s) written outside the allowed scope",
                 )
             )
+    findings += _counter_findings(decl, rules, pre, post)
+    if facts.get("recovered"):
+        findings.append(
+            Finding(
+                code="interrupted_run_recovered",
+                tier="informational",
+                message=str(facts["recovered"]),
+            )
+        )
     docs = int(facts.get("docs_reindexed", 0))
     limits, exceeded = limit_checks(decl.limits, {"max_index_count_delta": index_delta, "max_docs_reindexed": docs})
     findings.extend(exceeded)
     return findings, limits
+
+
+def _counter_findings(decl: SearchDeclaration, rules: SearchScopeRules, pre: Baseline, post: Baseline) -> list[Finding]:
+    """Protected (unapproved) and forbidden indices written between the two baselines."""
+    before = pre.extra.get("write_counters") or {}
+    after = post.extra.get("write_counters") or {}
+    out: list[Finding] = []
+    for ix, what in sorted(written_between(before, after).items()):
+        if rules.index_forbidden(ix):
+            kind = "forbidden"
+        elif rules.index_protected(ix) and not approval_covers(decl, f"protected:{ix}"):
+            kind = "protected"
+        else:
+            continue
+        out.append(
+            Finding(
+                code="foreign_index_written",
+                tier="hard_fail",
+                object=ix,
+                message=f"{kind} index {ix} was written during the run ({what}); the run's writes belong in "
+                "the indices it creates or its reindex dests",
+            )
+        )
+    return out

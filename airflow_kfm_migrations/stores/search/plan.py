@@ -1,7 +1,13 @@
 """The static plan of a search migration: what each action of the forward would do, and
 the findings that refuse it before anything connects (targets outside the declared scope,
 deletes of indices the migration did not create, in-place changes under
-``transactional: true``). Also whether a forward may be rehearsed (``--dry-run``)."""
+``transactional: true``, reindex scripts that could write elsewhere than their dest, reindex
+sources that are protected or forbidden). Also whether a forward may be rehearsed
+(``--dry-run``).
+
+A reindex source is judged by its name here (the plan reads the bundle alone); the session
+resolves it again on the cluster right before the reindex starts, so that an alias naming a
+protected or forbidden index is refused as well (:func:`.protection.reindex_problem`)."""
 
 from __future__ import annotations
 
@@ -9,8 +15,9 @@ from airflow_kfm_migrations.contracts.models import Finding, SearchDeclaration
 from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.stores.base import Plan, PlannedStatement
-from airflow_kfm_migrations.stores.search.actions import created_by, load_actions
+from airflow_kfm_migrations.stores.search.actions import Action, created_by, load_actions
 from airflow_kfm_migrations.stores.search.scope import SearchScopeRules
+from airflow_kfm_migrations.stores.search.scripts import script_problem
 
 
 def static_plan(bundle: Bundle, kind: str) -> Plan:
@@ -36,7 +43,8 @@ def static_plan(bundle: Bundle, kind: str) -> Plan:
             PlannedStatement(i, stmt_kind, act.name, tuple(indices + [f"alias:{a}" for a in aliases]), False, note)
         )
         label = f"forward action {i} ({act.name})"
-        findings += _target_findings(decl, rules, label, indices, aliases)
+        findings += _reindex_findings(decl, rules, act)
+        findings += _target_findings(decl, rules, label, _written(act, indices), aliases)
         if act.name == "create_index":
             made.add(act.body["index"])
         if act.name == "delete_index" and act.body["index"] not in made:
@@ -61,7 +69,8 @@ def static_plan(bundle: Bundle, kind: str) -> Plan:
     for i, act in enumerate(rollback, 1):
         indices, aliases = act.targets()
         label = f"rollback action {i} ({act.name})"
-        findings += _target_findings(decl, rules, label, indices, aliases)
+        findings += _reindex_findings(decl, rules, act)
+        findings += _target_findings(decl, rules, label, _written(act, indices), aliases)
         if act.name == "delete_index" and act.body["index"] not in creates:
             findings.append(
                 Finding(
@@ -81,6 +90,61 @@ def static_plan(bundle: Bundle, kind: str) -> Plan:
             )
         )
     return Plan(bundle.migration_id, kind, tuple(statements), tuple(_dedupe(findings)))
+
+
+def _written(act: Action, indices: list[str]) -> list[str]:
+    """The indices an action targets, leaving out a reindex source (read, not written: judged
+    by :func:`_reindex_findings`)."""
+    return [act.body["dest"]] if act.name == "reindex" else indices
+
+
+def _reindex_findings(decl: SearchDeclaration, rules: SearchScopeRules, act: Action) -> list[Finding]:
+    """A reindex reads its source and writes its dest. Refused: a script that could send a
+    document elsewhere than the dest (:mod:`.scripts`), and a source that is forbidden, or
+    protected without an approval covering ``protected:<source>``, or outside the allowed
+    index patterns."""
+    if act.name != "reindex":
+        return []
+    out: list[Finding] = []
+    where = f"{act.file} {act.where}"
+    script = act.body.get("script")
+    if isinstance(script, dict):
+        problem = script_problem(str(script.get("source", "")))
+        if problem:
+            out.append(
+                Finding(
+                    code="plan_unsafe_script",
+                    tier="hard_fail",
+                    object=act.body["dest"],
+                    message=f"{where}: {problem}",
+                )
+            )
+    src = act.body["source"]
+    guarded = None
+    if rules.index_forbidden(src):
+        guarded = "forbidden"
+    elif rules.index_protected(src) and not approval_covers(decl, f"protected:{src}"):
+        guarded = "protected (no approval covers 'protected:" + src + "')"
+    if guarded:
+        out.append(
+            Finding(
+                code="plan_guarded_source",
+                tier="hard_fail",
+                object=src,
+                message=f"{where}: reindexes from {src}, which is {guarded}; a reindex may not read a forbidden "
+                "index, nor a protected one without approval",
+            )
+        )
+    elif not rules.index_protected(src) and not rules.index_allowed(src):
+        out.append(
+            Finding(
+                code="plan_out_of_scope",
+                tier="hard_fail",
+                object=src,
+                message=f"{where}: reindexes from {src}, outside the allowed index patterns",
+            )
+        )
+    return out
 
 
 def _target_findings(

@@ -40,9 +40,17 @@ def duration_seconds(interval: str) -> float:
 
 
 def run_reindex(
-    client: SearchClient, act: Action, total: Reindexed, *, timeout: str, heartbeat: Callable[[], None]
+    client: SearchClient,
+    act: Action,
+    total: Reindexed,
+    *,
+    timeout: str,
+    heartbeat: Callable[[], None],
+    on_task: Callable[[str], None] | None = None,
 ) -> str | None:
-    """Run one reindex action and add its counts to ``total``; the error, or None."""
+    """Run one reindex action and add its counts to ``total``; the error, or None.
+    ``on_task`` is called with the task's id as soon as the cluster answered (the in-flight
+    record keeps it, so that a recovery can cancel the task if this run dies)."""
     b = act.body
     c = client
     src, dest = b["source"], b["dest"]
@@ -54,6 +62,13 @@ def run_reindex(
     if "script" in b:
         body["script"] = b["script"]
     task = c.reindex_async(body, slices=b.get("slices"), rps=b.get("requests_per_second"))
+    if on_task is not None:
+        try:
+            on_task(task)
+        except BaseException:  # broad on purpose: a task nobody knows of must not run on
+            with suppress(CallError):
+                c.cancel_task(task)
+            raise
     deadline = time.monotonic() + duration_seconds(timeout)
     last_log = 0.0
     while True:

@@ -1,6 +1,28 @@
 """A search run while it holds the migration lock: blue/green apply with every alias action
 held back, rollback, the atomic alias flip at ``commit``, and ``abort`` deleting what the
-run built. Ledger entries are written only once the flip succeeded."""
+run built. Ledger entries are written only once the flip succeeded.
+
+What a user does after a killed search run (SIGKILL, OOM kill, lost worker)
+---------------------------------------------------------------------------
+Nothing by hand: run the same command again. The killed run's lock is taken over at once
+when its process is gone on this host, otherwise once its heartbeat is older than
+``KFM_SEARCH_LOCK_STALE_SECONDS`` (default three heartbeats of
+``KFM_SEARCH_HEARTBEAT_SECONDS``, 30 s); ``kfm-migrations break-lock`` takes it over now.
+Holding the lock, the new run finds the killed run's in-flight record and recovers
+(:mod:`.inflight`): its reindex tasks are cancelled, the indices it created deleted, its
+write blocks lifted, no alias moved. It then runs as asked; its receipt names what was
+recovered (metric ``recovered_interrupted_run``) and so does its diff summary (finding
+``interrupted_run_recovered``).
+
+Protected and forbidden indices
+-------------------------------
+A reindex script is checked by the plan (:mod:`.scripts`); right before a reindex starts
+its source and dest are resolved on the cluster (:func:`.protection.reindex_problem`);
+after each reindex, and again when a compensation ends, the write counters of the protected
+and forbidden indices are compared with those at the start of the apply: a write into
+them fails the apply, and the compensation says the rollback cannot restore it. With
+``protect_with_write_block: true`` those indices are write-blocked for the run.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +35,15 @@ from typing import Any
 
 from airflow_kfm_migrations.contracts.models import Baseline, Finding, SearchDeclaration
 from airflow_kfm_migrations.declaration.bundle import Bundle
-from airflow_kfm_migrations.errors import RefusedError
+from airflow_kfm_migrations.errors import LockedError, RefusedError
 from airflow_kfm_migrations.stores.base import ApplyOutcome, GcDecision, LedgerRecord
-from airflow_kfm_migrations.stores.search import gc, governance
+from airflow_kfm_migrations.stores.search import gc, governance, inflight, protection
 from airflow_kfm_migrations.stores.search.actions import Action, additive_problem, created_by, load_actions
 from airflow_kfm_migrations.stores.search.capture import capture, scope_fingerprint
 from airflow_kfm_migrations.stores.search.client import CallError, ClientFactory, SearchClient
 from airflow_kfm_migrations.stores.search.lock import DocumentLock
 from airflow_kfm_migrations.stores.search.reindex import Reindexed, run_reindex
+from airflow_kfm_migrations.stores.search.scripts import script_problem
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +74,11 @@ class SearchSession:
         self._facts: dict[str, Any] = {"docs_reindexed": 0, "pending_aliases": []}
         self._retained: list[dict[str, str]] = []  # old indices kept for a rollback, and until when
         self._state = "open"  # open | applied | aborted | committed
+        self._inflight = inflight.InflightRecord(client, self.decl.migration_id, run_id)
+        self._blocked: dict[str, str | None] = {}  # write-blocked by this run -> the value before
+        self._guarded0: dict[str, list[Any]] | None = None  # guarded write counters at the apply's start
+        self._foreign: dict[str, str] = {}  # guarded indices written during the run
+        self.recovered: inflight.Recovery | None = None  # a killed run this session recovered
 
     @property
     def client(self) -> SearchClient:
@@ -62,16 +90,50 @@ class SearchSession:
         try:
             governance.ensure_governance_index(self.client)
             self.lock.acquire()
+            self._recover_interrupted()
         except CallError as exc:
             raise RefusedError(f"cannot prepare the run on {self.conn_id}: {exc.line()}") from None
 
+    def _recover_interrupted(self) -> None:
+        """With the lock held: an in-flight record of another run is a run that was killed."""
+        rec = inflight.load(self.client, self.decl.migration_id)
+        if rec is None or rec.get("run_id") == self.run_id:
+            return
+        took = self.lock.took_over
+        why = f"its lock was taken over: {took['why']}" if took else "its lock was gone (released or broken)"
+        self.recovered = inflight.recover(self.client, rec, run_id=self.run_id, took_over=why)
+        self._facts["recovered"] = self.recovered.line()
+
     def close(self) -> None:
-        """Session exit: undo an apply that was neither committed nor aborted, release the lock."""
+        """Session exit: undo an apply that was neither committed nor aborted, lift the write
+        blocks, end the in-flight record, release the lock."""
         try:
             if self._state == "applied":
                 self.abort()
+            if not self.lock.lost:
+                self._lift_blocks()
+                if not self._created and not self._blocked:
+                    self._inflight.finish()
+        except CallError as exc:  # the in-flight record stays: the next run finishes the cleanup
+            log.error("could not finish the run's cleanup: %s", exc.line())
         finally:
             self.lock.release()
+
+    def _lift_blocks(self) -> None:
+        for ix, previous in list(self._blocked.items()):
+            inflight.lift_block(self.client, ix, previous)
+            del self._blocked[ix]
+            self._inflight.unblocked(ix)
+
+    def _block_protected(self) -> None:
+        """``protect_with_write_block``: write-block the protected indices for the run, each
+        recorded in the in-flight record before it is set."""
+        if not self.decl.protect_with_write_block:
+            return
+        for ix, previous in protection.indices_to_block(self.client, self.decl):
+            self._inflight.blocking(ix, previous)
+            self._blocked[ix] = previous
+            self.client.put_settings(ix, {"index.blocks.write": True})
 
     def release_if_ours(self) -> None:
         self.lock.release()
@@ -117,14 +179,13 @@ class SearchSession:
     # -- baseline / facts -----------------------------------------------------
 
     def baseline(self) -> Baseline:
-        return capture(self.client, self.decl)
+        return capture(self.client, self.decl, blocked_by_run=self._blocked)
 
     def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]:
         return json.loads(json.dumps(self._facts))
 
     def rollback_findings(self, pre: Baseline, post: Baseline) -> list[Finding]:
-        """Nothing beyond the fingerprints: a search rollback changes no cluster-level object."""
-        return []
+        return []  # no object of an index store is shared with other tenants: the fingerprints say it all
 
     # -- apply / rollback -----------------------------------------------------
 
@@ -132,6 +193,12 @@ class SearchSession:
         actions = load_actions(self.bundle.by_role("forward"))
         self._state = "applied"
         self._applied_here = True
+        try:
+            self._inflight.start("apply")
+            self._guarded0 = protection.guarded_counters(self.client, self.decl)
+            self._block_protected()
+        except CallError as exc:
+            return self._failed(None, 1, f"preparing the apply: {exc.line()}", time.monotonic())
         return self._run(actions, forward=True)
 
     def rollback(self) -> ApplyOutcome:
@@ -141,7 +208,27 @@ class SearchSession:
         alias actions are skipped (this run never flipped) and only indices this run built
         count as its own."""
         actions = load_actions(self.bundle.by_role("rollback"))
-        return self._run(actions, forward=False)
+        if not self._applied_here:
+            try:
+                self._inflight.start("rollback")
+                self._block_protected()
+            except CallError as exc:
+                return self._failed(None, 1, f"preparing the rollback: {exc.line()}", time.monotonic())
+            return self._run(actions, forward=False)
+        self._inflight.phase("compensating")
+        outcome = self._run(actions, forward=False)
+        if outcome.ok and self._guarded0 is not None:
+            # Compensating this run: documents it wrote into guarded indices are not restored
+            # by the rollback artifact, whatever the fingerprints say.
+            written = self._foreign or protection.guarded_written(self.client, self.decl, self._guarded0)
+            if written:
+                self._foreign = written
+                outcome.ok = False
+                outcome.error = (
+                    f"{protection.describe_written(written, self.decl)}; the rollback artifact cannot restore "
+                    "documents written there"
+                )
+        return outcome
 
     def _run(self, actions: list[Action], *, forward: bool) -> ApplyOutcome:
         started = time.monotonic()
@@ -164,10 +251,20 @@ class SearchSession:
                         self._flip_now(act)
                 elif act.name == "create_index":
                     body: dict[str, Any] = {k: b[k] for k in ("settings", "mappings") if k in b}
-                    self.client.create_index(b["index"], body)
+                    recorded = forward and not self.client.index_exists(b["index"])
+                    if recorded:  # before it exists: a recovery deletes it if this run dies
+                        self.lock.heartbeat()
+                        self._inflight.creating(b["index"])
+                    try:
+                        self.client.create_index(b["index"], body)
+                    except CallError:
+                        if recorded:
+                            self._inflight.deleted(b["index"])  # not ours: created by someone else meanwhile
+                        raise
                     if forward:
                         self._created.append(b["index"])
                         self._built.add(b["index"])
+                        self._inflight.created(b["index"])
                 elif act.name == "put_mapping":
                     problem = self._additive(b["index"], b["mappings"]["properties"])
                     if problem:
@@ -189,25 +286,32 @@ class SearchSession:
                         continue  # already gone (the abort or an earlier rollback removed it)
                     self.client.delete_index(ix)
                 elif act.name == "reindex":
+                    err = self._reindex_problem(act)
+                    if err:
+                        return self._failed(act, n, err, started, total)
+                    self.lock.assert_held()
                     err = run_reindex(
                         self.client,
                         act,
                         total,
                         timeout=self.decl.timeouts.statement_timeout,
                         heartbeat=self.lock.heartbeat,
+                        on_task=self._inflight.task,
                     )
+                    err = self._check_guarded(err)
                     if err:
                         return self._failed(act, n, err, started, total)
             if forward:
                 problem = self._check_pending()
                 if problem:
                     return self._failed(act, n, problem, started, total)
-                self._facts = {"docs_reindexed": total.docs, "pending_aliases": list(self._pending)}
+                self._facts.update(docs_reindexed=total.docs, pending_aliases=list(self._pending))
                 self._retained = gc.retained_indices(self._pending, self._built, self.decl.old_index_retention_days)
         except CallError as exc:
             assert act is not None
             return self._failed(act, n, exc.line(), started, total)
         metrics: dict[str, int | float | str] = {"apply_seconds": round(time.monotonic() - started, 3)}
+        metrics.update(self._notes())
         if forward:
             metrics.update(docs_reindexed=total.docs, aliases_held_back=len(self._pending))
             metrics.update(
@@ -225,6 +329,27 @@ class SearchSession:
             metrics=metrics,
         )
 
+    def _reindex_problem(self, act: Action) -> str | None:
+        """Checked again on the cluster right before the reindex: the script (a manual rollback
+        does not pass the plan) and what the source and dest resolve to."""
+        script = act.body.get("script")
+        if isinstance(script, dict):
+            problem = script_problem(str(script.get("source", "")))
+            if problem:
+                return f"plan_unsafe_script: {problem}"
+        return protection.reindex_problem(self.client, self.decl, act.body["source"], act.body["dest"])
+
+    def _check_guarded(self, err: str | None) -> str | None:
+        """After a reindex (done or failed): did anything write into a guarded index?"""
+        if self._guarded0 is None:
+            return err
+        written = protection.guarded_written(self.client, self.decl, self._guarded0)
+        if not written:
+            return err
+        self._foreign = written
+        said = f"foreign_index_written: {protection.describe_written(written, self.decl)}"
+        return f"{said}; {err}" if err else said
+
     def _failed(
         self, act: Action | None, n: int, error: str, started: float, total: Reindexed | None = None
     ) -> ApplyOutcome:
@@ -234,8 +359,17 @@ class SearchSession:
             writes=total.writes if total else [],
             error=f"{where}: {error}",
             statements_run=n - 1,
-            metrics={"apply_seconds": round(time.monotonic() - started, 3)},
+            metrics={"apply_seconds": round(time.monotonic() - started, 3), **self._notes()},
         )
+
+    def _notes(self) -> dict[str, int | float | str]:
+        """Metrics every outcome carries: the write blocks in force, a recovered killed run."""
+        out: dict[str, int | float | str] = {}
+        if self._blocked:
+            out["write_blocked_indices"] = ",".join(sorted(self._blocked))
+        if self.recovered is not None:
+            out["recovered_interrupted_run"] = self.recovered.line()
+        return out
 
     def _additive(self, index: str, properties: dict[str, Any]) -> str | None:
         meta = self.client.get_indices(index).get(index, {})
@@ -293,11 +427,15 @@ class SearchSession:
     def commit(self) -> None:
         if self._state == "applied" and self._pending:
             try:
+                self.lock.assert_held()  # a run whose lock was taken over never flips
+                self._inflight.phase("flipping")
                 self.client.update_aliases(_strict(self._pending))
-            except CallError as exc:
+            except (CallError, LockedError) as exc:
+                self._inflight.phase("applying")  # the flip is atomic: refused means not done
                 self.abort()
+                said = exc.line() if isinstance(exc, CallError) else str(exc)
                 raise RefusedError(
-                    f"the alias flip was refused ({exc.line()}); aliases unchanged, the new indices were deleted"
+                    f"the alias flip was refused ({said}); aliases unchanged, the new indices were deleted"
                 ) from None
         if self._state != "aborted":
             try:
@@ -306,21 +444,31 @@ class SearchSession:
                 raise RefusedError(
                     f"the change is live but the ledger entry could not be written: {exc.line()}"
                 ) from None
+            self._inflight.phase("committed")
         if self._state == "applied":
             self._state = "committed"
+            self._created = []  # live now: nothing for an abort or a recovery to delete
 
     def abort(self) -> None:
-        """Delete the indices this run created; never touch an alias."""
+        """Delete the indices this run created; never touch an alias. A run whose lock was
+        taken over deletes nothing: the new holder recovers what it built (and may already
+        have built indices of the same names)."""
         if self._state == "committed":
             return
         self._records = []
         self._pending = []
+        if self.lock.lost:
+            log.error("abort: %s; the indices this run built are left to the run that took over", self.lock.lost)
+            self._created = []
+        left: list[str] = []
         for ix in reversed(self._created):
             try:
                 if self.client.index_exists(ix):
                     self.client.delete_index(ix)
+                self._inflight.deleted(ix)
             except CallError as exc:
                 log.error("abort: could not delete %s: %s", ix, exc.line())
-        self._created = []
+                left.append(ix)
+        self._created = left
         if self._state == "applied":
             self._state = "aborted"
