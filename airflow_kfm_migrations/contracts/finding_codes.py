@@ -61,11 +61,16 @@ _CODES = (
     FindingCode(
         "cluster_object_changed",
         ("hard_fail",),
-        "PostGIS gate: a database- or cluster-level object changed (roles, databases, settings, casts, "
-        "languages, foreign servers, publications, subscriptions, event triggers, large objects, built-in "
-        "objects...). No declared scope can allow this.",
-        "Remove the statement that changes it from the forward script. Such changes are made outside "
-        "governed migrations, by whoever administers the server.",
+        "PostGIS gate or rollback: a database- or cluster-level object changed (roles, databases, settings, "
+        "casts, languages, foreign servers, publications, subscriptions, event triggers, large objects, "
+        "built-in objects...), and the run's own transaction wrote a system catalog behind it. No declared "
+        "scope can allow this. Judged strictly, whoever changed them: replication slots (neither "
+        "transactional nor in a catalog), kinds without known catalogs, and every such object in a "
+        "`transactional: false` run. A rollback that changes one is not committed.",
+        "Remove the statement that changes it from the forward (or rollback) script. Such changes are made "
+        "outside governed migrations, by whoever administers the server. If the message names replication "
+        "slots or a `transactional: false` run and the script did not touch the object, another session "
+        "did: run again.",
     ),
     FindingCode(
         "cluster_statement",
@@ -124,6 +129,18 @@ _CODES = (
         "Gate or backfill batch: rows (PostGIS) or documents (search) were written into a forbidden table "
         "or index, counted by the store itself, trigger and function writes included.",
         "Find the statement, trigger or function that writes there and stop it; forbidden scope is never approvable.",
+    ),
+    FindingCode(
+        "global_object_changed_elsewhere",
+        ("informational",),
+        "PostGIS gate: a database- or cluster-level object (another database of the server, a role, a "
+        "tablespace, a large object...) changed during the run, but the run's own transaction wrote none "
+        "of the system catalogs its digest is read from (by the transaction's write counters, and no "
+        "catalog row carries the transaction's id): another session changed it. Not judged; the schema "
+        "fingerprint leaves such objects out, so a rollback is not refused for it either.",
+        "Nothing, if the change was expected (databases and roles come and go on a shared server). If "
+        "not, look for who made it on the server; a script that reaches another session (dblink, a "
+        "loopback foreign server) is a known limit of the PostGIS store.",
     ),
     FindingCode(
         "governance_ledger_touched",
@@ -384,8 +401,7 @@ _CODES = (
         "Graph apply or rollback: a batched statement was not run because the run could not hold the "
         "write lock of every protected node while it would run (another transaction held one for longer "
         "than the statement timeout, or the server did not show the locks).",
-        "Find the transaction that holds the protected nodes (`SHOW TRANSACTIONS`), let it finish, and run "
-        "again.",
+        "Find the transaction that holds the protected nodes (`SHOW TRANSACTIONS`), let it finish, and run again.",
     ),
     FindingCode(
         "protected_write",

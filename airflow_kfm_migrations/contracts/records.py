@@ -169,8 +169,16 @@ class Baseline(Strict):
     counts: dict[str, NonNegInt] = Field(description="Number of objects per kind")
     objects: list[BaselineObject] = Field(description="Every object, ordered by id")
     schema_fingerprint: Sha256 = Field(
-        description="Merkle root over the ids and digests of the objects, leaving out PostGIS row digests, "
-        "search document counts and graph counts and nodes"
+        description="Merkle root over the ids and digests of the objects, leaving out PostGIS row digests and "
+        "database- and cluster-level objects (see global_fingerprint), search document counts and graph counts "
+        "and nodes"
+    )
+    global_fingerprint: Sha256 | None = Field(
+        default=None,
+        description="PostGIS: Merkle root over the database- and cluster-level objects (the database's own "
+        "settings, roles, other databases, tablespaces, casts, event triggers, built-in privileges...), which "
+        "other sessions on the server change too and the schema fingerprint therefore leaves out. Null for the "
+        "other stores, and in baselines of releases whose schema fingerprint still covered them",
     )
     protected_fingerprint: Sha256 = Field(description="Merkle root over the protected objects")
     protected_rows: dict[str, NonNegInt] = Field(

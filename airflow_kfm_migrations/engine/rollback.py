@@ -158,11 +158,14 @@ def _guarded_rollback(run: RunRecorder, store: Store, s: StoreSession, say: Say,
         s.abort()
         return "rollback_failed", say(f"rollback script failed: {outcome.error}"), None
     run.post = s.baseline()
-    same_schema = run.post.schema_fingerprint == last.pre_schema_fingerprint or (
-        # An apply recorded by an earlier release, whose fingerprint meant something else.
-        isinstance(s, LegacyFingerprints) and s.legacy_schema_fingerprint(run.post) == last.pre_schema_fingerprint
-    )
+    same_schema = run.post.schema_fingerprint == last.pre_schema_fingerprint
     same_protected = run.post.protected_fingerprint == last.pre_protected_fingerprint
+    if not (same_schema and same_protected) and isinstance(s, LegacyFingerprints):
+        # An apply recorded by an earlier release, whose fingerprints meant something else.
+        legacy_schema, legacy_protected = s.legacy_restored(
+            _apply_pre_baseline(run, last.run_id), run.post, last.pre_schema_fingerprint, last.pre_protected_fingerprint
+        )
+        same_schema, same_protected = same_schema or legacy_schema, same_protected or legacy_protected
     run.check("schema_equals_pre", same_schema)
     run.check("protected_equals_pre", same_protected)
     # What the fingerprints leave out: a database- or cluster-level object the rollback changed.

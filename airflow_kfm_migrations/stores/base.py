@@ -6,7 +6,8 @@ Everything store-agnostic (diff, gate, receipts, registry) lives outside ``store
 
 ``Store`` and ``StoreSession`` declare everything the engine calls on every kind. Abilities
 only some kinds have are capability protocols (``Backfilling``, ``LockBreaking``,
-``GarbageCollecting``), checked with ``isinstance`` at the one place that needs them.
+``GarbageCollecting``, ``LegacyFingerprints``), checked with ``isinstance`` at the one place
+that needs them.
 """
 
 from __future__ import annotations
@@ -112,6 +113,13 @@ class StoreSession(Protocol):
     def rollback(self) -> ApplyOutcome: ...
     def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]: ...
     def record(self, record: LedgerRecord) -> None: ...
+    def rollback_findings(self, pre: Baseline, post: Baseline) -> list[Finding]:
+        """Hard fails that forbid committing a rollback (or compensation) whose script took
+        the store from ``pre`` to ``post``, beyond what the fingerprint comparison checks: for
+        PostGIS, a database- or cluster-level object the script changed (the fingerprint it
+        is compared by leaves those out, since other sessions change them too). [] when none."""
+        ...
+
     def set_receipt_digest(self, run_id: str, digest: str) -> None:
         """Store the receipt's digest with the ledger entry of ``run_id`` (after commit)."""
         ...
@@ -168,6 +176,7 @@ class BatchEvent:
     estimate: int | None  # keys this run expects to cover (None: unknown)
     elapsed_s: float
     final: bool = False
+
     def ledger_entries(self, migration_id: str | None = None) -> list[LedgerRecord]:
         """Every ledger entry (of ``migration_id``, or of all migrations), newest first; read
         without locks or writes (``history``, ``status``, ``requires``). [] without a ledger."""
@@ -177,7 +186,6 @@ class BatchEvent:
         """A baseline of the committed state now, read without the lock and without writing
         (``status`` compares its scope fingerprint with the ledger's, for drift)."""
         ...
-
 
     @property
     def rate(self) -> float:
@@ -249,6 +257,21 @@ class BackfillSession(Protocol):
 
 
 @runtime_checkable
+class LegacyFingerprints(Protocol):
+    """Sessions of kinds whose schema fingerprint changed meaning in an upgrade (PostGIS): a
+    rollback of an apply recorded before the upgrade compares the ledger's fingerprint with
+    the one the earlier release would compute."""
+
+    def legacy_restored(
+        self, apply_pre: Baseline | None, post: Baseline, schema: str, protected: str
+    ) -> tuple[bool, bool]:
+        """(schema, protected objects) of ``post`` as the earlier release that recorded the
+        fingerprints ``schema`` and ``protected`` (with ``apply_pre``, that apply's
+        pre-baseline, when at hand) would judge them: restored or not."""
+        ...
+
+
+@runtime_checkable
 class LockBreaking(Protocol):
     """Kinds whose lock can outlive its holder (a document, a node): ``break-lock``."""
 
@@ -312,6 +335,8 @@ def open_store(kind: str, conn_id: str, *, use_hook: bool = False, plan_only: bo
 
 def iter_nonempty(items: list[str]) -> Iterator[str]:
     yield from (i for i in items if i)
+
+
 @runtime_checkable
 class ConnectionHolding(Protocol):
     """Stores that can keep one connection for many runs (``migrate``, ``status``): inside
@@ -319,5 +344,3 @@ class ConnectionHolding(Protocol):
     session leaves it as a new one would find it."""
 
     def held(self) -> AbstractContextManager[None]: ...
-
-

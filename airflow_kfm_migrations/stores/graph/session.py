@@ -472,6 +472,9 @@ class GraphSession:
     def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]:
         return {"counters": dict(self.counters), **invariant_facts(self._run, self.decl)}
 
+    def rollback_findings(self, pre: Baseline, post: Baseline) -> list[Finding]:
+        return []  # the graph's baseline has no object other sessions change: the fingerprints say it all
+
     def record(self, rec: LedgerRecord) -> None:
         ledger.record(self._write, rec)
         self._phase = "recorded"

@@ -15,7 +15,7 @@ import threading
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from itertools import compress
 from operator import attrgetter
 from typing import Any
@@ -28,6 +28,7 @@ from airflow_kfm_migrations.contracts.models import (
 )
 from airflow_kfm_migrations.evidence.diff import remember_leaves
 from airflow_kfm_migrations.stores.postgis import state
+from airflow_kfm_migrations.stores.postgis.attribution import is_global
 from airflow_kfm_migrations.stores.postgis.catalog import (
     ACL_QUERY,
     CATALOG_QUERY,
@@ -82,6 +83,21 @@ def _set_local(cur: Any, settings: list[tuple[str, str]]) -> None:
         "SELECT " + ", ".join("set_config(%s, %s, true)" for _ in settings),
         [x for pair in settings for x in pair],
     )
+
+
+def digest_rows(cur: Any, query: str) -> list[Any]:
+    """The rows of a digest query run outside a capture, under the capture's settings (names
+    render as a capture renders them), in the transaction ``cur`` is in."""
+    conn = getattr(cur, "connection", None)
+    with conn.transaction() if conn is not None and conn.autocommit else nullcontext():
+        cur.execute("SELECT " + ", ".join(f"current_setting('{name}')" for name, _ in _CAPTURE_SETTINGS))
+        old = list(zip((name for name, _ in _CAPTURE_SETTINGS), cur.fetchone(), strict=True))
+        _set_local(cur, _CAPTURE_SETTINGS)
+        try:
+            cur.execute(query)
+            return list(cur.fetchall())
+        finally:
+            _set_local(cur, old)
 
 
 class _Objects:
@@ -271,14 +287,18 @@ class Captures:
             self.reused = len(reused)
             fresh: list[state.FamilyObject] = []
             global_nodes: list[bytes] = []
+            cluster_nodes: list[bytes] = []  # database- and cluster-level objects: the global fingerprint's
             for kind, oid, schema, table, dig, fam in rows_in:
                 node = merkle_leaf_node(leaf_raw(oid, dig))
                 new.add(oid, trusted_baseline_object(oid, kind, schema, table, dig, is_guarded(schema, table)), node)
                 if fam:
                     fresh.append(state.FamilyObject(oid, kind, schema, table, dig, fam, node))
+                elif is_global(kind, schema):
+                    cluster_nodes.append(node)
                 else:
                     global_nodes.append(node)
-            # The schema fingerprint is the prior one when no object it covers changed.
+            # The schema fingerprint is the prior one when no object it covers changed (the
+            # database- and cluster-level objects have a fingerprint of their own).
             global_nodes.sort()
             globals_digest = hashlib.sha256(b"".join(global_nodes)).hexdigest()
             same_tree = (
@@ -328,7 +348,10 @@ class Captures:
             if same_tree and prior is not None:
                 schema_root = prior.schema_root
             else:
-                schema_root = merkle_root_nodes([n for o, n in zip(objs, nodes, strict=True) if o.kind != "rows"])
+                outside = set(cluster_nodes)
+                schema_root = merkle_root_nodes(
+                    [n for o, n in zip(objs, nodes, strict=True) if o.kind != "rows" and n not in outside]
+                )
             head = Baseline.model_validate(
                 {
                     "schema_version": "baseline.v1",
@@ -339,6 +362,7 @@ class Captures:
                     "counts": counts,
                     "objects": [],
                     "schema_fingerprint": schema_root,
+                    "global_fingerprint": merkle_root_nodes(cluster_nodes),
                     "protected_fingerprint": merkle_root_nodes(protected),
                     "protected_rows": rows,
                     "extra": {"acls": acls, "rls": rls},

@@ -13,6 +13,7 @@ from airflow_kfm_migrations.stores.postgis.catalog_sql import (
     USER_SCHEMAS,
     description,
     not_ext,
+    role_names,
     row_sha256,
 )
 
@@ -31,20 +32,148 @@ _AGGREGATE = (
 # What hangs off an extension's member table (c): its indexes, triggers, rules, policies,
 # constraints and column defaults. The capture leaves the table to the extension's digest,
 # and these with it, so a rule or trigger added to spatial_ref_sys shows there.
-_ATTACHED = (
-    "(SELECT md5(string_agg(x, E'\\n' ORDER BY x)) FROM ("
-    "SELECT pg_get_indexdef(i.indexrelid) AS x FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid "
-    "UNION ALL SELECT pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text FROM pg_catalog.pg_trigger t "
-    "WHERE t.tgrelid = c.oid AND NOT t.tgisinternal "
-    "UNION ALL SELECT pg_get_ruledef(r.oid) || ' ' || r.ev_enabled::text FROM pg_catalog.pg_rewrite r "
-    "WHERE r.ev_class = c.oid "
-    "UNION ALL SELECT row(p.polname, p.polcmd, p.polpermissive, p.polroles::text, pg_get_expr(p.polqual, c.oid), "
-    "pg_get_expr(p.polwithcheck, c.oid))::text FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid "
-    "UNION ALL SELECT co.conname || ' ' || pg_get_constraintdef(co.oid) FROM pg_catalog.pg_constraint co "
-    "WHERE co.conrelid = c.oid "
-    "UNION ALL SELECT 'default ' || ad.adnum || ' ' || pg_get_expr(ad.adbin, c.oid) FROM pg_catalog.pg_attrdef ad "
-    "WHERE ad.adrelid = c.oid) attached)"
+def _attached(legacy: bool) -> str:
+    return (
+        "(SELECT md5(string_agg(x, E'\\n' ORDER BY x)) FROM ("
+        "SELECT pg_get_indexdef(i.indexrelid) AS x FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid "
+        "UNION ALL SELECT pg_get_triggerdef(t.oid) || ' ' || t.tgenabled::text FROM pg_catalog.pg_trigger t "
+        "WHERE t.tgrelid = c.oid AND NOT t.tgisinternal "
+        "UNION ALL SELECT pg_get_ruledef(r.oid) || ' ' || r.ev_enabled::text FROM pg_catalog.pg_rewrite r "
+        "WHERE r.ev_class = c.oid "
+        "UNION ALL SELECT row(p.polname, p.polcmd, p.polpermissive, "
+        + ("p.polroles::text" if legacy else role_names("p.polroles"))
+        + ", pg_get_expr(p.polqual, c.oid), "
+        "pg_get_expr(p.polwithcheck, c.oid))::text FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid "
+        "UNION ALL SELECT co.conname || ' ' || pg_get_constraintdef(co.oid) FROM pg_catalog.pg_constraint co "
+        "WHERE co.conrelid = c.oid "
+        "UNION ALL SELECT 'default ' || ad.adnum || ' ' || pg_get_expr(ad.adbin, c.oid) FROM pg_catalog.pg_attrdef ad "
+        "WHERE ad.adrelid = c.oid) attached)"
+    )
+
+
+# Extension members are not baselined one by one, but replacing a member function's body,
+# its privileges or security, or altering a member table still changes the extension.
+def _extension(legacy: bool) -> str:
+    return f"""
+        SELECT 'extension', 'extension:' || e.extname, n.nspname, NULL::text,
+               {
+        row_sha256(
+            "e.extname",
+            "e.extversion",
+            "n.nspname",
+            "e.extrelocatable",
+            "pg_get_userbyid(e.extowner)",
+            "e.extconfig::text" if legacy else "e.extconfig::regclass[]::text",
+            "(SELECT md5(string_agg(h, '' ORDER BY h)) FROM (SELECT md5(row(p.proname, "
+            "pg_get_function_identity_arguments(p.oid), p.prosrc, p.probin, p.prosecdef, p.proconfig::text, "
+            "p.proacl::text, pg_get_userbyid(p.proowner), p.provolatile, p.proisstrict, p.proleakproof, "
+            + _AGGREGATE
+            + ", "
+            "p.proparallel, p.prorettype::regtype::text)::text) AS h FROM pg_catalog.pg_depend d "
+            "JOIN pg_catalog.pg_proc p ON p.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
+            "AND d.refobjid = e.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e') x)",
+            "(SELECT md5(string_agg(h, '' ORDER BY h)) FROM (SELECT md5(row(c.relname, c.relkind, "
+            "c.relacl::text, pg_get_userbyid(c.relowner), c.relrowsecurity, c.relforcerowsecurity, "
+            "c.reloptions::text, (SELECT array_agg(row(a.attname, format_type(a.atttypid, a.atttypmod), "
+            "a.attnotnull)::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid "
+            "AND a.attnum > 0 AND NOT a.attisdropped)::text, "
+            + _attached(legacy)
+            + ")::text) AS h FROM pg_catalog.pg_depend d "
+            "JOIN pg_catalog.pg_class c ON c.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
+            "AND d.refobjid = e.oid AND d.classid = 'pg_class'::regclass AND d.deptype = 'e') x)",
+        )
+    }, NULL::oid
+        FROM pg_catalog.pg_extension e
+        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
+        WHERE e.extname <> 'plpgsql'"""
+
+
+def _foreign_server(legacy: bool) -> str:
+    return f"""
+        SELECT 'foreign_server', 'foreign_server:' || s.srvname, NULL::text, NULL::text,
+               {
+        row_sha256(
+            "s.srvtype",
+            "s.srvversion",
+            "s.srvoptions::text",
+            "pg_get_userbyid(s.srvowner)",
+            (
+                "(SELECT array_agg(um.umuser::text ORDER BY 1) FROM pg_catalog.pg_user_mapping um "
+                "WHERE um.umserver = s.oid)::text"
+                if legacy
+                else role_names("ARRAY(SELECT um.umuser FROM pg_catalog.pg_user_mapping um WHERE um.umserver = s.oid)")
+            ),
+        )
+    }, NULL::oid
+        FROM pg_catalog.pg_foreign_server s
+        WHERE {not_ext("pg_foreign_server", "s.oid")}"""
+
+
+# Built-in objects are not captured one by one, but granting on them (pg_read_file to
+# PUBLIC, pg_authid to anyone) or adding objects to the system schemas changes what every
+# role may do: one digest over all of it, which no scope can allow changing. Objects added
+# to the system schemas are those with OIDs past the built-in range, named (their OIDs
+# differ from one database to the next).
+def _builtin(legacy: bool) -> str:
+    return f"""
+        WITH sys AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname IN ('pg_catalog', 'information_schema'))
+        SELECT 'builtin', 'builtin:privileges-and-additions', NULL::text, NULL::text,
+               {
+        row_sha256(
+            "(SELECT string_agg(c.oid::text || '=' || c.relacl::text, ',' ORDER BY c.oid) "
+            "FROM pg_catalog.pg_class c WHERE c.oid < 16384 AND c.relacl IS NOT NULL)",
+            "(SELECT string_agg(p.oid::text || '=' || p.proacl::text, ',' ORDER BY p.oid) "
+            "FROM pg_catalog.pg_proc p WHERE p.oid < 16384 AND p.proacl IS NOT NULL)",
+            "(SELECT string_agg(t.oid::text || '=' || t.typacl::text, ',' ORDER BY t.oid) "
+            "FROM pg_catalog.pg_type t WHERE t.oid < 16384 AND t.typacl IS NOT NULL)",
+            "(SELECT string_agg(n.oid::text || '=' || n.nspacl::text, ',' ORDER BY n.oid) "
+            "FROM pg_catalog.pg_namespace n WHERE n.oid < 16384 AND n.nspacl IS NOT NULL)",
+            "(SELECT string_agg(l.lanname || '=' || COALESCE(l.lanacl::text, '') || '/' "
+            "|| pg_get_userbyid(l.lanowner), ',' ORDER BY l.lanname) FROM pg_catalog.pg_language l)",
+            "(SELECT string_agg(x, ',' ORDER BY x) FROM ("
+            "SELECT 'r' || " + ("c.oid" if legacy else "c.oid::regclass::text") + " FROM pg_catalog.pg_class c "
+            "WHERE c.oid >= 16384 AND c.relnamespace IN (SELECT oid FROM sys) "
+            "UNION ALL SELECT 'p' || "
+            + ("p.oid" if legacy else "p.oid::regprocedure::text")
+            + " FROM pg_catalog.pg_proc p "
+            "WHERE p.oid >= 16384 AND p.pronamespace IN (SELECT oid FROM sys) "
+            "UNION ALL SELECT 't' || " + ("t.oid" if legacy else "t.oid::regtype::text") + " FROM pg_catalog.pg_type t "
+            "WHERE t.oid >= 16384 AND t.typnamespace IN (SELECT oid FROM sys)) added(x))",
+        )
+    }, NULL::oid"""
+
+
+_DATABASES = (
+    "(SELECT string_agg(row(d.datname, pg_get_userbyid(d.datdba), d.datacl::text, d.datconnlimit, "
+    "d.datallowconn, d.datistemplate, shobj_description(d.oid, 'pg_database'), (SELECT array_agg("
+    "array_to_string(rs.setconfig, ',') ORDER BY 1) FROM pg_catalog.pg_db_role_setting rs "
+    "WHERE rs.setdatabase = d.oid AND rs.setrole = 0)::text)::text, ',' ORDER BY d.datname) "
+    "FROM pg_catalog.pg_database d)"
 )
+_TABLESPACES = (
+    "(SELECT string_agg(row(t.spcname, pg_get_userbyid(t.spcowner), t.spcacl::text, t.spcoptions::text, "
+    "shobj_description(t.oid, 'pg_tablespace'))::text, ',' ORDER BY t.spcname) "
+    "FROM pg_catalog.pg_tablespace t)"
+)
+_SLOTS = (
+    "(SELECT string_agg(row(s.slot_name, s.plugin, s.slot_type, s.database, s.temporary)::text, ',' "
+    "ORDER BY s.slot_name) FROM pg_catalog.pg_replication_slots s WHERE NOT s.temporary)"
+)
+_ORIGINS = "(SELECT string_agg(o.roname, ',' ORDER BY o.roname) FROM pg_catalog.pg_replication_origin o)"
+
+_CLUSTER = " UNION ALL ".join(
+    f"SELECT 'cluster', 'cluster:{name}', NULL::text, NULL::text, {row_sha256(what)}, NULL::oid"
+    for name, what in (
+        ("databases", _DATABASES),
+        ("tablespaces", _TABLESPACES),
+        ("replication-slots", _SLOTS),
+        ("replication-origins", _ORIGINS),
+    )
+)
+# Earlier releases digested the four as one object (see ``legacy``).
+_LEGACY_CLUSTER = f"""
+        SELECT 'cluster', 'cluster:databases-tablespaces-replication', NULL::text, NULL::text,
+               {row_sha256(_DATABASES, _TABLESPACES, _SLOTS, _ORIGINS)}, NULL::oid"""
 
 
 GLOBAL_QUERIES: dict[str, str] = {
@@ -76,40 +205,7 @@ GLOBAL_QUERIES: dict[str, str] = {
         FROM pg_catalog.pg_proc p
         JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
         WHERE {USER_SCHEMAS} AND {not_ext("pg_proc", "p.oid")}""",
-    # Extension members are not baselined one by one, but replacing a member function's body,
-    # its privileges or security, or altering a member table still changes the extension.
-    "extension": f"""
-        SELECT 'extension', 'extension:' || e.extname, n.nspname, NULL::text,
-               {
-        row_sha256(
-            "e.extname",
-            "e.extversion",
-            "n.nspname",
-            "e.extrelocatable",
-            "pg_get_userbyid(e.extowner)",
-            "e.extconfig::text",
-            "(SELECT md5(string_agg(h, '' ORDER BY h)) FROM (SELECT md5(row(p.proname, "
-            "pg_get_function_identity_arguments(p.oid), p.prosrc, p.probin, p.prosecdef, p.proconfig::text, "
-            "p.proacl::text, pg_get_userbyid(p.proowner), p.provolatile, p.proisstrict, p.proleakproof, "
-            + _AGGREGATE
-            + ", "
-            "p.proparallel, p.prorettype::regtype::text)::text) AS h FROM pg_catalog.pg_depend d "
-            "JOIN pg_catalog.pg_proc p ON p.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
-            "AND d.refobjid = e.oid AND d.classid = 'pg_proc'::regclass AND d.deptype = 'e') x)",
-            "(SELECT md5(string_agg(h, '' ORDER BY h)) FROM (SELECT md5(row(c.relname, c.relkind, "
-            "c.relacl::text, pg_get_userbyid(c.relowner), c.relrowsecurity, c.relforcerowsecurity, "
-            "c.reloptions::text, (SELECT array_agg(row(a.attname, format_type(a.atttypid, a.atttypmod), "
-            "a.attnotnull)::text ORDER BY a.attnum) FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid "
-            "AND a.attnum > 0 AND NOT a.attisdropped)::text, "
-            + _ATTACHED
-            + ")::text) AS h FROM pg_catalog.pg_depend d "
-            "JOIN pg_catalog.pg_class c ON c.oid = d.objid WHERE d.refclassid = 'pg_extension'::regclass "
-            "AND d.refobjid = e.oid AND d.classid = 'pg_class'::regclass AND d.deptype = 'e') x)",
-        )
-    }, NULL::oid
-        FROM pg_catalog.pg_extension e
-        JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace
-        WHERE e.extname <> 'plpgsql'""",
+    "extension": _extension(False),
     "type": f"""
         SELECT CASE ty.typtype WHEN 'e' THEN 'enum' WHEN 'd' THEN 'domain' ELSE 'type' END,
                'type:' || n.nspname || '.' || ty.typname, n.nspname, NULL::text,
@@ -187,20 +283,7 @@ GLOBAL_QUERIES: dict[str, str] = {
         )
     }, NULL::oid
         FROM pg_catalog.pg_publication p""",
-    "foreign_server": f"""
-        SELECT 'foreign_server', 'foreign_server:' || s.srvname, NULL::text, NULL::text,
-               {
-        row_sha256(
-            "s.srvtype",
-            "s.srvversion",
-            "s.srvoptions::text",
-            "pg_get_userbyid(s.srvowner)",
-            "(SELECT array_agg(um.umuser::text ORDER BY 1) FROM pg_catalog.pg_user_mapping um "
-            "WHERE um.umserver = s.oid)::text",
-        )
-    }, NULL::oid
-        FROM pg_catalog.pg_foreign_server s
-        WHERE {not_ext("pg_foreign_server", "s.oid")}""",
+    "foreign_server": _foreign_server(False),
     # Schema-level objects that belong to no table: out of scope unless the scope allows
     # their name (as for functions).
     "operator": f"""
@@ -341,54 +424,12 @@ GLOBAL_QUERIES: dict[str, str] = {
         )
     }, NULL::oid
         FROM pg_catalog.pg_database d WHERE d.datname = current_database()""",
-    # Built-in objects are not captured one by one, but granting on them (pg_read_file to
-    # PUBLIC, pg_authid to anyone) or adding objects to the system schemas changes what every
-    # role may do: one digest over all of it, which no scope can allow changing. Objects added
-    # to the system schemas are those with OIDs past the built-in range.
-    "builtin": f"""
-        WITH sys AS (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname IN ('pg_catalog', 'information_schema'))
-        SELECT 'builtin', 'builtin:privileges-and-additions', NULL::text, NULL::text,
-               {
-        row_sha256(
-            "(SELECT string_agg(c.oid::text || '=' || c.relacl::text, ',' ORDER BY c.oid) "
-            "FROM pg_catalog.pg_class c WHERE c.oid < 16384 AND c.relacl IS NOT NULL)",
-            "(SELECT string_agg(p.oid::text || '=' || p.proacl::text, ',' ORDER BY p.oid) "
-            "FROM pg_catalog.pg_proc p WHERE p.oid < 16384 AND p.proacl IS NOT NULL)",
-            "(SELECT string_agg(t.oid::text || '=' || t.typacl::text, ',' ORDER BY t.oid) "
-            "FROM pg_catalog.pg_type t WHERE t.oid < 16384 AND t.typacl IS NOT NULL)",
-            "(SELECT string_agg(n.oid::text || '=' || n.nspacl::text, ',' ORDER BY n.oid) "
-            "FROM pg_catalog.pg_namespace n WHERE n.oid < 16384 AND n.nspacl IS NOT NULL)",
-            "(SELECT string_agg(l.lanname || '=' || COALESCE(l.lanacl::text, '') || '/' "
-            "|| pg_get_userbyid(l.lanowner), ',' ORDER BY l.lanname) FROM pg_catalog.pg_language l)",
-            "(SELECT string_agg(x, ',' ORDER BY x) FROM ("
-            "SELECT 'r' || c.oid FROM pg_catalog.pg_class c "
-            "WHERE c.oid >= 16384 AND c.relnamespace IN (SELECT oid FROM sys) "
-            "UNION ALL SELECT 'p' || p.oid FROM pg_catalog.pg_proc p "
-            "WHERE p.oid >= 16384 AND p.pronamespace IN (SELECT oid FROM sys) "
-            "UNION ALL SELECT 't' || t.oid FROM pg_catalog.pg_type t "
-            "WHERE t.oid >= 16384 AND t.typnamespace IN (SELECT oid FROM sys)) added(x))",
-        )
-    }, NULL::oid""",
+    "builtin": _builtin(False),
     # What else of the cluster a migration could change: the other databases' settings,
     # privileges and limits, tablespaces, and replication slots and origins (a slot holds WAL
-    # for as long as it exists).
-    "cluster": f"""
-        SELECT 'cluster', 'cluster:databases-tablespaces-replication', NULL::text, NULL::text,
-               {
-        row_sha256(
-            "(SELECT string_agg(row(d.datname, pg_get_userbyid(d.datdba), d.datacl::text, d.datconnlimit, "
-            "d.datallowconn, d.datistemplate, shobj_description(d.oid, 'pg_database'), (SELECT array_agg("
-            "array_to_string(rs.setconfig, ',') ORDER BY 1) FROM pg_catalog.pg_db_role_setting rs "
-            "WHERE rs.setdatabase = d.oid AND rs.setrole = 0)::text)::text, ',' ORDER BY d.datname) "
-            "FROM pg_catalog.pg_database d)",
-            "(SELECT string_agg(row(t.spcname, pg_get_userbyid(t.spcowner), t.spcacl::text, t.spcoptions::text, "
-            "shobj_description(t.oid, 'pg_tablespace'))::text, ',' ORDER BY t.spcname) "
-            "FROM pg_catalog.pg_tablespace t)",
-            "(SELECT string_agg(row(s.slot_name, s.plugin, s.slot_type, s.database, s.temporary)::text, ',' "
-            "ORDER BY s.slot_name) FROM pg_catalog.pg_replication_slots s WHERE NOT s.temporary)",
-            "(SELECT string_agg(o.roname, ',' ORDER BY o.roname) FROM pg_catalog.pg_replication_origin o)",
-        )
-    }, NULL::oid""",
+    # for as long as it exists). One object each, so that a change is attributed to the
+    # catalog behind it (see ``attribution``).
+    "cluster": _CLUSTER,
     "cast": f"""
         SELECT 'cast', 'cast:' || c.castsource::regtype::text || '->' || c.casttarget::regtype::text, NULL::text,
                NULL::text, {row_sha256("c.castfunc::regprocedure::text", "c.castcontext", "c.castmethod")}, NULL::oid
@@ -457,4 +498,13 @@ CLUSTER_KINDS = {
     "access_method",
     "large_objects",
     "subscription",
+}
+
+# The kinds whose digests held per-database OIDs before they were named (see
+# ``catalog_sql.FIRST_USER_OID``), as those releases computed them, and the old cluster object.
+LEGACY_GLOBAL_QUERIES: dict[str, str] = {
+    "extension": _extension(True),
+    "foreign_server": _foreign_server(True),
+    "builtin": _builtin(True),
+    "cluster": _LEGACY_CLUSTER,
 }

@@ -58,3 +58,54 @@ def row_sha256(*exprs: str) -> str:
 def qident(name: str) -> str:
     """``name`` as a quoted SQL identifier."""
     return '"' + name.replace('"', '""') + '"'
+
+
+# -- per-database identity --------------------------------------------------------------
+#
+# OIDs of objects made after initdb (by a user or an extension) are handed out by a
+# cluster-wide counter: the same migration history gives them other values in another
+# database, or in a database built at another time. A digest holds none of them, so that the
+# same schema digests the same everywhere; where a catalog keeps such an OID, the digest
+# holds the object's name instead. Built-in OIDs are the same in every database of a server
+# version and stay as they are, so objects that refer to built-in objects only keep the
+# digests they had.
+
+FIRST_USER_OID = 16384
+_USER_OID = "(1[6-9][0-9]{3}|[2-9][0-9]{4}|[1-9][0-9]{5,})"  # a decimal number from 16384 up
+# reg* types store an OID and render it as a name: a constant of one holds an object's OID.
+_REG_TYPES = (
+    "24|1008|2202|2203|2204|2205|2206|2207|2208|2209|2210|2211|3734|3735|3769|3770|4089|4090|4096|4097|4191|4192"
+)
+
+
+def tree_has_user_oid(tree: str) -> str:
+    """SQL: the stored expression tree ``tree`` names an object by an OID that differs from
+    one database to the next: a field (other than a parse location) holding a number from
+    16384 up (a user's or an extension's type, function, operator, collation or enum type;
+    typmods of that size match too, which only costs a deparse), or a reg* constant."""
+    return (
+        f"({tree}::text ~ ':(?!location )[A-Za-z_]+ {_USER_OID}\\M' OR {tree}::text ~ ':consttype ({_REG_TYPES})\\M')"
+    )
+
+
+def vector_has_user_oid(vector: str) -> str:
+    """SQL: the oidvector or oid[] ``vector`` holds an OID from 16384 up."""
+    return f"({vector}::text ~ '\\m{_USER_OID}\\M')"
+
+
+def oid_names(vector: str, catalog: str, name: str, namespace: str) -> str:
+    """SQL: the objects of ``catalog`` an oidvector or oid[] names, as ``schema.name`` in the
+    vector's order (0, no object, stays 0)."""
+    return (
+        f"(SELECT string_agg(COALESCE((SELECT o.{namespace}::regnamespace::text || '.' || o.{name} "
+        f"FROM pg_catalog.{catalog} o WHERE o.oid = u.v), u.v::text), ' ' ORDER BY u.i) "
+        f"FROM unnest({vector}::oid[]) WITH ORDINALITY u(v, i))"
+    )
+
+
+def role_names(roles: str) -> str:
+    """SQL: an oid[] of roles (0 is PUBLIC) as their sorted names."""
+    return (
+        f"(SELECT array_agg(CASE WHEN r = 0 THEN 'public' ELSE pg_get_userbyid(r)::text END ORDER BY 1) "
+        f"FROM unnest({roles}) r)::text"
+    )

@@ -12,7 +12,7 @@ from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.evidence.diff import diff_objects
 from airflow_kfm_migrations.evidence.limits import limit_checks
-from airflow_kfm_migrations.stores.postgis.catalog_global import CLUSTER_KINDS
+from airflow_kfm_migrations.stores.postgis.attribution import global_finding, is_global
 from airflow_kfm_migrations.stores.postgis.catalog_sql import LEDGER_SCHEMA
 from airflow_kfm_migrations.stores.postgis.scope import PgScope
 
@@ -40,15 +40,9 @@ def evaluate(
         if c.kind == "constraint":
             constraint_delta += 1
         owner = c.table or _object_name(c.id, c.kind)
-        if c.kind in CLUSTER_KINDS or (c.schema_ is None and c.kind != "schema"):
-            findings.append(
-                Finding(
-                    code="cluster_object_changed",
-                    tier="hard_fail",
-                    object=c.id,
-                    message=f"{c.kind} {c.change}: database- and cluster-level objects are outside any scope",
-                )
-            )
+        if is_global(c.kind, c.schema_):
+            # Judged when the run's own transaction changed it, reported when another session did.
+            findings.append(global_finding(c, facts))
         elif scope.forbidden(c.schema_, c.table):
             findings.append(
                 Finding(

@@ -13,12 +13,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from airflow_kfm_migrations.contracts.models import Baseline, PostgisDeclaration, WriteCount
+from airflow_kfm_migrations.contracts.models import Baseline, Finding, PostgisDeclaration, WriteCount
 from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
 from airflow_kfm_migrations.errors import LockedError, RefusedError
 from airflow_kfm_migrations.evidence.diff import diff_objects
 from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord
-from airflow_kfm_migrations.stores.postgis import ledger, state
+from airflow_kfm_migrations.stores.postgis import attribution, ledger, legacy, state
 from airflow_kfm_migrations.stores.postgis.backfill import Engine
 from airflow_kfm_migrations.stores.postgis.backfill_checks import check_key
 from airflow_kfm_migrations.stores.postgis.capture import Captures
@@ -285,10 +285,27 @@ class PgSession:
     def rollback(self) -> ApplyOutcome:
         return self._run(self.bundle.by_role("rollback"))
 
+    def rollback_findings(self, pre: Baseline, post: Baseline) -> list[Finding]:
+        """A database- or cluster-level object the rollback's own transaction changed (any
+        that changed, for a non-transactional run): the rollback must not commit."""
+        with self.conn.cursor() as cur:
+            return attribution.rollback_findings(cur, diff_objects(pre, post), self.transactional)
+
+    def legacy_restored(
+        self, apply_pre: Baseline | None, post: Baseline, schema: str, protected: str
+    ) -> tuple[bool, bool]:
+        """Judged as the earlier release that recorded the fingerprints would (see ``legacy``)."""
+        with self.conn.cursor() as cur:
+            return legacy.restored(cur, apply_pre, post, schema, protected)
+
     def facts(self, pre: Baseline, post: Baseline) -> dict[str, Any]:
-        tables = sorted({f"{c.schema_}.{c.table}" for c in diff_objects(pre, post) if c.kind == "index" and c.table})
+        changes = diff_objects(pre, post)
+        tables = sorted({f"{c.schema_}.{c.table}" for c in changes if c.kind == "index" and c.table})
         rows: dict[str, int] = {}
         with self.conn.cursor() as cur:
+            # Who changed the database- and cluster-level objects that changed: this transaction or
+            # another session (read before anything else, in the run's transaction).
+            global_changes = attribution.attribute(cur, changes, self.transactional)
             for t in tables:
                 schema, _, name = t.partition(".")
                 cur.execute(
@@ -298,7 +315,7 @@ class PgSession:
                 )
                 row = cur.fetchone()
                 rows[t] = int(row[0]) if row else 0
-        return {"table_rows": rows}
+        return {"table_rows": rows, attribution.FACT: global_changes}
 
     def record(self, rec: LedgerRecord) -> None:
         import psycopg
