@@ -164,6 +164,8 @@ def test_killed_run_is_recovered_by_the_next_run(
     assert f"reindex task(s) {task['id']} cancelled" in line and "index(es) parcels_v2 it created deleted" in line
     assert "write block lifted from authority_sites_v1" in line and line.endswith("no alias was moved")
     assert any(f["code"] == "interrupted_run_recovered" and f["message"] == line for f in summary(out2)["findings"])
+    assert {"name": "recovery", "passed": True, "detail": line} in r["validation"]
+    assert f"recovered an interrupted run: {line}" in r["policy"]
     (rec,) = governance_docs(c, "recovery")
     assert rec["interrupted_run_id"] == dead and rec["run_id"] == r["run_id"] and rec["summary"] == line
     # Then it applied: a new parcels_v2 with every document, the alias flipped, one ledger entry.

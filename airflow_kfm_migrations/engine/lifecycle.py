@@ -46,6 +46,7 @@ def run_migration(bundle: Bundle, opts: RunOptions, store: Store | None = None) 
     try:
         with store.session(bundle, run.run_id) as s:
             run.check("lock", True)
+            note_recovery(run, s)
             return _locked(run, store, s)
     except LockedError as exc:
         run.check("lock", False, str(exc))
@@ -53,6 +54,14 @@ def run_migration(bundle: Bundle, opts: RunOptions, store: Store | None = None) 
     except RefusedError as exc:
         run.check("store", False, str(exc))
         return run.finish("failed", str(exc))
+
+
+def note_recovery(run: RunRecorder, s: StoreSession) -> None:
+    """A session that cleaned up after a run that died says so in this run's receipt."""
+    recovered = s.recovered()
+    if recovered:
+        run.check("recovery", True, recovered)
+        run.policy.append(f"recovered an interrupted run: {recovered}")
 
 
 def _static_plan(run: RunRecorder, store: Store) -> str | None:

@@ -31,6 +31,18 @@ class PlannedStatement:
     targets: tuple[str, ...]
     transactional: bool
     note: str | None = None
+    # Where the statement is written and what it says, for a reviewer (None: not known).
+    file: str | None = None  # display path of the script
+    line: int | None = None  # 1-based line where the statement starts
+    text: str | None = None  # the statement as written (comments before it left out)
+    lock: str | None = None  # the lock it takes and what that blocks, from the store's lock table
+
+    @property
+    def where(self) -> str | None:
+        """``file:line``, or None when the position is not known."""
+        if self.file is None:
+            return None
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
 
 
 @dataclass(frozen=True)
@@ -56,6 +68,10 @@ class Plan:
                     "targets": list(s.targets),
                     "transactional": s.transactional,
                     "note": s.note,
+                    "file": s.file,
+                    "line": s.line,
+                    "text": s.text,
+                    "lock": s.lock,
                 }
                 for s in self.statements
             ],
@@ -79,6 +95,7 @@ class LedgerRecord:
     post_scope_fingerprint: str
     applied_at: str = ""
     receipt_digest: str | None = None
+    actor: str | None = None  # who ran it (the receipt's actor); None in entries older than the field
 
 
 @dataclass
@@ -96,7 +113,6 @@ class ApplyOutcome:
 
 @runtime_checkable
 class StoreSession(Protocol):
-    actor: str | None = None  # who ran it (the receipt's actor); None in entries older than the field
     """Work done while holding the store's lock.
 
     Transactional sessions (PostgreSQL) keep one transaction open from the lock to
@@ -118,6 +134,11 @@ class StoreSession(Protocol):
         the store from ``pre`` to ``post``, beyond what the fingerprint comparison checks: for
         PostGIS, a database- or cluster-level object the script changed (the fingerprint it
         is compared by leaves those out, since other sessions change them too). [] when none."""
+        ...
+
+    def recovered(self) -> str | None:
+        """What this session cleaned up from a run that died holding the lock (a sentence for
+        the receipt), or None: most sessions recover nothing."""
         ...
 
     def set_receipt_digest(self, run_id: str, digest: str) -> None:
@@ -152,6 +173,16 @@ class Store(Protocol):
         """The ledger entry a run wrote, or None (read-only; verify's independent witness)."""
         ...
 
+    def ledger_entries(self, migration_id: str | None = None) -> list[LedgerRecord]:
+        """Every ledger entry (of ``migration_id``, or of all migrations), newest first; read
+        without locks or writes (``history``, ``status``, ``requires``). [] without a ledger."""
+        ...
+
+    def observe(self, bundle: Bundle) -> Baseline:
+        """A baseline of the committed state now, read without the lock and without writing
+        (``status`` compares its scope fingerprint with the ledger's, for drift)."""
+        ...
+
     def session(self, bundle: Bundle, run_id: str) -> AbstractContextManager[StoreSession]: ...
     def evaluate(
         self, bundle: Bundle, pre: Baseline, post: Baseline, writes: list[WriteCount], facts: dict[str, Any]
@@ -176,16 +207,6 @@ class BatchEvent:
     estimate: int | None  # keys this run expects to cover (None: unknown)
     elapsed_s: float
     final: bool = False
-
-    def ledger_entries(self, migration_id: str | None = None) -> list[LedgerRecord]:
-        """Every ledger entry (of ``migration_id``, or of all migrations), newest first; read
-        without locks or writes (``history``, ``status``, ``requires``). [] without a ledger."""
-        ...
-
-    def observe(self, bundle: Bundle) -> Baseline:
-        """A baseline of the committed state now, read without the lock and without writing
-        (``status`` compares its scope fingerprint with the ledger's, for drift)."""
-        ...
 
     @property
     def rate(self) -> float:
@@ -272,6 +293,16 @@ class LegacyFingerprints(Protocol):
 
 
 @runtime_checkable
+class RowEstimating(Protocol):
+    """Stores that can say, read-only, about how many rows a table holds (PostGIS: the
+    planner's statistics), for the reviewer's view of a plan."""
+
+    def estimated_rows(self, names: list[str]) -> dict[str, int | None]:
+        """``schema.table`` -> estimated rows (None: never analysed); absent: no such table."""
+        ...
+
+
+@runtime_checkable
 class LockBreaking(Protocol):
     """Kinds whose lock can outlive its holder (a document, a node): ``break-lock``."""
 
@@ -310,6 +341,15 @@ class GarbageCollecting(Protocol):
     def collect_garbage(self, now: datetime, *, dry_run: bool = False) -> list[GcDecision]: ...
 
 
+@runtime_checkable
+class ConnectionHolding(Protocol):
+    """Stores that can keep one connection for many runs (``migrate``, ``status``): inside
+    ``held()``, every session, ledger read and baseline of the store uses it, and each
+    session leaves it as a new one would find it."""
+
+    def held(self) -> AbstractContextManager[None]: ...
+
+
 def open_store(kind: str, conn_id: str, *, use_hook: bool = False, plan_only: bool = False) -> Store:
     """The store of ``kind`` (a KINDS entry), imported on first use so that a kind whose
     client libraries are not installed only fails the runs that need it."""
@@ -335,12 +375,3 @@ def open_store(kind: str, conn_id: str, *, use_hook: bool = False, plan_only: bo
 
 def iter_nonempty(items: list[str]) -> Iterator[str]:
     yield from (i for i in items if i)
-
-
-@runtime_checkable
-class ConnectionHolding(Protocol):
-    """Stores that can keep one connection for many runs (``migrate``, ``status``): inside
-    ``held()``, every session, ledger read and baseline of the store uses it, and each
-    session leaves it as a new one would find it."""
-
-    def held(self) -> AbstractContextManager[None]: ...

@@ -485,6 +485,9 @@ class GraphSession:
             lock.delete_inflight(self._write, self._inflight_key, self.run_id)
             self._inflight = False
 
+    def recovered(self) -> str | None:
+        return None  # a compensated interrupted run ends the session with a LockedError that says so
+
     def set_receipt_digest(self, run_id: str, digest: str) -> None:
         ledger.set_receipt_digest(self._write, run_id, digest)
 

@@ -18,7 +18,7 @@ from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
 from airflow_kfm_migrations.errors import LockedError, RefusedError
 from airflow_kfm_migrations.evidence.diff import diff_objects
 from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord
-from airflow_kfm_migrations.stores.postgis import attribution, ledger, legacy, state
+from airflow_kfm_migrations.stores.postgis import attribution, ledger, legacy, posture, reads, state
 from airflow_kfm_migrations.stores.postgis.backfill import Engine
 from airflow_kfm_migrations.stores.postgis.backfill_checks import check_key
 from airflow_kfm_migrations.stores.postgis.capture import Captures
@@ -34,6 +34,7 @@ from airflow_kfm_migrations.stores.postgis.catalog import (
 from airflow_kfm_migrations.stores.postgis.catalog_sql import LEDGER_SCHEMA
 from airflow_kfm_migrations.stores.postgis.client import Connect, advisory_key, db_error
 from airflow_kfm_migrations.stores.postgis.plan import plan_sql
+from airflow_kfm_migrations.stores.postgis.procedural import INVALID_TRANSACTION_TERMINATION, RUNTIME_REFUSAL
 
 
 @contextmanager
@@ -157,6 +158,13 @@ class PgSession:
         "current_setting('track_counts')"
     )
 
+    # Policy-enforcement facts and the transaction's table scans, right before and after the
+    # script (``posture``, ``reads``): the baselines' own reads of guarded tables fall outside.
+    _posture0: posture.Snapshot | None = None
+    _guarded: list[int] = []
+    _scans0: dict[str, int] | None = None
+    _scanned: dict[str, int] | None = None
+
     def _snapshot(self) -> None:
         with self.conn.cursor() as cur:
             cur.execute(self._SESSION_STATE)
@@ -166,6 +174,10 @@ class PgSession:
                 cur.execute("SELECT pg_stat_clear_snapshot()")
             self._stat0 = self._stats(cur)
             self._files0 = self._filenodes(cur)
+            self._posture0 = posture.snapshot(cur)
+            # Shared counters (transactional: false) hold every session's scans: none are judged.
+            self._guarded = reads.guarded_tables(self.decl, self._files0)
+            self._scans0 = reads.scans(cur, self._guarded) if self.transactional else None
 
     def _writes(self) -> list[WriteCount]:
         with self.conn.cursor() as cur:
@@ -175,6 +187,8 @@ class PgSession:
                 cur.execute("SELECT pg_stat_clear_snapshot()")
             now = self._stats(cur)
             files = self._filenodes(cur)
+            if self._scans0 is not None:
+                self._scanned = reads.scans_delta(self._scans0, reads.scans(cur, self._guarded))
         rewritten = {name for o, (fn, name) in files.items() if o in self._files0 and self._files0[o][0] != fn}
         out = []
         for table in sorted(set(now) | rewritten):
@@ -251,7 +265,10 @@ class PgSession:
                     with self.conn.cursor() as cur, self._watchdog():
                         cur.execute(text.encode(), prepare=False)
         except psycopg.Error as exc:
-            return ApplyOutcome(ok=False, error=f"statement {n} of {art.rel}: {db_error(exc)}", statements_run=n - 1)
+            error = f"statement {n} of {art.rel}: {db_error(exc)}"
+            if getattr(exc, "sqlstate", None) == INVALID_TRANSACTION_TERMINATION:
+                error += f": {RUNTIME_REFUSAL}"  # COMMIT in a procedure or DO block the plan could not read
+            return ApplyOutcome(ok=False, error=error, statements_run=n - 1)
         try:
             with self.conn.cursor() as cur:
                 if self.transactional:
@@ -306,6 +323,7 @@ class PgSession:
             # Who changed the database- and cluster-level objects that changed: this transaction or
             # another session (read before anything else, in the run's transaction).
             global_changes = attribution.attribute(cur, changes, self.transactional)
+            renamed = self._renamed_tables(cur, changes)
             for t in tables:
                 schema, _, name = t.partition(".")
                 cur.execute(
@@ -315,7 +333,25 @@ class PgSession:
                 )
                 row = cur.fetchone()
                 rows[t] = int(row[0]) if row else 0
-        return {"table_rows": rows, attribution.FACT: global_changes}
+            enforcement = (
+                posture.collect(cur, self._posture0, pre, post, self._scanned) if self._posture0 is not None else None
+            )
+        return {"table_rows": rows, "tables_renamed": renamed, "posture": enforcement, attribution.FACT: global_changes}
+
+    def _renamed_tables(self, cur: Any, changes: list[Any]) -> dict[str, str]:
+        """Tables gone from the diff under their old name whose storage (by OID, as the script
+        found it) is still there: renamed or moved, not dropped. ``old name -> new name``."""
+        gone = [f"{c.schema_}.{c.table}" for c in changes if c.kind == "table" and c.change == "removed"]
+        oids = {name: oid for oid, (_fn, name) in self._files0.items()}
+        known = {oids[t]: t for t in gone if t in oids}
+        if not known:
+            return {}
+        cur.execute(
+            "SELECT c.oid, n.nspname || '.' || c.relname FROM pg_catalog.pg_class c "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = ANY(%s::oid[])",
+            (sorted(known),),
+        )
+        return {known[oid]: name for oid, name in cur.fetchall()}
 
     def record(self, rec: LedgerRecord) -> None:
         import psycopg
@@ -364,6 +400,9 @@ class PgSession:
         except psycopg.Error as exc:
             checks.append(("verify_columns", False, db_error(exc)))
         return checks
+
+    def recovered(self) -> str | None:
+        return None  # a killed run's transaction was rolled back by the server: nothing to recover
 
     def set_receipt_digest(self, run_id: str, digest: str) -> None:
         """After the receipt is written (outside the migration's transaction)."""

@@ -78,7 +78,7 @@ class SearchSession:
         self._blocked: dict[str, str | None] = {}  # write-blocked by this run -> the value before
         self._guarded0: dict[str, list[Any]] | None = None  # guarded write counters at the apply's start
         self._foreign: dict[str, str] = {}  # guarded indices written during the run
-        self.recovered: inflight.Recovery | None = None  # a killed run this session recovered
+        self.recovery: inflight.Recovery | None = None  # a killed run this session recovered
 
     @property
     def client(self) -> SearchClient:
@@ -101,8 +101,8 @@ class SearchSession:
             return
         took = self.lock.took_over
         why = f"its lock was taken over: {took['why']}" if took else "its lock was gone (released or broken)"
-        self.recovered = inflight.recover(self.client, rec, run_id=self.run_id, took_over=why)
-        self._facts["recovered"] = self.recovered.line()
+        self.recovery = inflight.recover(self.client, rec, run_id=self.run_id, took_over=why)
+        self._facts["recovered"] = self.recovery.line()
 
     def close(self) -> None:
         """Session exit: undo an apply that was neither committed nor aborted, lift the write
@@ -173,6 +173,9 @@ class SearchSession:
             governance.write_entry(self.client, rec, extra)
         self._records = []
 
+    def recovered(self) -> str | None:
+        return self.recovery.line() if self.recovery is not None else None
+
     def set_receipt_digest(self, run_id: str, digest: str) -> None:
         governance.set_receipt_digest(self.client, self.decl.migration_id, run_id, digest)
 
@@ -185,7 +188,8 @@ class SearchSession:
         return json.loads(json.dumps(self._facts))
 
     def rollback_findings(self, pre: Baseline, post: Baseline) -> list[Finding]:
-        return []  # no object of an index store is shared with other tenants: the fingerprints say it all
+        """Nothing beyond the fingerprints: a search rollback changes no cluster-level object."""
+        return []
 
     # -- apply / rollback -----------------------------------------------------
 
@@ -367,8 +371,8 @@ class SearchSession:
         out: dict[str, int | float | str] = {}
         if self._blocked:
             out["write_blocked_indices"] = ",".join(sorted(self._blocked))
-        if self.recovered is not None:
-            out["recovered_interrupted_run"] = self.recovered.line()
+        if self.recovery is not None:
+            out["recovered_interrupted_run"] = self.recovery.line()
         return out
 
     def _additive(self, index: str, properties: dict[str, Any]) -> str | None:
