@@ -177,13 +177,24 @@ def time_psql(forwards: list[Path]) -> float:
         drop_db(db)
 
 
-def time_migrate(template: Path, work: Path, count: int) -> float:
+def python_env(work: Path, bytecode: bool) -> dict[str, str]:
+    """The environment of a ``kfm-migrations`` process. With ``bytecode`` its modules' bytecode
+    is cached (in WORK/pycache, not in the repository), as a pip-installed package's is; a
+    shell with PYTHONDONTWRITEBYTECODE=1 otherwise compiles every module in every process."""
+    env = dict(os.environ)
+    if bytecode:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    return env
+
+
+def time_migrate(template: Path, work: Path, count: int, bytecode: bool) -> float:
     db = fresh_db()
     root = work / f"root-{uuid.uuid4().hex[:8]}"
     shutil.copytree(template, root)
     conn_id = "kfm_bench_history"
     env = {
-        **os.environ,
+        **python_env(work, bytecode),
         f"AIRFLOW_CONN_{conn_id.upper()}": f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{PORT}/{db}",
         "KFM_CAPTURE_CACHE": str(work / "capture-cache"),
         "KFM_ACTOR": "bench",
@@ -212,17 +223,23 @@ def main() -> int:
     ap.add_argument("--count", type=int, default=60)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="generate the migrations root here (kept) instead of a temporary folder")
+    ap.add_argument(
+        "--no-bytecode-cache", action="store_true", help="run kfm-migrations without a bytecode cache (as the shell is)"
+    )
     args = ap.parse_args()
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kfm-history-bench-"))
     template = work / "template"
     if template.exists():
         shutil.rmtree(template)
     forwards = generate(template, args.count)
+    bytecode = not args.no_bytecode_cache
+    if bytecode:  # fill the bytecode cache once, as installing the package does
+        subprocess.run([KFM, "--help"], env=python_env(work, True), capture_output=True, check=False)
     psql_times, migrate_times = [], []
     try:
         for i in range(args.repeat):
             psql_times.append(time_psql(forwards))
-            migrate_times.append(time_migrate(template, work, args.count))
+            migrate_times.append(time_migrate(template, work, args.count, bytecode))
             print(f"round {i + 1}: psql {psql_times[-1]:.2f} s, migrate {migrate_times[-1]:.2f} s", flush=True)
     finally:
         if not args.keep:

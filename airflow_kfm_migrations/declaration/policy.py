@@ -21,7 +21,7 @@ from airflow_kfm_migrations.contracts.models import (
 from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, OUTPUT_DIRS, Bundle, display
 from airflow_kfm_migrations.errors import InputError, PolicyError
-from airflow_kfm_migrations.util.secret_scan import scan_file, scan_text
+from airflow_kfm_migrations.util.secret_scan import SecretFinding, scan_files, scan_text
 
 _COMMENT_PATTERNS = {
     ".sql": re.compile(r"--[^\n]*|/\*.*?\*/", re.S),
@@ -183,20 +183,26 @@ def check_bundle(bundle: Bundle) -> list[InputError]:
 
     # Secrets in any file of the bundle. Run outputs (digest-heavy JSON the tool wrote and
     # scanned on write) get our DSN/private-key rules only: entropy detectors flag sha256s.
+    walked: list[tuple[Path, bool]] = []
     for dirpath, _dirs, files in os.walk(bundle.root):
         for name in sorted(files):
             p = Path(dirpath) / name
             if p.is_symlink() or not p.is_file():
                 continue
-            is_output = p.relative_to(bundle.root).parts[0] in OUTPUT_DIRS
-            if is_output:
-                try:
-                    text = p.read_text(encoding="utf-8")
-                except (OSError, UnicodeDecodeError):
-                    text = ""
-                found = scan_text(text, display(p))
-            else:
-                found = scan_file(p, display(p))
-            for finding in found:
-                problems.append(PolicyError(finding.file, f"line {finding.line}", finding.message()))
+            walked.append((p, p.relative_to(bundle.root).parts[0] in OUTPUT_DIRS))
+    # The inputs in one detect-secrets session; a file scanned before, unchanged, is not scanned again.
+    by_file: dict[str, list[SecretFinding]] = {}
+    for finding in scan_files([(p, display(p)) for p, is_output in walked if not is_output]):
+        by_file.setdefault(finding.file, []).append(finding)
+    for p, is_output in walked:
+        if is_output:
+            try:
+                text = p.read_text(encoding="utf-8")
+            except (OSError, UnicodeDecodeError):
+                text = ""
+            found = scan_text(text, display(p))
+        else:
+            found = by_file.get(display(p), [])
+        for finding in found:
+            problems.append(PolicyError(finding.file, f"line {finding.line}", finding.message()))
     return problems

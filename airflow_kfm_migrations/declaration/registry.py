@@ -30,7 +30,7 @@ from airflow_kfm_migrations.declaration.bundle import (
 )
 from airflow_kfm_migrations.errors import InputError, PolicyError, RefusedError
 from airflow_kfm_migrations.stores.kinds import ALL_TYPES, KINDS, TYPE_PREFIX, kinds_with
-from airflow_kfm_migrations.util.digest import write_bytes_atomic
+from airflow_kfm_migrations.util.digest import sha256_bytes, write_bytes_atomic
 
 REGISTRY_REL = CONFIG_REGISTRY_REL  # where a migrations root keeps its registry
 MAX_REGISTRY_BYTES = 16 * 1024 * 1024
@@ -92,8 +92,20 @@ def load_registry(path: Path) -> Registry:
     try:
         data = load_json_strict(path)
     except InputError as exc:
+# Registries this process parsed, by path and the sha256 of their bytes: a series of runs
+# (``migrate``) reads the registry once per run, and only a changed file is parsed again.
+_PARSED: dict[tuple[str, str], Registry] = {}
+
+
         raise InvalidInput([exc]) from None
-    return parse_registry(data, display(path))
+    reg = parse_registry(data, display(path))
+    if len(_PARSED) >= 64:
+        _PARSED.clear()
+    _PARSED[key] = reg
+    return reg
+        key = (str(path.resolve()), sha256_bytes(read_text_capped(path, MAX_REGISTRY_BYTES).encode()))
+        if key in _PARSED:
+            return _PARSED[key]
 
 
 def check_entries(reg: Registry, label: str) -> list[InputError]:

@@ -68,7 +68,7 @@ def problems(migrations: Mapping[str, Declared], known: set[str], only: set[str]
             continue
         first = migrations[cycle[0]]
         out.append(PolicyError(first.file, "requires", f"cycle: {' -> '.join([*cycle, cycle[0]])}"))
-    return out
+    return sorted(out, key=lambda p: p.file)  # by declaration (stable: each one's lines in field order)
 
 
 def _edges(migrations: Mapping[str, Declared]) -> dict[str, list[str]]:

@@ -6,14 +6,15 @@ from airflow_kfm_migrations.operators.base import MigrationOperator
 
 
 class PreflightOperator(MigrationOperator):
-    """Checks that write nothing: declaration, policy, registry status/approvals, static plan."""
+    """Checks that write nothing: declaration, policy, registry status/approvals, static plan,
+    and the declaration's ``requires``, each applied in the target store (read from its ledger)."""
 
     ui_color = "#e8f4fd"
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow.sdk.exceptions import AirflowFailException
 
-        from airflow_kfm_migrations.engine.preflight import preflight
+        from airflow_kfm_migrations.engine.preflight import preflight, requirements_check
         from airflow_kfm_migrations.engine.run import RunRecorder
         from airflow_kfm_migrations.errors import KfmError
         from airflow_kfm_migrations.operators.common import table
@@ -35,6 +36,10 @@ class PreflightOperator(MigrationOperator):
                 )
                 hard = [f for f in plan.findings if f.tier == "hard_fail"]
                 reason = f"static plan refused: {hard[0].message}" if hard else None
+            if reason is None and getattr(bundle.declaration, "requires", None):
+                # The one check that reads the store (its ledger, without locks or writes).
+                store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+                reason = requirements_check(run, store)
         except KfmError as exc:
             raise AirflowFailException(f"preflight refused {self.migration_id}: {exc}") from None
         if reason:

@@ -39,31 +39,63 @@ def _own_rules(text: str, file: str) -> list[SecretFinding]:
     return found
 
 
+# What earlier scans of this process found, by (label, sha256 of the bytes scanned): a file
+# is scanned again only when its content changed (``migrate`` and ``status`` see each bundle
+# more than once; a long-lived worker sees the same bundles run after run).
+_SCANNED: dict[tuple[str, str], tuple[SecretFinding, ...]] = {}
+_SCANNED_MAX = 4096
+
+
 def scan_file(path: Path, label: str | None = None) -> list[SecretFinding]:
     """Scan one file; binary or non-UTF-8 files are scanned by detect-secrets only."""
+    return scan_files([(path, label or str(path))])
+
+
+def scan_files(files: list[tuple[Path, str]]) -> list[SecretFinding]:
+    """Scan files (path, label), in one detect-secrets session (its settings and plugins set
+    up once, not once per file); a file whose content an earlier scan saw is not scanned again."""
+    import hashlib
+
+    out: list[SecretFinding] = []
+    todo: list[tuple[Path, str, tuple[str, str], bytes]] = []
+    for path, label in files:
+        try:
+            data = path.read_bytes()
+        except OSError:
+            data = b""
+        key = (label, hashlib.sha256(data).hexdigest())
+        if key in _SCANNED:
+            out.extend(_SCANNED[key])
+        else:
+            todo.append((path, label, key, data))
+    if not todo:
+        return out
     from detect_secrets import SecretsCollection
     from detect_secrets.settings import default_settings
 
-    label = label or str(path)
-    found: list[SecretFinding] = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (UnicodeDecodeError, OSError):
-        text = ""
-    found.extend(_own_rules(text, label))
     with default_settings():
-        collection = SecretsCollection()
-        collection.scan_file(str(path))
-        for filename in collection.files:
-            for secret in collection[filename]:
-                found.append(SecretFinding(label, secret.line_number or 0, secret.type))
-    seen: set[tuple[int, str]] = set()
-    unique = []
-    for f in sorted(found, key=lambda f: (f.line, f.kind)):
-        if (f.line, f.kind) not in seen:
-            seen.add((f.line, f.kind))
-            unique.append(f)
-    return unique
+        for path, label, key, data in todo:
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                text = ""
+            found = _own_rules(text, label)
+            collection = SecretsCollection()
+            collection.scan_file(str(path))
+            for filename in collection.files:
+                for secret in collection[filename]:
+                    found.append(SecretFinding(label, secret.line_number or 0, secret.type))
+            seen: set[tuple[int, str]] = set()
+            unique = []
+            for f in sorted(found, key=lambda f: (f.line, f.kind)):
+                if (f.line, f.kind) not in seen:
+                    seen.add((f.line, f.kind))
+                    unique.append(f)
+            if len(_SCANNED) >= _SCANNED_MAX:
+                _SCANNED.clear()
+            _SCANNED[key] = tuple(unique)
+            out.extend(unique)
+    return out
 
 
 def scan_text(text: str, label: str = "<text>") -> list[SecretFinding]:
