@@ -27,7 +27,10 @@ def test_record_transition_appends_and_refuses_illegal_moves(root: Path) -> None
     entry = record_transition(reg, "PG-MIG-2026-02-28-01", "executed_dev", actor="ci", ref="run 1",
                               receipt_digest="a" * 64)
     assert entry.status == "executed_dev" and entry.events[-1].receipt_digest == "a" * 64
-    with pytest.raises(RefusedError, match="illegal registry transition executed_dev -> executed_prod"):
+    with pytest.raises(RefusedError, match="illegal registry transition executed_dev -> merged"):
+        record_transition(reg, "PG-MIG-2026-02-28-01", "merged", actor="ci", ref="x")
+    # Straight to prod only with an approval covering skip:executed_stage (checked by the caller).
+    with pytest.raises(RefusedError, match="no executed_stage event since its last rollback"):
         record_transition(reg, "PG-MIG-2026-02-28-01", "executed_prod", actor="ci", ref="x")
     assert load_registry(reg).migrations[0].status == "executed_dev"
     assert main(["validate", str(root)]) == 0
@@ -58,6 +61,18 @@ def test_new_scaffolds_the_next_free_id_and_it_validates(root: Path, capsys: pyt
     assert len(new) == 4
     pg = sorted(e.migration_id for e in new if e.type == "postgis")
     assert pg[0].endswith("-01") and pg[1].endswith("-02")
+    # validate plans every bundle: a search scaffold lists no action yet, and its plan refuses
+    # that until the forward says what to do; the others validate as scaffolded.
+    capsys.readouterr()
+    assert main(["validate", str(root)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.endswith("forward.json: actions: must be a non-empty list")
+    search = next(e for e in new if e.type == "search")
+    (root / search.path / "forward.json").write_text(
+        '{"actions": [{"create_index": {"index": "demo_v1"}}]}')
+    (root / search.path / "rollback.json").write_text('{"actions": [{"delete_index": {"index": "demo_v1"}}]}')
+    decl = root / search.path / "migration.yml"
+    decl.write_text(decl.read_text().replace("allowed_index_patterns: []", "allowed_index_patterns:\n  - demo_*"))
     assert main(["validate", str(root)]) == 0
 
 

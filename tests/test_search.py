@@ -595,7 +595,6 @@ BAD_FILES = {
         "actions[0].put_mapping.mappings",
     ),
     "duplicate key": ('{"actions": [{"delete_index": {"index": "a", "index": "b"}}]}', "-"),
-    "bad json": ('{"actions": [', "line 1"),
     "script lang": (
         '{"actions": [{"reindex": {"source": "a", "dest": "b", "script": {"source": "x", "lang": "expr"}}}]}',
         "actions[0].reindex.script.lang",

@@ -1,14 +1,22 @@
-"""``kfm-migrations validate``: bundles, type folders, the migrations root, fixtures."""
+"""``kfm-migrations validate``: bundles, type folders, the migrations root, fixtures.
+
+Each bundle is also planned statically, as ``plan`` would (planning never connects), so CI
+catches a script that does not parse (``file:line:column``) and one that targets forbidden,
+protected or out-of-scope objects (the plan's hard failures) before anyone runs it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from airflow_kfm_migrations.contracts.models import Registry
 from airflow_kfm_migrations.declaration import requires
-from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, display, load_bundle
+from airflow_kfm_migrations.declaration.approvals import approval_covers
+from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, Bundle, display, load_bundle
 from airflow_kfm_migrations.declaration.registry import (
     REGISTRY_REL,
+    SKIP_STAGE,
     check_against_base,
     check_coverage,
     check_entries,
@@ -16,7 +24,9 @@ from airflow_kfm_migrations.declaration.registry import (
     load_registry,
 )
 from airflow_kfm_migrations.engine.preflight import bundle_problems
-from airflow_kfm_migrations.errors import InputError, InvalidInput
+from airflow_kfm_migrations.errors import InputError, InvalidInput, KfmError, PolicyError
+from airflow_kfm_migrations.stores.base import open_store
+from airflow_kfm_migrations.stores.kinds import KINDS
 
 FIXTURE_EXPECTED = "expected.txt"
 
@@ -53,10 +63,31 @@ def validate_bundle(path: Path, *, check_requires: bool = True) -> Result:
         return res
     res.migration_id = bundle.migration_id
     res.digest = bundle.digest
-    res.problems = bundle_problems(bundle)
+    res.problems = bundle_problems(bundle) + plan_problems(bundle)
     if check_requires:
         res.problems += requires.bundle_problems(bundle)
     return res
+
+
+def plan_problems(bundle: Bundle) -> list[InputError]:
+    """The static plan's refusals: a script that does not parse (exit 2), and each hard
+    failure of the plan (exit 1), as ``<bundle>: plan.<code>: <message>``."""
+    if bundle.type not in KINDS:
+        return []  # a declared-only type has no runner, and no plan
+    try:
+        plan = open_store(bundle.type, "-", plan_only=True).plan(bundle)
+    except InvalidInput as exc:
+        return list(exc.problems)
+    except InputError as exc:
+        return [exc]
+    except KfmError as exc:
+        return [PolicyError(display(bundle.root), "plan", str(exc))]
+    out: list[InputError] = []
+    for f in plan.findings:
+        if f.tier == "hard_fail":
+            where = "" if not f.object or f.object in f.message else f" ({f.object})"
+            out.append(PolicyError(display(bundle.root), f"plan.{f.code}", f.message + where))
+    return out
 
 
 def validate_registry_file(path: Path) -> Result:
@@ -78,6 +109,7 @@ def validate_root(root: Path, base: str | None) -> list[Result]:
     if reg_res.ok:
         reg = load_registry(reg_path)
         reg_res.problems.extend(check_coverage(reg, root, display(reg_path)))
+        reg_res.problems.extend(check_promotions(reg, root, display(reg_path)))
     if base:
         try:
             reg_res.problems.extend(check_against_base(root, base))
@@ -94,6 +126,36 @@ def validate_root(root: Path, base: str | None) -> list[Result]:
     if fixtures.is_dir():
         results.extend(validate_fixtures(fixtures))
     return results
+
+
+def check_promotions(reg: Registry, root: Path, label: str) -> list[InputError]:
+    """Each ``executed_prod`` event follows an ``executed_stage`` one since the last
+    rollback, or the bundle's declaration records an approval covering ``skip:executed_stage``."""
+    problems: list[InputError] = []
+    for i, entry in enumerate(reg.migrations):
+        staged = False
+        for j, ev in enumerate(entry.events):
+            if ev.status == "rolled_back":
+                staged = False
+            elif ev.status == "executed_stage":
+                staged = True
+            elif ev.status == "executed_prod" and not staged and not _skip_approved(root / entry.path):
+                problems.append(
+                    PolicyError(
+                        label,
+                        f"migrations.{i}.events.{j}.status",
+                        "executed_prod without an executed_stage event since the last rollback, and the "
+                        f"declaration records no approval covering '{SKIP_STAGE}'",
+                    )
+                )
+    return problems
+
+
+def _skip_approved(folder: Path) -> bool:
+    try:
+        return approval_covers(load_bundle(folder).declaration, SKIP_STAGE) is not None
+    except KfmError:
+        return False
 
 
 def _fixture_target(case: Path) -> Path | None:

@@ -4,7 +4,7 @@ and, given a connection, the store's ledger as an independent witness."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import ValidationError
@@ -50,9 +50,48 @@ def _inside(root: Path, rel: str, receipt: Path) -> Path:
     return f
 
 
-def verify(target: Path) -> list[str]:
-    """Recompute every digest; raise VerifyMismatch naming the first mismatching artifact."""
-    path = target / RECEIPT if target.is_dir() else target
+def receipt_file(target: Path) -> Path:
+    """The receipt a ``verify`` target names: the file, or the artifacts folder's latest."""
+    return target / RECEIPT if target.is_dir() else target
+
+
+def bundle_dir_of(path: Path, doc: dict[str, Any], bundle: Path | None = None) -> Path:
+    """The bundle folder a receipt's inputs are read from.
+
+    ``bundle`` (``--bundle PATH``) wins. Otherwise the receipt's ``bundle_path`` says where:
+    ``<type>/<id>``, relative to the migrations root (this release), found as the artifacts
+    folder itself (the default), or under a folder above it or under the working directory
+    (each also as ``<folder>/migrations``); or, in receipts of earlier releases, a path
+    relative to the artifacts folder (``.``, ``../../migrations/postgis/<id>``)."""
+    if bundle is not None:
+        return bundle
+    rel = str(doc["bundle_path"])
+    artifacts_dir = artifacts_dir_of(path)
+    pure = PurePosixPath(rel)
+    candidates: list[Path] = []
+    if not pure.is_absolute() and ".." not in pure.parts and pure.parts:
+        here = artifacts_dir.resolve()
+        if here.parts[-len(pure.parts) :] == pure.parts:
+            candidates.append(artifacts_dir)
+        for base in [*here.parents, Path.cwd()]:
+            candidates += [base / rel, base / "migrations" / rel]
+    candidates.append(artifacts_dir / rel)  # the earlier form, relative to the artifacts folder
+    found = next((c for c in candidates if (c / DECLARATION_FILE).is_file()), None)
+    if found is None:
+        found = next((c for c in candidates if c.is_dir()), None)
+    if found is None:
+        raise VerifyMismatch(
+            f"cannot find the bundle {rel} of this receipt (looked at the artifacts folder, above it and under "
+            "the working directory); pass --bundle PATH",
+            file=display(path),
+        )
+    return found
+
+
+def verify(target: Path, *, bundle: Path | None = None) -> list[str]:
+    """Recompute every digest; raise VerifyMismatch naming the first mismatching artifact.
+    ``bundle``: the bundle folder, when it is not where the receipt's ``bundle_path`` says."""
+    path = receipt_file(target)
     artifacts_dir = artifacts_dir_of(path)
     doc = load_receipt(path)
     checked: list[str] = []
@@ -62,7 +101,7 @@ def verify(target: Path) -> list[str]:
     if not stored.is_file() or stored.read_bytes() != path.read_bytes():
         raise VerifyMismatch("the receipt is not the one kept in its content-addressed history", file=display(path))
     checked.append(f"receipt {doc['receipt_digest'][:12]}")
-    bundle_dir = (artifacts_dir / doc["bundle_path"]).resolve()
+    bundle_dir = bundle_dir_of(path, doc, bundle).resolve()
     manifest_artifacts = {}
     for ref in doc["inputs"]:
         f = _inside(bundle_dir, ref["path"], path)

@@ -14,9 +14,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from airflow_kfm_migrations import __version__
 from airflow_kfm_migrations.cli.admin import register as register_admin
 from airflow_kfm_migrations.cli.common import console, default_actor, load_bundle_arg, report, run_options
 from airflow_kfm_migrations.cli.ops import register as register_ops
+from airflow_kfm_migrations.cli.review import plan_table, print_wide, validate_tables
 from airflow_kfm_migrations.errors import InputError, KfmError
 from airflow_kfm_migrations.stores.kinds import KINDS
 from airflow_kfm_migrations.util.secret_scan import redact
@@ -55,15 +57,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         for p in r.problems:
             sys.stderr.write(redact(p.line()) + "\n")
     if len(results) > 1 or args.table:
-        from rich.table import Table
-
-        table = Table(title="kfm-migrations validate", show_lines=False)
-        for col in ("target", "kind", "id", "result", "detail"):
-            table.add_column(col)
-        for r in results:
-            detail = r.note or (f"{len(r.problems)} problem(s)" if r.problems else (r.digest or "")[:16])
-            table.add_row(r.target, r.kind, r.migration_id or "", "[green]pass[/]" if r.ok else "[red]FAIL[/]", detail)
-        console().print(table)
+        for table in validate_tables(results):
+            print_wide(table)
     elif results and results[0].ok:
         r = results[0]
         print(f"ok: {r.target}" + (f" ({r.migration_id}, bundle sha256 {r.digest})" if r.migration_id else ""))
@@ -81,6 +76,16 @@ def cmd_new(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from airflow_kfm_migrations.app.init import init_root
+
+    root = Path(args.root)
+    init_root(root)
+    print(f"created the migrations root {root} (empty registry {root / 'registry' / 'migrations.v1.json'})")
+    print(f"next: kfm-migrations new --root {root} --type postgis --intent '...'")
+    return 0
+
+
 # ---------------------------------------------------------------- plan / run
 
 
@@ -92,23 +97,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     plan = store.plan(bundle)
     if args.format == "json":
         print(json.dumps(plan.as_json(), indent=2))
-    else:
-        from rich.table import Table
+    elif args.format == "markdown":
+        from airflow_kfm_migrations.app.plan_report import estimate_rows, plan_markdown
 
-        table = Table(title=f"plan {bundle.migration_id} ({bundle.type})")
-        for col in ("#", "kind", "statement", "targets", "in txn", "note"):
-            table.add_column(col)
-        for st in plan.statements:
-            table.add_row(
-                str(st.index),
-                st.kind,
-                st.statement,
-                "\n".join(st.targets),
-                "yes" if st.transactional else "NO",
-                st.note or "",
-            )
+        # Only the row estimates connect, read-only, and only with --conn-id.
+        estimates = estimate_rows(bundle, plan, args.conn_id) if args.conn_id else None
+        print(redact(plan_markdown(bundle, plan, estimates=estimates, conn_id=args.conn_id)))
+    else:
+        print_wide(plan_table(plan))
         con = console()
-        con.print(table)
         for f in plan.findings:
             con.print(f"{f.tier}: {f.code} {f.object or ''}: {f.message}")
         con.print("plan: " + ("[red]REFUSED[/]" if plan.refused else "[green]ok[/]"))
@@ -191,7 +188,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from airflow_kfm_migrations.app.verify import verify
 
-    checked = verify(Path(args.target))
+    checked = verify(Path(args.target), bundle=Path(args.bundle) if args.bundle else None)
     print(f"verified: {len(checked)} digests match ({', '.join(checked[:4])}{', ...' if len(checked) > 4 else ''})")
     if args.conn_id:
         from airflow_kfm_migrations.app.verify import verify_against_ledger
@@ -201,24 +198,24 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_record(args: argparse.Namespace) -> int:
-    from airflow_kfm_migrations.app.verify import verify
-    from airflow_kfm_migrations.declaration.registry import record_transition
+    from airflow_kfm_migrations.app.promote import promote
 
-    digest = None
-    if args.receipt:
-        verify(Path(args.receipt))
-        target = Path(args.receipt)
-        doc = json.loads(((target / "receipts/run_receipt.json") if target.is_dir() else target).read_text())
-        digest = doc["receipt_digest"]
-    entry = record_transition(
+    done = promote(
         Path(args.registry),
         args.migration_id,
         args.status,
         actor=default_actor(),
         ref=args.ref,
-        receipt_digest=digest,
+        receipt=Path(args.receipt) if args.receipt else None,
+        bundle=Path(args.bundle) if args.bundle else None,
+        conn_id=args.conn_id,
         superseded_by=args.superseded_by,
     )
+    if done.ledger:
+        print(done.ledger)
+    if done.stage_skipped_by:
+        print(f"stage skipped: approved by {done.stage_skipped_by}")
+    entry = done.entry
     print(f"{entry.migration_id}: {entry.status} ({len(entry.events)} events)")
     return 0
 
@@ -228,7 +225,12 @@ def cmd_record(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kfm-migrations", description="Governed, reversible migrations for PostGIS, search and graph")
+    p.add_argument("--version", action="version", version=f"kfm-migrations {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    it = sub.add_parser("init", help="create a migrations root: an empty registry, its schemas, the type folders")
+    it.add_argument("root", nargs="?", default="migrations", help="the folder (default: migrations)")
+    it.set_defaults(func=cmd_init)
 
     v = sub.add_parser("validate", help="validate bundles, type folders, the migrations root and fixtures")
     v.add_argument("paths", nargs="+")
@@ -240,14 +242,16 @@ def build_parser() -> argparse.ArgumentParser:
     n = sub.add_parser("new", help="scaffold the next free migration id for today")
     n.add_argument("--type", required=True, choices=tuple(KINDS))
     n.add_argument("--intent")
-    n.add_argument("--root", default="migrations", help="migrations root (default: migrations)")
+    n.add_argument("--root", default="migrations", help="migrations root with a registry (default: migrations)")
     n.add_argument("--owner", default="kfm-platform")
     n.set_defaults(func=cmd_new)
 
     pl = sub.add_parser("plan", help="static plan of a bundle (no connection, no writes)")
     pl.add_argument("bundle")
-    pl.add_argument("--conn-id")
-    pl.add_argument("--format", choices=("table", "json"), default="table")
+    pl.add_argument("--conn-id", help="with --format markdown: estimated rows of the tables touched (read-only)")
+    pl.add_argument(
+        "--format", choices=("table", "json", "markdown"), default="table", help="markdown: a pull-request comment"
+    )
     pl.set_defaults(func=cmd_plan)
 
     for name, func, helptext in (
@@ -268,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ve = sub.add_parser("verify", help="recompute every digest of a receipt and its chain")
     ve.add_argument("target", help="run_receipt.json or the artifacts folder")
+    ve.add_argument("--bundle", help="the bundle folder, when it is not where the receipt says (moved, elsewhere)")
     ve.add_argument(
         "--conn-id",
         help="also check the run against the ledger in the store (AIRFLOW_CONN_<ID>): a committed "
@@ -275,11 +280,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ve.set_defaults(func=cmd_verify)
 
-    rg = sub.add_parser("record", help="append a registry status event (verifies the receipt first)")
+    rg = sub.add_parser(
+        "record",
+        help="append a registry status event; executed_<env> and rolled_back need the receipt that evidences them",
+    )
     rg.add_argument("migration_id")
     rg.add_argument("status")
     rg.add_argument("--ref", required=True, help="PR, issue or decision record")
-    rg.add_argument("--receipt", help="receipt (or artifacts folder) that evidences the transition")
+    rg.add_argument(
+        "--receipt",
+        help="receipt (or artifacts folder) that evidences the transition: for executed_<env>, an apply run in "
+        "<env> that succeeded or was a no-op; for rolled_back, a rollback run that ended rolled_back",
+    )
+    rg.add_argument("--bundle", help="the bundle folder, when it is not where the receipt says")
+    rg.add_argument("--conn-id", help="also check the receipt against the ledger in the store (AIRFLOW_CONN_<ID>)")
     rg.add_argument("--superseded-by")
     rg.add_argument("--registry", default="migrations/registry/migrations.v1.json")
     rg.set_defaults(func=cmd_record)

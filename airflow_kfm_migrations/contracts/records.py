@@ -306,7 +306,10 @@ class RunReceipt(Strict):
     registry: dict[str, str | bool | None] = Field(
         description="in_registry, the entry's status at run time, and a note when outside any registry"
     )
-    bundle_path: str = Field(description="The bundle folder, relative to the artifacts folder")
+    bundle_path: str = Field(
+        description="The bundle folder, relative to its migrations root (<type>/<id>); receipts of earlier "
+        "releases hold it relative to the artifacts folder"
+    )
     bundle_digest: Sha256 = Field(description="sha256 of the RFC 8785 form of the bundle's manifest of inputs")
     inputs: list[DigestRef] = Field(description="Every input file of the bundle")
     outputs: list[DigestRef] = Field(

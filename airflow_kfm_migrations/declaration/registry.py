@@ -39,7 +39,8 @@ TRANSITIONS: dict[str, set[str]] = {
     "draft": {"approved", "superseded"},
     "approved": {"merged", "executed_dev", "draft", "superseded"},
     "merged": {"executed_dev", "superseded"},
-    "executed_dev": {"executed_dev", "executed_stage", "rolled_back", "superseded"},
+    # executed_dev -> executed_prod only with an approval covering SKIP_STAGE (transition_problem).
+    "executed_dev": {"executed_dev", "executed_stage", "executed_prod", "rolled_back", "superseded"},
     "executed_stage": {"executed_stage", "executed_prod", "rolled_back", "superseded"},
     "executed_prod": {"executed_prod", "rolled_back", "superseded"},
     "rolled_back": {"executed_dev", "superseded"},
@@ -54,6 +55,9 @@ RUNNABLE_IN: dict[str, set[str]] = {
     "prod": {"executed_stage", "executed_prod"},
 }
 EXECUTED_STATUS = {"dev": "executed_dev", "stage": "executed_stage", "prod": "executed_prod"}
+# The approval token (in the declaration's approvals.recorded[].covers) that lets a migration
+# go to prod without an executed_stage event since its last rollback.
+SKIP_STAGE = "skip:executed_stage"
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -88,24 +92,24 @@ def parse_registry(data: Any, label: str) -> Registry:
         raise InvalidInput(pydantic_problems(exc, label, tagged=False)) from None
 
 
-def load_registry(path: Path) -> Registry:
-    try:
-        data = load_json_strict(path)
-    except InputError as exc:
 # Registries this process parsed, by path and the sha256 of their bytes: a series of runs
 # (``migrate``) reads the registry once per run, and only a changed file is parsed again.
 _PARSED: dict[tuple[str, str], Registry] = {}
 
 
+def load_registry(path: Path) -> Registry:
+    try:
+        key = (str(path.resolve()), sha256_bytes(read_text_capped(path, MAX_REGISTRY_BYTES).encode()))
+        if key in _PARSED:
+            return _PARSED[key]
+        data = load_json_strict(path)
+    except InputError as exc:
         raise InvalidInput([exc]) from None
     reg = parse_registry(data, display(path))
     if len(_PARSED) >= 64:
         _PARSED.clear()
     _PARSED[key] = reg
     return reg
-        key = (str(path.resolve()), sha256_bytes(read_text_capped(path, MAX_REGISTRY_BYTES).encode()))
-        if key in _PARSED:
-            return _PARSED[key]
 
 
 def check_entries(reg: Registry, label: str) -> list[InputError]:
@@ -194,6 +198,30 @@ def check_coverage(reg: Registry, root: Path, label: str) -> list[InputError]:
     return problems
 
 
+def staged(entry: RegistryEntry) -> bool:
+    """An ``executed_stage`` event since the entry's last ``rolled_back`` one."""
+    for ev in reversed(entry.events):
+        if ev.status == "executed_stage":
+            return True
+        if ev.status == "rolled_back":
+            return False
+    return False
+
+
+def transition_problem(entry: RegistryEntry, status: str, *, skip_stage: bool = False) -> str | None:
+    """Why ``entry`` may not move to ``status``, or None. ``executed_prod`` needs an
+    ``executed_stage`` event since the last rollback, unless ``skip_stage`` (an approval
+    covering :data:`SKIP_STAGE` was found in the declaration)."""
+    if status not in TRANSITIONS[entry.status]:
+        return f"illegal registry transition {entry.status} -> {status} for {entry.migration_id}"
+    if status == "executed_prod" and not skip_stage and not staged(entry):
+        return (
+            f"{entry.migration_id} has no executed_stage event since its last rollback: record executed_stage "
+            f"first, or record an approval covering '{SKIP_STAGE}' in the declaration"
+        )
+    return None
+
+
 def find_entry(reg: Registry, migration_id: str) -> RegistryEntry | None:
     return next((e for e in reg.migrations if e.migration_id == migration_id), None)
 
@@ -228,18 +256,19 @@ def record_transition(
     receipt_digest: str | None = None,
     superseded_by: str | None = None,
     at: datetime | None = None,
+    skip_stage: bool = False,
 ) -> RegistryEntry:
-    """Append a status event, refusing illegal transitions. Atomic and serialised."""
+    """Append a status event, refusing illegal transitions (:func:`transition_problem`).
+    Atomic and serialised."""
     with _locked(path):
         data = load_json_strict(path)
         reg = parse_registry(data, display(path))
         for i, entry in enumerate(reg.migrations):
             if entry.migration_id != migration_id:
                 continue
-            if status not in TRANSITIONS[entry.status]:
-                raise RefusedError(
-                    f"illegal registry transition {entry.status} -> {status} for {migration_id}", file=display(path)
-                )
+            problem = transition_problem(entry, status, skip_stage=skip_stage)
+            if problem:
+                raise RefusedError(problem, file=display(path))
             event = StatusEvent(
                 status=status,  # type: ignore[arg-type]
                 at=at or datetime.now(UTC),

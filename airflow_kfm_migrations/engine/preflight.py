@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, Bundle, display
 from airflow_kfm_migrations.declaration.policy import check_bundle
-from airflow_kfm_migrations.declaration.registry import RUNNABLE_IN, find_entry, find_registry_for, load_registry
+from airflow_kfm_migrations.declaration.registry import (
+    RUNNABLE_IN,
+    SKIP_STAGE,
+    find_entry,
+    find_registry_for,
+    load_registry,
+)
 from airflow_kfm_migrations.engine.run import RunRecorder
 from airflow_kfm_migrations.errors import InputError, PolicyError
 from airflow_kfm_migrations.stores.base import Backfilling, LedgerRecord, Store, open_store
@@ -51,7 +58,11 @@ def preflight(run: RunRecorder) -> str | None:
         run.check("registry", True, "not registered (allowed in dev)")
     else:
         run.registry.update({"in_registry": True, "status": entry.status})
-        if entry.status not in RUNNABLE_IN[opts.environment]:
+        skipped_by = approval_covers(bundle.declaration, SKIP_STAGE)
+        if opts.environment == "prod" and entry.status == "executed_dev" and skipped_by:
+            # Straight from dev to prod, on an approval covering skip:executed_stage.
+            run.policy.append(f"prod run without stage, approved by {skipped_by}")
+        elif entry.status not in RUNNABLE_IN[opts.environment]:
             run.check("registry", False, f"status {entry.status}")
             return (
                 f"registry status {entry.status!r} does not allow a {opts.environment} run "

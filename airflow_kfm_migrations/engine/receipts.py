@@ -9,7 +9,6 @@ Layout under the artifacts folder:
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,6 +55,14 @@ def carried_outputs(artifacts_dir: Path) -> list[DigestRef]:
         return []
 
 
+def bundle_path(bundle: Bundle) -> str:
+    """Where the bundle lives in its migrations root, ``<type>/<id>``: the same wherever the
+    root is checked out and wherever the artifacts go (verify finds it from there, or is
+    told with ``--bundle``)."""
+    root = bundle.root.resolve()
+    return f"{root.parent.name}/{root.name}"
+
+
 def input_refs(bundle: Bundle) -> list[DigestRef]:
     return [DigestRef(path=a.rel, sha256=a.sha256, role=a.role) for a in bundle.artifacts]
 
@@ -99,7 +106,7 @@ def write_receipt(
         "reason": reason,
         "store": store,
         "registry": registry,
-        "bundle_path": os.path.relpath(bundle.root.resolve(), artifacts_dir.resolve()),
+        "bundle_path": bundle_path(bundle),
         "bundle_digest": bundle.digest,
         "inputs": [r.model_dump(mode="json") for r in input_refs(bundle)],
         "outputs": [r.model_dump(mode="json") for r in outputs],

@@ -40,7 +40,7 @@ class ReceiptOperator(MigrationOperator):
             status = "rolled_back"
             problems.append("rolled back after a failed post-commit check")
         if not opts.dry_run:
-            checked = verify(opts.artifacts_dir)
+            checked = verify(opts.artifacts_dir, bundle=bundle.root)
             self.log.info("receipt verified (%d digests)", len(checked))
         where = upload(s, bundle, opts.artifacts_dir)
         self.log.info("receipt: %s/receipts/run_receipt.json  verdict: %s", where, status)

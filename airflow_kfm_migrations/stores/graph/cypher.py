@@ -52,7 +52,7 @@ def split_cypher(text: str, file: str = "<cypher>") -> list[CypherStatement]:
             while j < n and text[j] != c:
                 j += 2 if text[j] == "\\" else 1
             if j >= n:
-                raise InputError(file, f"line {line}", "unterminated string literal")
+                raise InputError(_at(file, text, i), "-", "unterminated string literal")
             seg = text[i : j + 1]
             buf.append(seg)
             mask.append(c + "".join("\n" if ch == "\n" else "_" for ch in seg[1:-1]) + c)
@@ -62,7 +62,7 @@ def split_cypher(text: str, file: str = "<cypher>") -> list[CypherStatement]:
             j = i + 1
             while True:
                 if j >= n:
-                    raise InputError(file, f"line {line}", "unterminated backtick identifier")
+                    raise InputError(_at(file, text, i), "-", "unterminated backtick identifier")
                 if text[j] == "`":
                     if j + 1 < n and text[j + 1] == "`":
                         j += 2
@@ -83,7 +83,7 @@ def split_cypher(text: str, file: str = "<cypher>") -> list[CypherStatement]:
         elif text.startswith("/*", i):
             j = text.find("*/", i + 2)
             if j < 0:
-                raise InputError(file, f"line {line}", "unterminated block comment")
+                raise InputError(_at(file, text, i), "-", "unterminated block comment")
             seg = text[i : j + 2]
             buf.append(seg)
             mask.append("".join("\n" if ch == "\n" else " " for ch in seg))
@@ -103,6 +103,12 @@ def split_cypher(text: str, file: str = "<cypher>") -> list[CypherStatement]:
             i += 1
     flush()
     return out
+
+
+def _at(file: str, text: str, i: int) -> str:
+    """``file:line:column`` of the character at index ``i`` (1-based line and column)."""
+    line = text.count("\n", 0, i) + 1
+    return f"{file}:{line}:{i - (text.rfind(chr(10), 0, i) + 1) + 1}"
 
 
 _SCHEMA = re.compile(

@@ -67,6 +67,9 @@ def static_plan(bundle: Bundle, store: str) -> Plan:
                     targets=tuple(targets),
                     transactional=kind == "data" and not batched,
                     note=note,
+                    file=display(art.path),
+                    line=st.line,
+                    text=st.text[len(st.masked) - len(st.masked.lstrip()) :],
                 )
             )
             where = f"{art.rel}:{st.line}"

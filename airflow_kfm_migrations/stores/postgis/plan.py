@@ -3,17 +3,18 @@ the plan's findings (cluster statements, transaction control, targets outside th
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Any
 
-import pglast
 from pglast import ast
 
 from airflow_kfm_migrations.contracts.models import Finding, PostgisDeclaration
 from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle, display
-from airflow_kfm_migrations.errors import InputError
 from airflow_kfm_migrations.stores.base import Plan, PlannedStatement
+from airflow_kfm_migrations.stores.postgis.locks import describe as describe_lock
 from airflow_kfm_migrations.stores.postgis.scope import PgScope
+from airflow_kfm_migrations.stores.postgis.sql_text import split_sql
 
 # ----------------------------------------------------------------------------- plan
 
@@ -104,17 +105,8 @@ def _names(obj: Any) -> list[str]:
 
 
 def plan_sql(text: str, file: str) -> list[tuple[str, Any]]:
-    """Split and parse; unparseable SQL is an input error naming the file and position."""
-    try:
-        parsed = pglast.parse_sql(text)
-        pieces = list(pglast.split(text))
-    except pglast.parser.ParseError as exc:
-        where = getattr(exc, "location", None)
-        line = text.encode()[: where or 0].count(b"\n") + 1 if where is not None else "-"
-        raise InputError(file, f"line {line}", f"SQL does not parse: {exc.args[0]}") from None
-    if len(parsed) != len(pieces):
-        raise InputError(file, "-", "could not split the script into statements")
-    return [(piece, raw.stmt) for piece, raw in zip(pieces, parsed, strict=True)]
+    """Split and parse; unparseable SQL is an input error naming ``file:line:column``."""
+    return [(st.text, st.stmt) for st in split_sql(text, file)]
 
 
 def classify_statement(stmt: Any, search_path: list[str]) -> tuple[str, list[str], bool, str | None]:
@@ -178,14 +170,28 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
     i = 0
     for art in bundle.by_role("forward"):
         search_path = ["$user", "public"]
-        for _text, stmt in plan_sql(art.text, display(art.path)):
+        for st in split_sql(art.text, display(art.path)):
+            stmt = st.stmt
             i += 1
             if isinstance(stmt, ast.VariableSetStmt):
                 sp = search_path_of(stmt)
                 if sp:
                     search_path = sp
             kind, targets, transactional, note = classify_statement(stmt, search_path)
-            statements.append(PlannedStatement(i, kind, type(stmt).__name__, tuple(targets), transactional, note))
+            statements.append(
+                PlannedStatement(
+                    i,
+                    kind,
+                    type(stmt).__name__,
+                    tuple(targets),
+                    transactional,
+                    note,
+                    file=display(art.path),
+                    line=st.line,
+                    text=st.text,
+                    lock=describe_lock(stmt, next((s for s in search_path if s != "$user"), "public")),
+                )
+            )
             if type(stmt).__name__ in CLUSTER_STATEMENTS or (
                 isinstance(stmt, ast.CopyStmt) and getattr(stmt, "is_program", False)
             ):
@@ -245,7 +251,9 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
                             message=f"statement {i} targets forbidden {t}",
                         )
                     )
-                elif scope.protected(schema, table or None) and not approval_covers(decl, f"protected:{t}"):
+                elif scope.protected(schema, table or None) and not any(
+                    approval_covers(decl, f"protected:{token}") for token in _protection_tokens(decl, t)
+                ):
                     findings.append(
                         Finding(
                             code="plan_protected_target",
@@ -264,6 +272,20 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
                         )
                     )
     return Plan(bundle.migration_id, store_kind, tuple(statements), tuple(findings))
+
+
+def _protection_tokens(decl: PostgisDeclaration, t: str) -> set[str]:
+    """What ``protected:<token>`` may name to approve a statement on target ``t``
+    (``schema.name``): the target itself, or a ``protected_tables`` / ``protected_schemas``
+    pattern of the declaration, as written, that matches it (as the gate and the policy
+    check accept: one approval satisfies all three)."""
+    schema, _, name = t.partition(".")
+    tokens = {t}
+    for p in decl.scope.protected_tables:
+        if name and fnmatch.fnmatchcase(t if "." in p else name, p):
+            tokens.add(p)
+    tokens.update(p for p in decl.scope.protected_schemas if fnmatch.fnmatchcase(schema, p))
+    return tokens
 
 
 def _index_of_allowed(stmt: Any, scope: PgScope, target: str) -> bool:

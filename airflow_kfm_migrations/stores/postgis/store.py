@@ -31,7 +31,7 @@ from airflow_kfm_migrations.contracts.models import (
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.errors import RefusedError
 from airflow_kfm_migrations.stores.base import BatchEvent, LedgerRecord, Plan
-from airflow_kfm_migrations.stores.postgis import capture, evaluate, ledger, plan, state
+from airflow_kfm_migrations.stores.postgis import capture, estimates, evaluate, ledger, plan, state
 from airflow_kfm_migrations.stores.postgis.backfill import Engine
 from airflow_kfm_migrations.stores.postgis.backfill_checks import static_problems
 from airflow_kfm_migrations.stores.postgis.client import (
@@ -104,6 +104,10 @@ class PostgisStore:
 
     def plan(self, bundle: Bundle) -> Plan:
         return plan.static_plan(bundle, self.kind)
+
+    def estimated_rows(self, names: list[str]) -> dict[str, int | None]:
+        """The RowEstimating capability: the planner's row estimates, read-only."""
+        return estimates.estimated_rows(self._connect, self.conn_id, names)
 
     # -- baselines ------------------------------------------------------------
 

@@ -33,6 +33,7 @@ class Action:
     pos: int  # 1-based position in that file
     name: str  # action kind
     body: dict[str, Any]
+    line: int = 0  # 1-based line of the action's object in its file (0: unknown)
 
     @property
     def where(self) -> str:
@@ -85,11 +86,12 @@ def parse_actions(text: str, file: str) -> list[Action]:
     try:
         doc = json.loads(text, object_pairs_hook=_reject_duplicates)
     except json.JSONDecodeError as exc:
-        raise InputError(file, f"line {exc.lineno}", f"invalid JSON: {exc.msg}") from None
+        raise InputError(f"{file}:{exc.lineno}:{exc.colno}", "-", f"invalid JSON: {exc.msg}") from None
     except ValueError as exc:
         raise InputError(file, "-", f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise InputError(file, "-", 'must be an object {"actions": [...]}')
+    lines = action_lines(text)
     extra = sorted(set(doc) - {"actions"})
     if extra:
         raise InputError(file, extra[0], "unknown field (only 'actions' is allowed)")
@@ -114,7 +116,35 @@ def parse_actions(text: str, file: str) -> list[Action]:
         if missing:
             raise InputError(file, f"{where}.{missing[0]}", "required field is missing")
         _check_action(file, where, name, body)
-        out.append(Action(file, i, name, body))
+        out.append(Action(file, i, name, body, lines[i - 1] if i <= len(lines) else 0))
+    return out
+
+
+def action_lines(text: str) -> list[int]:
+    """The 1-based line where each element of the top-level ``actions`` list starts (the
+    document has no other top-level key once parsed), read by a scan of the JSON text:
+    strings skipped, depth counted."""
+    out: list[int] = []
+    depth, line, i, n = 0, 1, 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c in "[{":
+            if depth == 2:
+                out.append(line)
+            depth += 1
+        elif c in "]}":
+            depth -= 1
+        elif c == "\n":
+            line += 1
+        elif depth == 2 and not c.isspace() and c != ",":
+            out.append(line)  # a scalar element: refused later, but keep the count aligned
+            while i + 1 < n and text[i + 1] not in ",]\n":
+                i += 1
+        i += 1
     return out
 
 

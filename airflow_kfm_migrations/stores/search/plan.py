@@ -11,6 +11,8 @@ protected or forbidden index is refused as well (:func:`.protection.reindex_prob
 
 from __future__ import annotations
 
+import json
+
 from airflow_kfm_migrations.contracts.models import Finding, SearchDeclaration
 from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle
@@ -40,7 +42,17 @@ def static_plan(bundle: Bundle, kind: str) -> Plan:
         elif act.name == "reindex":
             note = "async reindex; dest doc count verified against the source"
         statements.append(
-            PlannedStatement(i, stmt_kind, act.name, tuple(indices + [f"alias:{a}" for a in aliases]), False, note)
+            PlannedStatement(
+                i,
+                stmt_kind,
+                act.name,
+                tuple(indices + [f"alias:{a}" for a in aliases]),
+                False,
+                note,
+                file=act.file,
+                line=act.line or None,
+                text=json.dumps({act.name: act.body}, ensure_ascii=False),
+            )
         )
         label = f"forward action {i} ({act.name})"
         findings += _reindex_findings(decl, rules, act)
