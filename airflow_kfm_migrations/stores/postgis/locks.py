@@ -159,7 +159,9 @@ _RULES = (
         "rename", "ALTER TABLE RENAME (table, column, constraint), ALTER VIEW RENAME", "ACCESS EXCLUSIVE", "the table"
     ),
     LockRule("rename_index", "ALTER INDEX RENAME", "SHARE UPDATE EXCLUSIVE", "the index"),
-    LockRule("rename_other", "RENAME of a function, type, schema or other object", None, "-", "no table lock"),
+    LockRule(
+        "rename_other", "RENAME or SET SCHEMA of a function, type, schema or other object", None, "-", "no table lock"
+    ),
     LockRule("create_index", "CREATE INDEX", "SHARE", "the table", "for the whole build"),
     LockRule(
         "create_index_concurrently",
@@ -225,7 +227,13 @@ _RULES = (
         "the tables it locks",
         "and a row lock on each row it returns",
     ),
-    LockRule("no_lock", "SET, CREATE SCHEMA / SEQUENCE / TYPE / DOMAIN / EXTENSION", None, "-", "no table lock"),
+    LockRule(
+        "no_lock",
+        "SET, CREATE SCHEMA / SEQUENCE / TYPE / DOMAIN / EXTENSION, ALTER TYPE / DEFAULT PRIVILEGES, EXPLAIN, NOTIFY",
+        None,
+        "-",
+        "no table lock",
+    ),
     LockRule("procedural", "DO, CALL", None, "-", "unknown: the code inside takes the locks of its statements"),
 )
 LOCK_TABLE: dict[str, LockRule] = {r.key: r for r in _RULES}
@@ -418,6 +426,10 @@ _COMMENT_ON = {
 }
 _NO_LOCK = (
     ast.VariableSetStmt,
+    ast.AlterEnumStmt,
+    ast.AlterDefaultPrivilegesStmt,
+    ast.ExplainStmt,
+    ast.NotifyStmt,
     ast.CreateSchemaStmt,
     ast.CreateSeqStmt,
     ast.DefineStmt,
@@ -475,8 +487,9 @@ def _simple_lock(stmt: Any, d: str) -> StatementLock | None:
         return _lock("create_index_concurrently" if stmt.concurrent else "create_index", (_rv(stmt.relation, d),))
     if isinstance(stmt, (ast.InsertStmt, ast.UpdateStmt, ast.DeleteStmt, ast.MergeStmt)):
         return _lock("dml", (_rv(stmt.relation, d),))
-    if isinstance(stmt, ast.CopyStmt) and stmt.relation is not None:
-        return _lock("dml" if stmt.is_from else "select", (_rv(stmt.relation, d),))
+    if isinstance(stmt, ast.CopyStmt):
+        on = (_rv(stmt.relation, d),) if stmt.relation is not None else ()
+        return _lock("dml" if stmt.is_from else "select", on)
     if isinstance(stmt, ast.TruncateStmt):
         return _lock("truncate", tuple(_rv(r, d) for r in stmt.relations or ()))
     if isinstance(stmt, ast.ClusterStmt):
@@ -492,8 +505,8 @@ def _simple_lock(stmt: Any, d: str) -> StatementLock | None:
         return _lock("create_statistics", rels)
     if isinstance(stmt, ast.RefreshMatViewStmt):
         return _lock("refresh_matview_concurrently" if stmt.concurrent else "refresh_matview", (_rv(stmt.relation, d),))
-    if isinstance(stmt, ast.AlterObjectSchemaStmt) and stmt.relation is not None:
-        return _lock("alter_table", (_rv(stmt.relation, d),))
+    if isinstance(stmt, ast.AlterObjectSchemaStmt):
+        return _lock("alter_table", (_rv(stmt.relation, d),)) if stmt.relation is not None else _lock("rename_other")
     if isinstance(stmt, ast.CreateTableAsStmt):
         return _lock("create_table_as")
     if isinstance(stmt, ast.GrantStmt):
