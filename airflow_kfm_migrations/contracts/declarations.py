@@ -167,7 +167,8 @@ class RecordedApproval(Strict):
     covers: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
         default_factory=list,
         description="Finding codes or objects this approval explicitly covers, e.g. "
-        "'review:index_on_large_table' or 'protected:public.authority_sites'",
+        "'review:index_on_large_table', 'protected:public.authority_sites' or (PostGIS: reading a forbidden "
+        "table, or copying rows out of a protected one) 'read:public.authority_sites'",
     )
 
 

@@ -152,8 +152,9 @@ _CODES = (
     FindingCode(
         "grant_widened",
         ("review_required",),
-        "PostGIS gate: privileges on a table, view, sequence or schema were widened (a grantee gained a "
-        "privilege it did not have).",
+        "PostGIS gate: privileges on a table, view, sequence, schema, function, procedure, type or column "
+        "were widened (a grantee gained a privilege, or a grant option, it did not have; for a new function "
+        "or type, beyond the built-in defaults such as EXECUTE for PUBLIC).",
         "If intended, record an approval covering `review:grant_widened` (or "
         "`review:grant_widened:<object>`); otherwise narrow the GRANT.",
     ),
@@ -431,6 +432,157 @@ _CODES = (
         "FULL, a column type change...), seen by its `relfilenode`. In a backfill batch without the "
         "approval the batch is rolled back and the migration compensated.",
         "If intended, record an approval covering `review:table_rewritten`; otherwise avoid the rewrite.",
+    ),
+    # PostGIS: the policy-enforcement posture (stores/postgis/posture*.py, bodies.py, reads.py).
+    FindingCode(
+        "trigger_dropped",
+        ("review_required",),
+        "PostGIS gate: a trigger (any trigger, not only the internal foreign-key ones) was dropped from a "
+        "table that is still there. Audit and validation triggers are how many databases enforce policy.",
+        "If intended, record an approval covering `review:trigger_dropped` (or "
+        "`review:trigger_dropped:<object>`); otherwise keep the trigger.",
+    ),
+    FindingCode(
+        "trigger_disabled",
+        ("review_required",),
+        "PostGIS gate: a trigger now fires in fewer sessions than before: `ALTER TABLE ... DISABLE TRIGGER`, "
+        "`ENABLE REPLICA TRIGGER` (it then fires only under `session_replication_role = replica`), or "
+        "`ENABLE ALWAYS` undone.",
+        "Re-enable the trigger in the forward script, or record an approval covering `review:trigger_disabled`.",
+    ),
+    FindingCode(
+        "rule_dropped",
+        ("review_required",),
+        "PostGIS gate: a rewrite rule was dropped from a table that is still there (a rule such as "
+        "`ON DELETE DO INSTEAD NOTHING` enforces policy).",
+        "If intended, record an approval covering `review:rule_dropped`; otherwise keep the rule.",
+    ),
+    FindingCode(
+        "rule_disabled",
+        ("review_required",),
+        "PostGIS gate: a rewrite rule now fires in fewer sessions than before (`ALTER TABLE ... DISABLE RULE`, "
+        "`ENABLE REPLICA RULE`).",
+        "Re-enable the rule in the forward script, or record an approval covering `review:rule_disabled`.",
+    ),
+    FindingCode(
+        "policy_loosened",
+        ("review_required",),
+        "PostGIS gate: a row-level security policy changed in a way that is not provably narrowing: a "
+        "PERMISSIVE policy that applies to more roles or another command, or whose USING or WITH CHECK "
+        "lost an AND-ed condition; a RESTRICTIVE policy that restricts fewer roles or commands or lost a "
+        "condition; or RESTRICTIVE turned PERMISSIVE. Adding AND-ed conditions and removing roles (of a "
+        "permissive policy) pass; the rule is in [the PostGIS posture](../stores/postgis.md#posture).",
+        "If the wider access is intended, record an approval covering `review:policy_loosened` (or "
+        "`review:policy_loosened:<object>`); otherwise narrow the policy.",
+    ),
+    FindingCode(
+        "policy_permissive_added",
+        ("review_required",),
+        "PostGIS gate: a PERMISSIVE policy was added to a table that had row-level security enabled. "
+        "Permissive policies are OR-ed, so it admits rows the other policies did not. A RESTRICTIVE "
+        "policy, which only narrows, passes; a dropped RESTRICTIVE policy is `policy_dropped`.",
+        "Make it `AS RESTRICTIVE` if it is meant to narrow access; otherwise record an approval covering "
+        "`review:policy_permissive_added`.",
+    ),
+    FindingCode(
+        "security_definer_added",
+        ("review_required",),
+        "PostGIS gate: a function or procedure was created SECURITY DEFINER, or an existing one made "
+        "SECURITY DEFINER: it runs with its owner's privileges, whoever calls it.",
+        "Prefer SECURITY INVOKER. If the definer's rights are needed, pin `SET search_path`, revoke "
+        "EXECUTE from PUBLIC, and record an approval covering `review:security_definer_added`.",
+    ),
+    FindingCode(
+        "owner_changed",
+        ("review_required",),
+        "PostGIS gate: the owner of a relation, function, schema, type or other schema object changed "
+        "(`ALTER ... OWNER TO`), or the run created an object owned by a role other than its own. An "
+        "owner holds every privilege on the object and can change its policies.",
+        "If intended, record an approval covering `review:owner_changed` (or "
+        "`review:owner_changed:<object>`); otherwise leave the owner as it was.",
+    ),
+    FindingCode(
+        "default_privileges_widened",
+        ("review_required",),
+        "PostGIS gate: `ALTER DEFAULT PRIVILEGES` now grants a role privileges on objects created in the "
+        "future that it did not get before (or an entry that revoked the built-in defaults, such as "
+        "EXECUTE for PUBLIC, was removed).",
+        "If intended, record an approval covering `review:default_privileges_widened`; otherwise grant on "
+        "the objects themselves.",
+    ),
+    FindingCode(
+        "body_references_guarded",
+        ("hard_fail",),
+        "PostGIS gate: code the run created or changed refers to a forbidden or protected table, view, "
+        "sequence, schema or function: a function or procedure body (SQL and PL/pgSQL, read with pglast), "
+        "a trigger and its function, a view or rule (from `pg_depend`), a policy expression, a column "
+        "default or check constraint, or a user-defined function any of these calls. It would read or "
+        "write that object whenever it runs, after the gate (a trigger that writes into an audit schema on "
+        "every future insert is a time bomb). The message names the object and the function it was "
+        "reached through. No approval lifts it.",
+        "Remove the reference. Code that must touch a guarded object belongs to whoever owns that scope, "
+        "not to this migration. An unqualified name counts for every schema holding that name unless the "
+        "function pins `SET search_path`.",
+    ),
+    FindingCode(
+        "body_dynamic_sql",
+        ("review_required",),
+        "PostGIS gate: code the run created or changed runs SQL built at run time, which cannot be "
+        "analysed: PL/pgSQL `EXECUTE`, `OPEN ... FOR EXECUTE`, `RETURN QUERY EXECUTE` of a string that is "
+        "not a constant, or functions that run or read what they are given (`query_to_xml`, "
+        "`table_to_xml` of a computed name, `dblink`...). A constant string is read like any other SQL.",
+        "Write the statement statically if you can. Otherwise review what the string can become and "
+        "record an approval covering `review:body_dynamic_sql` (or `review:body_dynamic_sql:<object>`).",
+    ),
+    FindingCode(
+        "body_unanalysable",
+        ("review_required",),
+        "PostGIS gate: code the run created or changed cannot be analysed: a language other than SQL and "
+        "PL/pgSQL, a PL/pgSQL body the offline parser cannot compile (for example a field assignment to a "
+        "`%ROWTYPE` variable), or more than 500 functions reached from the changed objects.",
+        "Review the code and record an approval covering `review:body_unanalysable` (or "
+        "`review:body_unanalysable:<object>`); or rewrite it in plain SQL or PL/pgSQL (use a `record` "
+        "variable for field assignments).",
+    ),
+    FindingCode(
+        "forbidden_read",
+        ("hard_fail",),
+        "PostGIS gate: the script read a forbidden table, seen through the transaction's own scan counters "
+        "(sequential and index scans, `pg_stat_xact_all_tables`) taken right before and after it: by "
+        "dynamic SQL, a function, a trigger, a view, or a foreign-key check. The runner's own reads (the "
+        "baselines' row digests) are outside that window. Transactional runs only.",
+        "Remove the read. If reading it is intended (for example a foreign key into it), record an "
+        "approval covering `read:<schema>.<table>`.",
+    ),
+    FindingCode(
+        "protected_copy",
+        ("hard_fail",),
+        "PostGIS gate: the script read a protected table (scan counters, as for `forbidden_read`) and "
+        "wrote rows into another table in the same run: rows may have been copied out of it. Reading a "
+        "protected table without writing elsewhere passes.",
+        "Remove the copy. If it is intended, record an approval covering `read:<schema>.<table>`.",
+    ),
+    FindingCode(
+        "plan_forbidden_read",
+        ("hard_fail",),
+        "PostGIS static plan: a statement reads a forbidden table as a source (SELECT, INSERT ... SELECT, "
+        "CREATE TABLE AS, SELECT INTO, UPDATE ... FROM, DELETE ... USING, MERGE ... USING, COPY ... TO).",
+        "Remove the read, or record an approval covering `read:<schema>.<table>`.",
+    ),
+    FindingCode(
+        "plan_protected_copy",
+        ("hard_fail",),
+        "PostGIS static plan: a statement that writes (INSERT ... SELECT, CREATE TABLE AS, SELECT INTO, "
+        "UPDATE ... FROM, MERGE ... USING) or copies out (COPY ... TO) reads a protected table as a "
+        "source. A plain SELECT of a protected table passes.",
+        "Remove the copy, or record an approval covering `read:<schema>.<table>`.",
+    ),
+    FindingCode(
+        "guarded_read_approved",
+        ("informational",),
+        "PostGIS static plan or gate: a forbidden table was read, or a protected one copied, and a "
+        "recorded approval covers `read:<schema>.<table>`.",
+        "Nothing. The approval is named in the finding and the receipt.",
     ),
 )
 

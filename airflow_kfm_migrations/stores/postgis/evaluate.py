@@ -14,6 +14,8 @@ from airflow_kfm_migrations.evidence.diff import diff_objects
 from airflow_kfm_migrations.evidence.limits import limit_checks
 from airflow_kfm_migrations.stores.postgis.attribution import global_finding, is_global
 from airflow_kfm_migrations.stores.postgis.catalog_sql import LEDGER_SCHEMA
+from airflow_kfm_migrations.stores.postgis.posture_findings import posture_findings
+from airflow_kfm_migrations.stores.postgis.reads import read_findings
 from airflow_kfm_migrations.stores.postgis.scope import PgScope
 
 
@@ -200,6 +202,9 @@ def evaluate(
                 message=f"{total_rows} rows written (review above {review_backfill_rows})",
             )
         )
+    # The rest of the enforcement posture, and reads of guarded tables (see their modules).
+    findings.extend(posture_findings(decl, pre, facts))
+    findings.extend(read_findings(decl, (facts.get("posture") or {}).get("scans"), writes))
     limits, exceeded = limit_checks(
         decl.limits,
         {

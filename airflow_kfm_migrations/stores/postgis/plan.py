@@ -13,6 +13,7 @@ from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle, display
 from airflow_kfm_migrations.stores.base import Plan, PlannedStatement
 from airflow_kfm_migrations.stores.postgis.locks import describe as describe_lock
+from airflow_kfm_migrations.stores.postgis.reads import plan_reads
 from airflow_kfm_migrations.stores.postgis.scope import PgScope
 from airflow_kfm_migrations.stores.postgis.sql_text import split_sql
 
@@ -239,7 +240,12 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
                 findings.append(
                     Finding(code="opaque_statement", tier="informational", object=f"statement {i}", message=note)
                 )
+            # Guarded tables it only reads (SELECT, INSERT ... SELECT, CTAS...): judged as reads.
+            only_read, read_findings = plan_reads(decl, scope, stmt, search_path, i)
+            findings.extend(read_findings)
             for t in targets:
+                if t in only_read:
+                    continue
                 schema, _, table = t.partition(".")
                 table = "" if table == "*" else table
                 if scope.forbidden(schema, table or None):
