@@ -365,6 +365,18 @@ _CODES = (
         "If intended, record an approval covering `review:policy_dropped` (or `review:policy_dropped:<object>`).",
     ),
     FindingCode(
+        "procedural_transaction_control",
+        ("hard_fail",),
+        "PostGIS static plan: a DO block runs COMMIT or ROLLBACK in its PL/pgSQL body, or a CALL runs a "
+        "procedure the same scripts create whose body does. A governed run owns its transaction in both "
+        "modes: a transactional run would fail with SQLSTATE 2D000 (invalid transaction termination), and a "
+        "`transactional: false` run may not hide effects in procedural code. At run time the same "
+        "refusal names the backfill when the server raises 2D000 for a body the plan could not read.",
+        "Move the batched data change into the declaration's `backfill:` section, which runs it in "
+        "key-ordered batches that each commit, after the schema part (see docs/operations.md#backfills). "
+        "Keep the schema change in `forward.sql`, without COMMIT or ROLLBACK.",
+    ),
+    FindingCode(
         "protected_change_approved",
         ("informational",),
         "Gate: a protected object changed, and a recorded approval covers `protected:<object>`.",
@@ -402,7 +414,8 @@ _CODES = (
         "Graph apply or rollback: a batched statement was not run because the run could not hold the "
         "write lock of every protected node while it would run (another transaction held one for longer "
         "than the statement timeout, or the server did not show the locks).",
-        "Find the transaction that holds the protected nodes (`SHOW TRANSACTIONS`), let it finish, and run again.",
+        "Find the transaction that holds the protected nodes (`SHOW TRANSACTIONS`), let it finish, and run "
+        "again.",
     ),
     FindingCode(
         "protected_write",
@@ -424,6 +437,17 @@ _CODES = (
         "PostGIS static plan: the script contains BEGIN, COMMIT, ROLLBACK, SAVEPOINT or another "
         "transaction-control statement. The runner owns the transaction.",
         "Remove the transaction-control statements from the script.",
+    ),
+    FindingCode(
+        "table_dropped",
+        ("review_required",),
+        "PostGIS gate: a table was dropped, and its rows with it (a rename is not a drop: the session "
+        "checks whether the table's storage survived under another name). Rebuildable stores can be "
+        "rebuilt, but a drop is the one change that destroys data outright, so a reviewer decides. What "
+        "the table carried went with it and is not reported again: `rls_disabled`, `policy_dropped` and "
+        "`constraint_dropped` are left out for it.",
+        "If intended, record an approval covering `review:table_dropped` (or "
+        "`review:table_dropped:<schema.table>`); otherwise keep the table.",
     ),
     FindingCode(
         "table_rewritten",

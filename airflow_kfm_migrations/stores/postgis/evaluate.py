@@ -30,6 +30,11 @@ def evaluate(
     review_index_rows, review_backfill_rows = conf.review_index_rows, conf.review_backfill_rows
     findings: list[Finding] = []
     changes = diff_objects(pre, post)
+    # Tables gone under their name: dropped, unless the session saw their storage survive a
+    # rename (``tables_renamed``). What a dropped table carried (RLS, policies, constraints)
+    # went with it: table_dropped reports it, not one finding per thing.
+    renamed: dict[str, str] = facts.get("tables_renamed", {})
+    dropped = {f"{c.schema_}.{c.table}" for c in changes if c.kind == "table" and c.change == "removed"} - set(renamed)
     tables: set[str] = set()
     index_delta = constraint_delta = 0
     for c in changes:
@@ -81,8 +86,18 @@ def evaluate(
                     message=f"{c.kind} {c.change} within the declared scope",
                 )
             )
-        # Review-required: anything that reduces policy enforcement.
-        if c.kind == "policy" and c.change == "removed":
+        if c.kind == "table" and f"{c.schema_}.{c.table}" in dropped:
+            findings.append(
+                Finding(
+                    code="table_dropped",
+                    tier="review_required",
+                    object=f"{c.schema_}.{c.table}",
+                    message="table dropped, and every row in it",
+                )
+            )
+        # Review-required: anything that reduces policy enforcement on what is still there.
+        went_with_table = f"{c.schema_}.{c.table}" in dropped
+        if c.kind == "policy" and c.change == "removed" and not went_with_table:
             findings.append(
                 Finding(
                     code="policy_dropped",
@@ -100,7 +115,7 @@ def evaluate(
                     message="foreign-key enforcement triggers disabled (ALTER TABLE ... DISABLE TRIGGER)",
                 )
             )
-        if c.kind == "constraint" and c.change == "removed":
+        if c.kind == "constraint" and c.change == "removed" and not went_with_table:
             findings.append(
                 Finding(code="constraint_dropped", tier="review_required", object=c.id, message="constraint dropped")
             )
@@ -117,7 +132,9 @@ def evaluate(
                 )
     pre_rls, post_rls = pre.extra.get("rls", {}), post.extra.get("rls", {})
     for table, flags in pre_rls.items():
-        now = post_rls.get(table, [False, False])
+        if table in dropped:
+            continue
+        now = post_rls.get(renamed.get(table, table), [False, False])
         if any(a and not b for a, b in zip(flags, now, strict=False)):
             findings.append(
                 Finding(

@@ -13,9 +13,11 @@ from airflow_kfm_migrations.declaration.approvals import approval_covers
 from airflow_kfm_migrations.declaration.bundle import Bundle, display
 from airflow_kfm_migrations.stores.base import Plan, PlannedStatement
 from airflow_kfm_migrations.stores.postgis.locks import describe as describe_lock
+from airflow_kfm_migrations.stores.postgis.procedural import TransactionControl
 from airflow_kfm_migrations.stores.postgis.reads import plan_reads
 from airflow_kfm_migrations.stores.postgis.scope import PgScope
 from airflow_kfm_migrations.stores.postgis.sql_text import split_sql
+from airflow_kfm_migrations.stores.postgis.targets import Target, statement_targets
 
 # ----------------------------------------------------------------------------- plan
 
@@ -71,23 +73,6 @@ _OTHER = {
 }
 
 
-def _range_vars(node: Any) -> list[ast.RangeVar]:
-    found: list[ast.RangeVar] = []
-
-    def walk(n: Any) -> None:
-        if isinstance(n, ast.RangeVar):
-            found.append(n)
-        if isinstance(n, ast.Node):
-            for name in n.__slots__:  # type: ignore[attr-defined]
-                walk(getattr(n, name, None))
-        elif isinstance(n, (list, tuple)):
-            for x in n:
-                walk(x)
-
-    walk(node)
-    return found
-
-
 def search_path_of(stmt: ast.VariableSetStmt) -> list[str] | None:
     if (stmt.name or "").lower() != "search_path" or not stmt.args:
         return None
@@ -99,21 +84,19 @@ def search_path_of(stmt: ast.VariableSetStmt) -> list[str] | None:
     return out
 
 
-def _names(obj: Any) -> list[str]:
-    if isinstance(obj, (list, tuple)):
-        return [getattr(x, "sval", str(x)) for x in obj]
-    return [getattr(obj, "sval", str(obj))]
-
-
 def plan_sql(text: str, file: str) -> list[tuple[str, Any]]:
     """Split and parse; unparseable SQL is an input error naming ``file:line:column``."""
     return [(st.text, st.stmt) for st in split_sql(text, file)]
 
 
+def default_schema(search_path: list[str]) -> str:
+    """Where an unqualified name goes: the first schema of the search path."""
+    return next((s for s in search_path if s != "$user"), "public")
+
+
 def classify_statement(stmt: Any, search_path: list[str]) -> tuple[str, list[str], bool, str | None]:
-    """(kind, qualified targets, can run in a transaction, note)."""
+    """(kind, targets in SQL terms, can run in a transaction, note)."""
     name = type(stmt).__name__
-    default_schema = next((s for s in search_path if s != "$user"), "public")
     transactional = name not in _NON_TRANSACTIONAL
     note = None
     if isinstance(stmt, ast.IndexStmt) and stmt.concurrent:
@@ -124,30 +107,7 @@ def classify_statement(stmt: Any, search_path: list[str]) -> tuple[str, list[str
         getattr(getattr(p, "defname", None), "lower", lambda: "")() == "concurrently" for p in (stmt.params or [])
     ):
         transactional = False
-    targets: list[str] = []
-    for rv in _range_vars(stmt):
-        schema = rv.schemaname or default_schema
-        targets.append(f"{schema}.{rv.relname}")
-    if isinstance(stmt, ast.IndexStmt) and stmt.idxname and stmt.relation is not None:
-        schema = stmt.relation.schemaname or default_schema
-        targets.append(f"{schema}.{stmt.idxname}")
-    if isinstance(stmt, ast.DropStmt) and stmt.objects:
-        from pglast.enums.parsenodes import ObjectType
-
-        on_table = stmt.removeType in (ObjectType.OBJECT_POLICY, ObjectType.OBJECT_TRIGGER, ObjectType.OBJECT_RULE)
-        for obj in stmt.objects:
-            parts = _names(obj)
-            if on_table:  # DROP POLICY/TRIGGER/RULE name ON [schema.]table: the target is the table
-                parts = parts[:-1]
-            if len(parts) == 1:
-                targets.append(f"{default_schema}.{parts[0]}")
-            elif len(parts) >= 2:
-                targets.append(".".join(parts[-2:]))
-    if isinstance(stmt, ast.CreateSchemaStmt):
-        targets.append(f"{stmt.schemaname}.*")
-    if isinstance(stmt, (ast.CreateFunctionStmt,)) and stmt.funcname:
-        parts = _names(stmt.funcname)
-        targets.append(".".join(parts) if len(parts) > 1 else f"{default_schema}.{parts[0]}")
+    targets = sorted({t.text for t in statement_targets(stmt, default_schema(search_path))})
     if isinstance(stmt, ast.DoStmt) or isinstance(stmt, ast.CreateFunctionStmt):
         note = "procedural code hides from the static plan; the observed diff decides"
     if isinstance(stmt, ast.CallStmt):
@@ -155,7 +115,7 @@ def classify_statement(stmt: Any, search_path: list[str]) -> tuple[str, list[str
     kind = "DML" if name in _DML else "other" if name in _OTHER else "DDL"
     if isinstance(stmt, ast.SelectStmt) and stmt.intoClause is None:
         kind = "other"
-    return kind, sorted(set(targets)), transactional, note
+    return kind, targets, transactional, note
 
 
 # ----------------------------------------------------------------------- findings
@@ -169,10 +129,11 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
     statements: list[PlannedStatement] = []
     findings: list[Finding] = []
     i = 0
+    procedural = TransactionControl()
     for art in bundle.by_role("forward"):
         search_path = ["$user", "public"]
         for st in split_sql(art.text, display(art.path)):
-            stmt = st.stmt
+            text, stmt = st.text, st.stmt
             i += 1
             if isinstance(stmt, ast.VariableSetStmt):
                 sp = search_path_of(stmt)
@@ -189,8 +150,8 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
                     note,
                     file=display(art.path),
                     line=st.line,
-                    text=st.text,
-                    lock=describe_lock(stmt, next((s for s in search_path if s != "$user"), "public")),
+                    text=text,
+                    lock=describe_lock(stmt, default_schema(search_path)),
                 )
             )
             if type(stmt).__name__ in CLUSTER_STATEMENTS or (
@@ -214,6 +175,17 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
                         message="the runner owns the transaction; remove BEGIN/COMMIT/ROLLBACK",
                     )
                 )
+            # COMMIT inside a DO block or a procedure: no mode can run it, and the way out is a backfill.
+            commits = procedural.check(i, stmt, text, default_schema(search_path))
+            if commits:
+                findings.append(
+                    Finding(
+                        code="procedural_transaction_control",
+                        tier="hard_fail",
+                        object=f"statement {i}",
+                        message=procedural.message(commits),
+                    )
+                )
             if not transactional and decl.transactional:
                 findings.append(
                     Finding(
@@ -224,7 +196,7 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
                         "transactional: false with a reason",
                     )
                 )
-            if not decl.transactional and (note or isinstance(stmt, (ast.SelectStmt, ast.ExecuteStmt))):
+            if not decl.transactional and not commits and (note or isinstance(stmt, (ast.SelectStmt, ast.ExecuteStmt))):
                 # Without the transaction nothing undoes what the gate refuses, so the
                 # static plan must see every effect before the first write.
                 findings.append(
@@ -243,65 +215,70 @@ def static_plan(bundle: Bundle, store_kind: str) -> Plan:
             # Guarded tables it only reads (SELECT, INSERT ... SELECT, CTAS...): judged as reads.
             only_read, read_findings = plan_reads(decl, scope, stmt, search_path, i)
             findings.extend(read_findings)
-            for t in targets:
-                if t in only_read:
+            for t in statement_targets(stmt, default_schema(search_path)):
+                if t.text in only_read:
                     continue
-                schema, _, table = t.partition(".")
-                table = "" if table == "*" else table
-                if scope.forbidden(schema, table or None):
-                    findings.append(
-                        Finding(
-                            code="plan_forbidden_target",
-                            tier="hard_fail",
-                            object=t,
-                            message=f"statement {i} targets forbidden {t}",
-                        )
-                    )
-                elif scope.protected(schema, table or None) and not any(
-                    approval_covers(decl, f"protected:{token}") for token in _protection_tokens(decl, t)
-                ):
-                    findings.append(
-                        Finding(
-                            code="plan_protected_target",
-                            tier="hard_fail",
-                            object=t,
-                            message=f"statement {i} targets protected {t} without approval",
-                        )
-                    )
-                elif not scope.allowed(schema, table or None) and not _index_of_allowed(stmt, scope, t):
-                    findings.append(
-                        Finding(
-                            code="plan_out_of_scope",
-                            tier="hard_fail",
-                            object=t,
-                            message=f"statement {i} targets {t}, outside the allowed scope",
-                        )
-                    )
+                found = _target_finding(i, stmt, t, scope, decl)
+                if found is not None:
+                    findings.append(found)
     return Plan(bundle.migration_id, store_kind, tuple(statements), tuple(findings))
 
 
-def _protection_tokens(decl: PostgisDeclaration, t: str) -> set[str]:
-    """What ``protected:<token>`` may name to approve a statement on target ``t``
-    (``schema.name``): the target itself, or a ``protected_tables`` / ``protected_schemas``
+def _target_finding(i: int, stmt: Any, t: Target, scope: PgScope, decl: PostgisDeclaration) -> Finding | None:
+    """What the scope says about one target of statement ``i``: forbidden, protected without
+    approval, outside the allowed scope (a database-level object always is), or nothing."""
+    if t.schema is None:
+        return Finding(
+            code="plan_out_of_scope",
+            tier="hard_fail",
+            object=t.text,
+            message=f"statement {i} targets {t.text}, a database-level object no scope can allow",
+        )
+    if scope.forbidden(t.schema, t.name):
+        return Finding(
+            code="plan_forbidden_target",
+            tier="hard_fail",
+            object=t.text,
+            message=f"statement {i} targets forbidden {t.text}",
+        )
+    if scope.protected(t.schema, t.name) and not any(
+        approval_covers(decl, f"protected:{token}") for token in protection_tokens(decl, t)
+    ):
+        return Finding(
+            code="plan_protected_target",
+            tier="hard_fail",
+            object=t.text,
+            message=f"statement {i} targets protected {t.text} without approval",
+        )
+    if not scope.allowed(t.schema, t.name) and not _index_of_allowed(stmt, scope, t):
+        return Finding(
+            code="plan_out_of_scope",
+            tier="hard_fail",
+            object=t.text,
+            message=f"statement {i} targets {t.text}, outside the allowed scope",
+        )
+    return None
+
+
+def protection_tokens(decl: PostgisDeclaration, t: Target) -> set[str]:
+    """What ``protected:<token>`` may name to approve a statement on target ``t``: its name as
+    the plan writes it, ``schema.name``, or a ``protected_tables`` / ``protected_schemas``
     pattern of the declaration, as written, that matches it (as the gate and the policy
     check accept: one approval satisfies all three)."""
-    schema, _, name = t.partition(".")
-    tokens = {t}
+    tokens = {t.text, f"{t.schema}.{t.name}"}
     for p in decl.scope.protected_tables:
-        if name and fnmatch.fnmatchcase(t if "." in p else name, p):
+        if t.name and fnmatch.fnmatchcase(f"{t.schema}.{t.name}" if "." in p else t.name, p):
             tokens.add(p)
-    tokens.update(p for p in decl.scope.protected_schemas if fnmatch.fnmatchcase(schema, p))
+    tokens.update(p for p in decl.scope.protected_schemas if t.schema and fnmatch.fnmatchcase(t.schema, p))
     return tokens
 
 
-def _index_of_allowed(stmt: Any, scope: PgScope, target: str) -> bool:
-    """An index is in scope when its table is. CREATE INDEX names both; DROP INDEX names
-    only the index, so its schema must be allowed and the observed diff decides."""
-    from pglast.enums.parsenodes import ObjectType
-
-    schema, _, _ = target.partition(".")
+def _index_of_allowed(stmt: Any, scope: PgScope, target: Target) -> bool:
+    """An index is in scope when its table is. CREATE INDEX names both; DROP INDEX (and
+    COMMENT ON INDEX...) names only the index, so its schema must be allowed and the
+    observed diff decides."""
     if isinstance(stmt, ast.IndexStmt) and stmt.relation is not None:
-        return scope.allowed(schema, stmt.relation.relname)
-    if isinstance(stmt, ast.DropStmt) and stmt.removeType == ObjectType.OBJECT_INDEX:
-        return scope.allowed(schema, None)
+        return scope.allowed(target.schema, stmt.relation.relname)
+    if target.kind == "index":
+        return scope.allowed(target.schema, None)
     return False
