@@ -218,11 +218,39 @@ def time_migrate(template: Path, work: Path, count: int, bytecode: bool) -> floa
         shutil.rmtree(root, ignore_errors=True)
 
 
+def time_runs(template: Path, work: Path, count: int, bytecode: bool) -> float:
+    """The same migrations one ``kfm-migrations run`` process each (what ``migrate`` replaces)."""
+    db = fresh_db()
+    root = work / f"root-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(template, root)
+    conn_id = "kfm_bench_history"
+    env = {
+        **python_env(work, bytecode),
+        f"AIRFLOW_CONN_{conn_id.upper()}": f"postgresql://{USER}:{PASSWORD}@127.0.0.1:{PORT}/{db}",
+        "KFM_CAPTURE_CACHE": str(work / "capture-cache"),
+        "KFM_ACTOR": "bench",
+    }
+    try:
+        t = time.perf_counter()
+        for mid in migration_ids(count):  # requirements point backwards: id order is an apply order
+            done = subprocess.run(
+                [KFM, "run", str(root / "postgis" / mid), "--conn-id", conn_id, "--env", "dev", "--quiet"],
+                env=env, capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode != 0:
+                raise SystemExit(f"run {mid} failed with exit {done.returncode}: {(done.stdout + done.stderr)[-800:]}")
+        return time.perf_counter() - t
+    finally:
+        drop_db(db)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--count", type=int, default=60)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--keep", help="generate the migrations root here (kept) instead of a temporary folder")
+    ap.add_argument("--runs", action="store_true", help="also time one kfm-migrations run process per migration")
     ap.add_argument(
         "--no-bytecode-cache", action="store_true", help="run kfm-migrations without a bytecode cache (as the shell is)"
     )
@@ -235,18 +263,25 @@ def main() -> int:
     bytecode = not args.no_bytecode_cache
     if bytecode:  # fill the bytecode cache once, as installing the package does
         subprocess.run([KFM, "--help"], env=python_env(work, True), capture_output=True, check=False)
-    psql_times, migrate_times = [], []
+    psql_times, migrate_times, run_times = [], [], []
     try:
         for i in range(args.repeat):
             psql_times.append(time_psql(forwards))
             migrate_times.append(time_migrate(template, work, args.count, bytecode))
-            print(f"round {i + 1}: psql {psql_times[-1]:.2f} s, migrate {migrate_times[-1]:.2f} s", flush=True)
+            line = f"round {i + 1}: psql {psql_times[-1]:.2f} s, migrate {migrate_times[-1]:.2f} s"
+            if args.runs:
+                run_times.append(time_runs(template, work, args.count, bytecode))
+                line += f", run x{args.count} {run_times[-1]:.2f} s"
+            print(line + f" ({migrate_times[-1] / psql_times[-1]:.2f}x)", flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     p, m = statistics.median(psql_times), statistics.median(migrate_times)
     print(f"psql -f x{args.count}: median {p:.2f} s ({', '.join(f'{x:.2f}' for x in psql_times)})")
     print(f"migrate x{args.count}:  median {m:.2f} s ({', '.join(f'{x:.2f}' for x in migrate_times)})")
+    if run_times:
+        r = statistics.median(run_times)
+        print(f"run x{args.count}:      median {r:.2f} s ({r / p:.2f}x psql; {r / args.count:.2f} s a migration)")
     print(f"ratio: {m / p:.2f}x (target <= 5x); per migration: psql {p / args.count * 1000:.0f} ms, "
           f"migrate {m / args.count * 1000:.0f} ms")  # fmt: skip
     print(f"| {time.strftime('%Y-%m-%d')} | {args.count} | {p:.2f} s | {m:.2f} s | {m / p:.2f}x |")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +42,7 @@ from airflow_kfm_migrations.app.inventory import (
 from airflow_kfm_migrations.app.status import PENDING_STATES
 from airflow_kfm_migrations.declaration import requires
 from airflow_kfm_migrations.declaration.bundle import Bundle
+from airflow_kfm_migrations.declaration.policy import prescan
 from airflow_kfm_migrations.declaration.registry import RUNNABLE_IN
 from airflow_kfm_migrations.engine import RunOptions, RunRecorder, RunResult, run_backfill, run_migration
 from airflow_kfm_migrations.engine.preflight import preflight
@@ -153,28 +155,37 @@ def _apply(
     artifacts_root: Path | None,
     on_result: Callable[[MigrateRow], None] | None,
 ) -> None:
-    stopped = False
-    for mid in order:
-        if stopped:
-            report.rows.append(MigrateRow(mid, "not run"))
-            continue
-        bundle = inv.bundles[mid]
-        started = time.monotonic()
-        result = run_one(bundle, _options(opts, bundle, artifacts_root), store)
-        row = MigrateRow(
-            mid,
-            result.status,
-            str(result.receipt_path) if result.receipt_path else None,
-            result.reason,
-            round(time.monotonic() - started, 3),
-        )
-        report.rows.append(row)
-        if on_result is not None:
-            on_result(row)
-        if result.exit_code != 0:
-            stopped = True
+    # A worker thread overlaps the CPU work that needs no store with the runs, which mostly
+    # wait for the store: the secret scan of the next bundle (preflight then finds it done,
+    # unless a file changed), and each run's PROV document.
+    deferred: list[Future[None]] = []
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfm-migrate") as worker:
+        run_opts = replace(opts, defer=lambda fn: deferred.append(worker.submit(fn)))
+        if order:
+            prescan(inv.bundles[order[0]])
+        for i, mid in enumerate(order):
+            if report.exit_code != 0:
+                report.rows.append(MigrateRow(mid, "not run"))
+                continue
+            if i + 1 < len(order):
+                deferred.append(worker.submit(prescan, inv.bundles[order[i + 1]]))
+            bundle = inv.bundles[mid]
+            started = time.monotonic()
+            result = run_one(bundle, _options(run_opts, bundle, artifacts_root), store)
+            row = MigrateRow(
+                mid,
+                result.status,
+                str(result.receipt_path) if result.receipt_path else None,
+                result.reason,
+                round(time.monotonic() - started, 3),
+            )
+            report.rows.append(row)
             report.exit_code = result.exit_code
-    if stopped and on_result is not None:
+            if on_result is not None:
+                on_result(row)
+    for fut in deferred:
+        fut.result()  # an error there is the run's own: raised, never swallowed
+    if report.exit_code != 0 and on_result is not None:
         for row in report.rows:
             if row.outcome == "not run":
                 on_result(row)

@@ -110,6 +110,30 @@ def protected_in_allowed(decl: AnyDeclaration) -> list[str]:
     return hits
 
 
+def bundle_files(bundle: Bundle) -> list[tuple[Path, bool]]:
+    """Every regular file of the bundle folder, and whether it is a run output."""
+    walked: list[tuple[Path, bool]] = []
+    for dirpath, _dirs, files in os.walk(bundle.root):
+        for name in sorted(files):
+            p = Path(dirpath) / name
+            if p.is_symlink() or not p.is_file():
+                continue
+            walked.append((p, p.relative_to(bundle.root).parts[0] in OUTPUT_DIRS))
+    return walked
+
+
+def secret_scan_inputs(walked: list[tuple[Path, bool]]) -> list[tuple[Path, str]]:
+    """(path, label) of the files ``check_bundle`` scans with every detector: all but outputs."""
+    return [(p, display(p)) for p, is_output in walked if not is_output]
+
+
+def prescan(bundle: Bundle) -> None:
+    """Scan the bundle's inputs for secrets ahead of ``check_bundle`` (which then finds them
+    scanned, unless a file changed meanwhile): ``migrate`` does it for the next migration
+    while the current one runs."""
+    scan_files(secret_scan_inputs(bundle_files(bundle)))
+
+
 def check_bundle(bundle: Bundle) -> list[InputError]:
     """All policy problems of one loaded bundle."""
     decl = bundle.declaration
@@ -183,16 +207,10 @@ def check_bundle(bundle: Bundle) -> list[InputError]:
 
     # Secrets in any file of the bundle. Run outputs (digest-heavy JSON the tool wrote and
     # scanned on write) get our DSN/private-key rules only: entropy detectors flag sha256s.
-    walked: list[tuple[Path, bool]] = []
-    for dirpath, _dirs, files in os.walk(bundle.root):
-        for name in sorted(files):
-            p = Path(dirpath) / name
-            if p.is_symlink() or not p.is_file():
-                continue
-            walked.append((p, p.relative_to(bundle.root).parts[0] in OUTPUT_DIRS))
+    walked = bundle_files(bundle)
     # The inputs in one detect-secrets session; a file scanned before, unchanged, is not scanned again.
     by_file: dict[str, list[SecretFinding]] = {}
-    for finding in scan_files([(p, display(p)) for p, is_output in walked if not is_output]):
+    for finding in scan_files(secret_scan_inputs(walked)):
         by_file.setdefault(finding.file, []).append(finding)
     for p, is_output in walked:
         if is_output:

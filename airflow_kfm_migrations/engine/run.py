@@ -51,6 +51,9 @@ class RunOptions:
     prov: bool = True
     log: Callable[[str], None] = print
     progress: Callable[[BatchEvent], None] | None = None  # after each backfill batch
+    # Runs work that may finish after the run returns (its PROV document), e.g. in a thread
+    # while the next migration of a series runs; the caller waits for it. None: right away.
+    defer: Callable[[Callable[[], None]], None] | None = None
 
 
 @dataclass
@@ -168,9 +171,16 @@ class RunRecorder:
         )
         prov_rel = self.bundle.declaration.artifacts.receipts.prov
         if self.opts.prov and prov_rel:
-            own = self.run_dir / prov_rel
-            write_bytes_atomic(own, prov_jsonld(receipt))
-            publish_copy(own, self.dir / prov_rel)
+            own, view = self.run_dir / prov_rel, self.dir / prov_rel
+
+            def write_prov() -> None:
+                write_bytes_atomic(own, prov_jsonld(receipt))
+                publish_copy(own, view)
+
+            if self.opts.defer is not None:
+                self.opts.defer(write_prov)
+            else:
+                write_prov()
         return RunResult(
             status,
             reason,

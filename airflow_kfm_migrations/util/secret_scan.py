@@ -7,6 +7,7 @@ the tool writes, so that no credential ever reaches a receipt, a log line or an 
 from __future__ import annotations
 
 import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +45,9 @@ def _own_rules(text: str, file: str) -> list[SecretFinding]:
 # more than once; a long-lived worker sees the same bundles run after run).
 _SCANNED: dict[tuple[str, str], tuple[SecretFinding, ...]] = {}
 _SCANNED_MAX = 4096
+# detect-secrets keeps its settings in module globals: one session at a time (``migrate``
+# scans the next bundle in a thread while a run goes on).
+_DETECT_SECRETS = threading.Lock()
 
 
 def scan_file(path: Path, label: str | None = None) -> list[SecretFinding]:
@@ -73,8 +77,11 @@ def scan_files(files: list[tuple[Path, str]]) -> list[SecretFinding]:
     from detect_secrets import SecretsCollection
     from detect_secrets.settings import default_settings
 
-    with default_settings():
+    with _DETECT_SECRETS, default_settings():
         for path, label, key, data in todo:
+            if key in _SCANNED:  # another thread scanned it meanwhile
+                out.extend(_SCANNED[key])
+                continue
             try:
                 text = data.decode("utf-8")
             except UnicodeDecodeError:
