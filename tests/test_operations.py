@@ -179,6 +179,10 @@ def test_migrate_applies_pending_migrations_in_requires_then_id_order_over_one_c
         r = receipt(root, pg_id(n))
         assert r["status"] == "succeeded"
         assert main(["verify", str(root / "postgis" / pg_id(n)), "--conn-id", pgdb.conn_id]) == 0
+        # Its PROV document (written by migrate's worker thread) is there, the run's own too.
+        folder = root / "postgis" / pg_id(n)
+        assert f"ns#run-{r['run_id']}" in (folder / "receipts" / "prov.jsonld").read_text()
+        assert (folder / "runs" / f"apply-{r['run_id']}" / "receipts" / "prov.jsonld").is_file()
     assert {"ops_a", "ops_c"} <= tables_of(pgdb)
     # Nothing is pending any more: a second migrate runs nothing and writes nothing.
     before = sorted(p.name for p in (root / "postgis" / pg_id(1) / "receipts" / "history").iterdir())
