@@ -149,7 +149,7 @@ class PgDatabase:
         databases that other tests of this session create for themselves are left out
         (``kfm_state_t_*``, ``t_*``): they come and go while this test runs."""
         mine = "(datname = current_database() OR datname !~ '^t_[0-9a-f]{12}$')"
-        my_roles = "(rolname = 'kfm_state_' || current_database() OR rolname !~ '^kfm_state_t_[0-9a-f]{12}$')"
+        my_roles = "(rolname = 'kfm_state_' || current_database() OR rolname !~ '^kfm_state_t_[0-9a-f]{12}(_2)?$')"
         queries = {
             "roles": f"SELECT rolname, rolsuper, rolinherit, rolcreaterole, rolcreatedb, rolcanlogin, "
             f"rolreplication, rolbypassrls, rolconnlimit, rolvaliduntil::text, "
@@ -205,11 +205,33 @@ _VOLATILE_DUMP_LINES = re.compile(r"^(-- Dumped (from|by) .*|\\(un)?restrict .*)
 
 @dataclass(frozen=True)
 class StoreState:
-    """What :meth:`PgDatabase.state` saw; equal states mean an unchanged store."""
+    """What :meth:`PgDatabase.state` saw; equal states mean an unchanged store.
+
+    The other databases are compared where both states have them: other work on the server
+    creates and drops databases all the time, and no run can (CREATE and DROP DATABASE cannot
+    run in a transaction, and the plan refuses them in either mode). A database being dropped
+    (``datconnlimit`` -2, set in place) counts as gone."""
 
     schema: str
     rows: dict[str, tuple[int, str | None]] = field(default_factory=dict)
     cluster: dict[str, list[tuple]] = field(default_factory=dict)
+
+    def steady(self, other: StoreState) -> StoreState:
+        """This state, its databases limited to those ``other`` has too."""
+        def live(facts: dict[str, list[tuple]]) -> list[tuple]:
+            return [d for d in facts.get("databases", []) if d[3] != -2]
+
+        names = {d[0] for d in live(other.cluster)}
+        cluster = dict(self.cluster)
+        if "databases" in cluster:
+            cluster["databases"] = [d for d in live(self.cluster) if d[0] in names]
+        return StoreState(self.schema, self.rows, cluster)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StoreState):
+            return NotImplemented
+        a, b = self.steady(other), other.steady(self)
+        return (a.schema, a.rows, a.cluster) == (b.schema, b.rows, b.cluster)
 
 
 def make_db(admin: object, monkeypatch: pytest.MonkeyPatch | None = None) -> PgDatabase:
@@ -265,6 +287,7 @@ def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str]
     whose rows differ and the cluster facts that differ."""
     if op != "==" or not (isinstance(left, StoreState) and isinstance(right, StoreState)):
         return None
+    left, right = left.steady(right), right.steady(left)
     import difflib
 
     out = ["the store's state differs:"]

@@ -46,6 +46,11 @@ COMMENT ON TABLE app.item IS 'items';
 COMMENT ON COLUMN app.item.note IS 'a note';
 CREATE TABLE other.ref (id int, item_id int REFERENCES app.item (id));
 CREATE TABLE app.cash (amount money, spot geometry(Point, 4326));
+CREATE FUNCTION app.positive(n int) RETURNS boolean LANGUAGE sql IMMUTABLE AS 'SELECT n > 0';
+ALTER TABLE app.item ADD CONSTRAINT item_calm CHECK (m <> 'busy' OR app.positive(qty));
+CREATE OPERATOR CLASS app.int_order FOR TYPE integer USING btree
+    AS OPERATOR 1 <, OPERATOR 3 =, OPERATOR 5 >, FUNCTION 1 btint4cmp(integer, integer);
+CREATE INDEX item_id_order ON app.item (id app.int_order);
 """
 
 # (label, SQL, reuse expected). {role} is a role created for the test.
@@ -69,6 +74,14 @@ STEPS: list[tuple[str, str, bool]] = [
     ("rename that label", "ALTER TYPE app.mood2 RENAME VALUE 'calm' TO 'relaxed'", False),
     ("add a label", "ALTER TYPE app.mood2 ADD VALUE 'sleepy'", False),
     ("rename a domain a column uses", "ALTER DOMAIN app.posint RENAME TO posint2", True),
+    # Digests name what they would otherwise hold by per-database OID: a function a CHECK
+    # calls, an enum constant's type, an index's operator class.
+    ("rename a function a CHECK calls", "ALTER FUNCTION app.positive(int) RENAME TO positive2", True),
+    (
+        "rename an operator class an index uses",
+        "ALTER OPERATOR CLASS app.int_order USING btree RENAME TO int_order2",
+        True,
+    ),
     ("drop a column comment", "COMMENT ON COLUMN app.item.note IS NULL", True),
     ("comment an index", "COMMENT ON INDEX app.item_note IS 'lower-case notes'", True),
     ("drop a policy", "DROP POLICY item_pol ON app.item", True),

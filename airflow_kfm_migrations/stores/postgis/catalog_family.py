@@ -17,6 +17,7 @@ from airflow_kfm_migrations.stores.postgis.catalog_sql import (
     oid_names,
     row_sha256,
     tree_has_user_oid,
+    tree_may_have_user_oid,
     vector_has_user_oid,
 )
 
@@ -31,19 +32,25 @@ _ATTOPTIONS = (
 
 def _tree(tree: str, deparsed: str, legacy: bool) -> str:
     """A stored expression tree without parse locations; deparsed instead when it names an
-    object by a per-database OID (see ``catalog_sql.tree_has_user_oid``)."""
+    object by a per-database OID (see ``catalog_sql.tree_has_user_oid``). A cheap test first:
+    most trees hold no number of five digits and no reg* constant."""
     if legacy:
         return expr_tree(tree)
-    return f"CASE WHEN {tree_has_user_oid(tree)} THEN {deparsed} ELSE {expr_tree(tree)} END"
-
-
-def _oids(vector: str, catalog: str, name: str, namespace: str, legacy: bool) -> str:
-    """An oidvector of built-in objects as it is; one naming any other object, by names."""
-    if legacy:
-        return f"{vector}::text"
     return (
-        f"CASE WHEN {vector_has_user_oid(vector)} THEN {oid_names(vector, catalog, name, namespace)} "
-        f"ELSE {vector}::text END"
+        f"CASE WHEN NOT {tree_may_have_user_oid(tree)} THEN {expr_tree(tree)} "
+        f"WHEN {tree_has_user_oid(tree)} THEN {deparsed} ELSE {expr_tree(tree)} END"
+    )
+
+
+def _shown(column: str, catalog: str, name: str, namespace: str, alias: str) -> str:
+    """A join of ``column`` (an oidvector of pg_index) to how a digest shows it: as it is when
+    it holds built-in objects only, else by their names. Computed once per distinct vector
+    (a 10,000-table catalog has a handful), not once per index."""
+    vec = "d.v"
+    shown = f"CASE WHEN {vector_has_user_oid(vec)} THEN {oid_names(vec, catalog, name, namespace)} ELSE {vec}::text END"
+    return (
+        f"LEFT JOIN (SELECT d.v, {shown} AS shown FROM (SELECT DISTINCT {column} AS v FROM pg_catalog.pg_index) d) "
+        f"{alias} ON {alias}.v = x.{column}"
     )
 
 
@@ -161,8 +168,8 @@ def family_queries(legacy: bool = False) -> dict[str, str]:
                 "x.indnkeyatts",
                 "x.indkey::text",
                 "x.indoption::text",
-                _oids("x.indclass", "pg_opclass", "opcname", "opcnamespace", legacy),
-                _oids("x.indcollation", "pg_collation", "collname", "collnamespace", legacy),
+                "x.indclass::text" if legacy else "opc.shown",
+                "x.indcollation::text" if legacy else "coll.shown",
                 "CASE WHEN x.indexprs IS NOT NULL OR x.indpred IS NOT NULL THEN pg_get_indexdef(i.oid) END",
                 "dsc.description",
                 "x.indisvalid",
@@ -177,6 +184,8 @@ def family_queries(legacy: bool = False) -> dict[str, str]:
             JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
             LEFT JOIN pg_catalog.pg_description dsc
               ON dsc.objoid = i.oid AND dsc.classoid = 'pg_class'::regclass AND dsc.objsubid = 0
+            {"" if legacy else _shown("indclass", "pg_opclass", "opcname", "opcnamespace", "opc")}
+            {"" if legacy else _shown("indcollation", "pg_collation", "collname", "collnamespace", "coll")}
             WHERE {USER_SCHEMAS} AND {not_ext("pg_class", "t.oid")}""",
         "constraint": f"""
             SELECT 'constraint',

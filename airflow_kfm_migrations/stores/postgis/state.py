@@ -265,7 +265,7 @@ class CatalogState(msgspec.Struct, frozen=True):
     counts: dict[int, int]  # family -> rows * 2^32 + index flags (COUNTS_QUERY)
     names: dict[str, str]
     objects: list[FamilyObject]  # family objects only
-    globals_digest: str  # sha256 over the other kinds' sorted Merkle nodes
+    globals_digest: str  # sha256 over the other database-scoped kinds' sorted Merkle nodes
     schema_root: str  # the capture's schema fingerprint
 
 
