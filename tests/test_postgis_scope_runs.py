@@ -66,27 +66,19 @@ def test_dropping_an_allowed_table_is_table_dropped_not_rls_disabled(example: Pa
 
 def test_renaming_a_table_with_rls_is_not_a_drop(example: Path, pgdb: PgDatabase) -> None:
     """Its storage survives under the new name: no table_dropped, and its RLS is compared
-    under the new name (still enabled, so no rls_disabled)."""
+    under the new name, so disabling it there is still rls_disabled, and keeping it passes."""
     pgdb.sql("CREATE TABLE public.scratch (id int); ALTER TABLE public.scratch ENABLE ROW LEVEL SECURITY")
     edit_declaration(example, "    - parcels\n", "    - parcels\n    - scratch\n    - scratch_v2\n")
     edit_declaration(example, "max_table_count_touched: 1", "max_table_count_touched: 2")
-    forward(example, "ALTER TABLE public.scratch RENAME TO scratch_v2;")
+    rename = "ALTER TABLE public.scratch RENAME TO scratch_v2;"
+    forward(example, rename + "\nALTER TABLE public.scratch_v2 DISABLE ROW LEVEL SECURITY;")
+    assert run(example, pgdb) == 1
+    assert [(f["code"], f["object"]) for f in blocking_findings(example)] == [("rls_disabled", "public.scratch")]
+    forward(example, rename)
     assert run(example, pgdb) == 0
     codes = {f["code"] for f in summary(example)["findings"]}
     assert not codes & {"table_dropped", "rls_disabled"}
     assert pgdb.sql("SELECT relrowsecurity FROM pg_class WHERE oid = 'public.scratch_v2'::regclass") == [(True,)]
-
-
-def test_renaming_a_table_and_disabling_its_rls_is_still_rls_disabled(example: Path, pgdb: PgDatabase) -> None:
-    pgdb.sql("CREATE TABLE public.scratch (id int); ALTER TABLE public.scratch ENABLE ROW LEVEL SECURITY")
-    edit_declaration(example, "    - parcels\n", "    - parcels\n    - scratch\n    - scratch_v2\n")
-    edit_declaration(example, "max_table_count_touched: 1", "max_table_count_touched: 2")
-    forward(
-        example,
-        "ALTER TABLE public.scratch RENAME TO scratch_v2;\nALTER TABLE public.scratch_v2 DISABLE ROW LEVEL SECURITY;",
-    )
-    assert run(example, pgdb) == 1
-    assert [(f["code"], f["object"]) for f in blocking_findings(example)] == [("rls_disabled", "public.scratch")]
 
 
 # ----------------------------------------------- 2. routines, operators, casts

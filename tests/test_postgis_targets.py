@@ -600,18 +600,19 @@ def _bundle(tmp_path: Path, forward: str, extra: str = "") -> Path:
 
 
 @pytest.mark.parametrize(
-    "sql",
+    ("sql", "target"),
     [
-        "DROP FUNCTION public.f()",
-        "DROP PROCEDURE public.p()",
-        "DROP AGGREGATE public.a(integer)",
-        "ALTER FUNCTION public.f() OWNER TO CURRENT_USER",
-        "COMMENT ON FUNCTION f() IS 'x'",
-        "GRANT EXECUTE ON FUNCTION public.f() TO PUBLIC",
+        ("DROP FUNCTION public.f()", "public.f()"),
+        ("DROP PROCEDURE public.p()", "public.p()"),
+        ("DROP AGGREGATE public.a(integer)", "public.a(integer)"),
+        ("ALTER FUNCTION public.f() OWNER TO CURRENT_USER", "public.f()"),
+        ("COMMENT ON FUNCTION f() IS 'x'", "public.f()"),
+        ("GRANT EXECUTE ON FUNCTION public.f() TO PUBLIC", "public.f()"),
     ],
 )
-def test_a_routine_in_the_allowed_scope_passes_the_plan(tmp_path: Path, sql: str) -> None:
+def test_a_routine_in_the_allowed_scope_passes_the_plan(tmp_path: Path, sql: str, target: str) -> None:
     plan = static_plan(load_bundle(_bundle(tmp_path, sql + ";\n")), "postgis")
+    assert [s.targets for s in plan.statements] == [(target,)]
     assert [f.code for f in plan.findings if f.tier == "hard_fail"] == []
 
 
