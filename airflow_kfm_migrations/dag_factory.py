@@ -16,6 +16,11 @@ Parse speed (issue 4), for a registry of a thousand entries:
   equals what the constructors build; ``tests/test_dag_factory_speed.py`` compares the
   serialized DAGs and the operators' state. A task that runs always comes from the
   constructors, because only its own DAG is built then.
+
+  A copy writes attributes Airflow keeps private to its operators (``_BaseOperator__init_kwargs``,
+  ``_dag``, ...), so copies are made only on the Airflow minor versions that test compared
+  (:data:`COPIES_VERIFIED_ON`); on any other Airflow every task comes from the constructors:
+  the same DAGs, parsed more slowly (issue #14).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ from typing import Any
 from airflow_kfm_migrations.stores.kinds import KINDS
 
 DAG_PREFIX = "kfm_migration__"
+# Airflow "major.minor" versions on which tests/test_dag_factory_speed.py showed the task copies
+# equal to what the constructors build. Add a version here only after that test passed on it.
+COPIES_VERIFIED_ON = frozenset({"3.3"})
 _PER_ENTRY = ("migration_id", "conn_id", "owner")
 
 
@@ -72,7 +80,7 @@ def _asset(uri: str) -> Any:
 def _configured_defaults() -> dict[str, Any]:
     """The DAG arguments whose defaults come from the Airflow config, read once per parse
     rather than once per DAG (~0.3 ms each time): the same values the DAG would read."""
-    from airflow.sdk import conf
+    from airflow_kfm_migrations.operators.compat import conf
 
     return {
         "max_active_tasks": conf.getint("core", "max_active_tasks_per_dag"),
@@ -296,6 +304,14 @@ class _TaskCopier:
             group.used_group_ids.add(task_id)
 
 
+@functools.cache
+def copies_verified() -> bool:
+    """May :class:`_TaskCopier` be used on the running Airflow (see the module doc)?"""
+    from airflow import __version__
+
+    return ".".join(__version__.split(".")[:2]) in COPIES_VERIFIED_ON
+
+
 def build_dag(entry: Any, bundles_root: Path, environment: str, *, facts_reader: Any = None) -> Any:
     """One migration's DAG, through the constructors."""
     dag, _conn_id, _outlets, _backfill = _dag_for(entry, bundles_root, environment, facts_reader)
@@ -330,8 +346,9 @@ def build_dags(
 ) -> dict[str, Any]:
     """All DAGs of the registry, or only the one a running task needs.
 
-    ``copy_tasks=False`` builds every task through the constructors, ``cache=False`` parses
-    every declaration: the results are the same, only slower (see the module doc)."""
+    ``copy_tasks=False`` builds every task through the constructors (also the case on an
+    Airflow not in :data:`COPIES_VERIFIED_ON`), ``cache=False`` parses every declaration: the
+    results are the same, only slower (see the module doc)."""
     from airflow.sdk import get_parsing_context
 
     from airflow_kfm_migrations.decl_cache import DeclarationFacts
@@ -342,6 +359,7 @@ def build_dags(
     root = Path(bundles_root) if bundles_root else s.bundles_root
     env = environment or s.environment
     wanted = get_parsing_context().dag_id
+    copy_tasks = copy_tasks and copies_verified()
     # No cache when a task runs: its DAG alone is built, and a cache written then would hold
     # one declaration only.
     reader = DeclarationFacts(root, enabled=cache and not wanted)

@@ -222,3 +222,41 @@ def test_registry_cache_follows_the_registry(world: Path, tmp_path: Path) -> Non
     reg_path.write_text(json.dumps(reg))
     with pytest.raises(Exception, match="status"):
         _build(world)
+
+
+def test_copies_only_on_a_verified_airflow(world: Path, monkeypatch: Any) -> None:
+    """The copies write Airflow's private operator attributes: on an Airflow minor version not
+    verified by the test above, every task comes from the constructors, and the DAGs are the
+    same (issue #14)."""
+    from airflow import __version__
+
+    from airflow_kfm_migrations import dag_factory
+
+    # The suite's Airflow is a verified one, so the comparison above tests real copies.
+    assert dag_factory.copies_verified(), f"Airflow {__version__}: run the copy test, then list it"
+    reference = _build(world, copy_tasks=False, cache=False)
+    made: list[Any] = []
+    real = dag_factory._TaskCopier
+
+    class Spy(real):  # type: ignore[misc, valid-type]
+        def __init__(self, prototype: Any) -> None:
+            made.append(prototype.dag_id)
+            super().__init__(prototype)
+
+    monkeypatch.setattr(dag_factory, "_TaskCopier", Spy)
+    _build(world, cache=False)
+    assert made, "a verified Airflow copies tasks"
+    made.clear()
+    monkeypatch.setattr(dag_factory, "COPIES_VERIFIED_ON", frozenset({"2.99"}))
+    dag_factory.copies_verified.cache_clear()
+    try:
+        assert not dag_factory.copies_verified()
+        built = _build(world, cache=False)
+    finally:  # recomputed with the real COPIES_VERIFIED_ON when monkeypatch restores it
+        dag_factory.copies_verified.cache_clear()
+    assert made == []  # no copier at all: every task through the constructors
+    assert list(built) == list(reference)
+    for dag_id, dag in built.items():
+        assert _serialized(dag) == _serialized(reference[dag_id]), dag_id
+        for task_id, task in dag.task_dict.items():
+            assert _state(task) == _state(reference[dag_id].task_dict[task_id]), (dag_id, task_id)

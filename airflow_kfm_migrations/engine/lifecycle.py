@@ -28,7 +28,11 @@ def run_migration(bundle: Bundle, opts: RunOptions, store: Store | None = None) 
     if reason:
         return run.finish("failed", reason)
     if store is None:
-        store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+        try:  # a kind whose client packages are missing: a receipt naming the pip install
+            store = open_store(bundle.type, opts.conn_id, use_hook=opts.use_hook)
+        except RefusedError as exc:
+            run.check("store", False, str(exc))
+            return run.finish("failed", str(exc))
     refusal = _static_plan(run, store)
     if refusal:
         return run.finish("failed", refusal)

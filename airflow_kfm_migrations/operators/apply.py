@@ -11,10 +11,9 @@ class ApplyOperator(MigrationOperator):
     A receipt is written whatever happens."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from airflow_kfm_migrations.engine import run_migration
         from airflow_kfm_migrations.operators.common import summary_tables
+        from airflow_kfm_migrations.operators.compat import AirflowFailException
 
         _s, bundle, opts = self.run_options(context)
         result = run_migration(bundle, opts)

@@ -28,9 +28,8 @@ class BackfillOperator(MigrationOperator):
         self.conn_id = conn_id
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowException, AirflowFailException
-
         from airflow_kfm_migrations.engine.backfill import run_backfill
+        from airflow_kfm_migrations.operators.compat import AirflowException, AirflowFailException
 
         ti = context["ti"]
         applied = ti.xcom_pull(task_ids="apply", key="apply") or {}

@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # imported when used: a DAG file parse reads settings only
 def airflow_option(key: str) -> str | None:
     """One option of Airflow's ``[kfm_migrations]`` section, or None."""
     try:
-        from airflow.sdk import conf
+        from airflow_kfm_migrations.operators.compat import conf
 
         value = conf.get("kfm_migrations", key, fallback=None)
     except Exception:  # broad on purpose: no Airflow config here (plain Python); the defaults apply

@@ -11,9 +11,8 @@ class DiffGateOperator(MigrationOperator):
     that is the flipped state). Anything else is drift since the guarded commit."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from airflow_kfm_migrations.operators.baseline import committed_view
+        from airflow_kfm_migrations.operators.compat import AirflowFailException
 
         applied = context["ti"].xcom_pull(task_ids="apply", key="apply") or {}
         if (context.get("params") or {}).get("dry_run"):

@@ -11,11 +11,10 @@ class ReceiptOperator(MigrationOperator):
     migration did not succeed, so a rollback leaf can never turn a failure into success."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from airflow_kfm_migrations.app.verify import verify
         from airflow_kfm_migrations.engine.run import RunRecorder
         from airflow_kfm_migrations.operators.common import upload
+        from airflow_kfm_migrations.operators.compat import AirflowFailException
 
         ti = context["ti"]
         preflight = ti.xcom_pull(task_ids="preflight")

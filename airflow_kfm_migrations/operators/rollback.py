@@ -11,9 +11,8 @@ class RollbackOperator(MigrationOperator):
     verified against the pre-baseline."""
 
     def execute(self, context: Any) -> dict[str, Any]:
-        from airflow.sdk.exceptions import AirflowFailException
-
         from airflow_kfm_migrations.engine import rollback_migration
+        from airflow_kfm_migrations.operators.compat import AirflowFailException
 
         ti = context["ti"]
         applied = ti.xcom_pull(task_ids="apply", key="apply") or {}

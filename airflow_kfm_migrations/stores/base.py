@@ -13,6 +13,7 @@ that needs them.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -363,14 +364,48 @@ def open_store(kind: str, conn_id: str, *, use_hook: bool = False, plan_only: bo
     try:
         mod = importlib.import_module(module)
     except ModuleNotFoundError as exc:
-        raise RefusedError(
-            f"the {kind} store needs packages that are not installed ({exc.name}); "
-            f"pip install 'airflow-kfm-migrations[{spec.extra}]'"
-        ) from None
+        raise RefusedError(_install_hint(kind, [exc.name or module])) from None
+    if not plan_only:
+        reason = missing_packages(kind, use_hook=use_hook)
+        if reason:
+            raise RefusedError(reason)
     klass: type[Store] = getattr(mod, cls)
     if plan_only:
         return klass.for_planning(conn_id)
     return klass.from_conn_id(conn_id, use_hook=use_hook)
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or a broken install
+        return False
+
+
+def _install_hint(kind: str, missing: list[str]) -> str:
+    from airflow_kfm_migrations.stores.kinds import KINDS
+
+    spec = KINDS[kind]
+    extras = [extra for extra, _c, _h in spec.clients] or [spec.extra]
+    how = " or ".join(f"pip install 'airflow-kfm-migrations[{e}]'" for e in extras)
+    return f"the {kind} store needs packages that are not installed ({', '.join(missing)}); {how}"
+
+
+def missing_packages(kind: str, *, use_hook: bool = False) -> str | None:
+    """Why a run of ``kind`` cannot start here (its client packages are not installed, with
+    the ``pip install`` that fixes it, one line), or None. Planning needs none of them."""
+    from airflow_kfm_migrations.stores.kinds import KINDS
+
+    spec = KINDS.get(kind)
+    if spec is None or not spec.clients:
+        return None
+    missing: list[str] = []
+    for _extra, client, hooks in spec.clients:
+        gone = [m for m in (*client, *(hooks if use_hook else ())) if not _importable(m)]
+        if not gone:
+            return None
+        missing += [m for m in gone if m not in missing]
+    return _install_hint(kind, missing)
 
 
 def iter_nonempty(items: list[str]) -> Iterator[str]:

@@ -57,6 +57,9 @@ class Kind:
     # The Airflow connection types that reach a store of this kind (``status``/``history``
     # tell the kind a ``--conn-id`` reaches from its type).
     conn_types: tuple[str, ...] = ()
+    # What a run needs installed, as alternatives (any one suffices): (extra, modules the
+    # client needs, modules Airflow's hooks need). Planning needs none of them.
+    clients: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()
 
 
 KINDS: dict[str, Kind] = {
@@ -65,6 +68,7 @@ KINDS: dict[str, Kind] = {
         id_prefix="PG",
         store="airflow_kfm_migrations.stores.postgis.store:PostgisStore",
         extra="postgis",
+        clients=(("postgis", ("psycopg",), ("airflow.providers.postgres",)),),
         forward=(
             "forward.sql",
             "-- Forward change. Runs in one transaction under the governed runner.\n"
@@ -100,6 +104,10 @@ KINDS: dict[str, Kind] = {
         id_prefix="SEARCH",
         store="airflow_kfm_migrations.stores.search.store:SearchStore",
         extra="opensearch",
+        clients=(
+            ("opensearch", ("opensearchpy",), ("airflow.providers.opensearch",)),
+            ("elasticsearch", ("elasticsearch",), ()),  # the client is built from the connection
+        ),
         forward=("forward.json", '{\n  "actions": []\n}\n'),
         rollback=("rollback.json", '{\n  "actions": []\n}\n'),
         default_scope={
@@ -125,6 +133,7 @@ KINDS: dict[str, Kind] = {
         id_prefix="GRAPH",
         store="airflow_kfm_migrations.stores.graph.store:GraphStore",
         extra="neo4j",
+        clients=(("neo4j", ("neo4j",), ("airflow.providers.neo4j",)),),
         forward=(
             "forward.cypher",
             "// Forward change. Schema and data statements run in separate transactions.\n"
