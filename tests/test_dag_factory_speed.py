@@ -72,7 +72,10 @@ def _build(root: Path, **kw: Any) -> dict[str, Any]:
 
 
 def _serialized(dag: Any) -> dict[str, Any]:
-    from airflow.serialization.serialized_objects import DagSerialization
+    try:
+        from airflow.serialization.serialized_objects import DagSerialization
+    except ImportError:  # Airflow < 3.2
+        from airflow.serialization.serialized_objects import SerializedDAG as DagSerialization
 
     doc = DagSerialization.to_dict(dag)
     doc["dag"].pop("fileloc", None)  # where build_dags was called from
@@ -92,7 +95,7 @@ def _state(task: Any) -> dict[str, Any]:
                 for ik, iv in v.items()
             }
         elif k == "params":
-            out[k] = (v.dump(), {p: (v.get_param(p).schema, v.get_param(p).source) for p in v})
+            out[k] = (v.dump(), {p: (v.get_param(p).schema, getattr(v.get_param(p), "source", None)) for p in v})
         else:
             out[k] = v
     return out
