@@ -96,18 +96,28 @@ _WRITTEN_QUERY = """
       AND pg_catalog.pg_stat_get_xact_tuples_inserted(c.oid) + pg_catalog.pg_stat_get_xact_tuples_updated(c.oid)
           + pg_catalog.pg_stat_get_xact_tuples_deleted(c.oid) > 0"""
 
-# A row version this transaction (or one of its subtransactions) wrote: ``age(xmin)``, which
-# counts from this transaction's own id, is not positive (its subtransactions' ids come
-# after it), and that transaction is still in progress. Another transaction's row is visible
-# only once it has committed.
+# A row version this transaction (or one of its subtransactions) wrote. Its xmin, widened to
+# 64 bits as the id that far after this transaction's own (its subtransactions' come later):
+# one before the statement's snapshot xmax must still be in progress (another transaction's
+# row is visible only once it has committed); one at or past xmax belongs to no transaction
+# that had completed, and is visible, so it is this one's. (``age()`` would count from the
+# transaction's id only if it had one when age() was first called in the transaction.) A
+# frozen row of an xid more than 2^31 old can pass for one of this transaction's: that only
+# makes the attribution stricter.
 _MINE = (
-    "CASE WHEN me.top IS NOT NULL AND pg_catalog.age(x.xmin) <= 0 THEN pg_catalog.pg_xact_status("
-    "(me.top - pg_catalog.age(x.xmin))::text::xid8) = 'in progress' ELSE false END"
+    "CASE WHEN me.top IS NULL OR x.xmin::text::bigint < 3 OR (x.xmin::text::bigint - me.top % 4294967296 "
+    "+ 4294967296) % 4294967296 >= 2147483648 THEN false "
+    "WHEN me.top + (x.xmin::text::bigint - me.top % 4294967296 + 4294967296) % 4294967296 >= me.xmax THEN true "
+    "ELSE pg_catalog.pg_xact_status((me.top + (x.xmin::text::bigint - me.top % 4294967296 + 4294967296) "
+    "% 4294967296)::text::xid8) = 'in progress' END"
 )
 
 
 def _xmin_query(catalogs: Iterable[str]) -> str:
-    me = "WITH me AS (SELECT pg_catalog.pg_current_xact_id_if_assigned()::text::bigint AS top) "
+    me = (
+        "WITH me AS (SELECT pg_catalog.pg_current_xact_id_if_assigned()::text::bigint AS top, "
+        "pg_catalog.pg_snapshot_xmax(pg_catalog.pg_current_snapshot())::text::bigint AS xmax) "
+    )
     parts = [
         f"SELECT '{cat}' WHERE EXISTS (SELECT 1 FROM pg_catalog.{cat} x, me WHERE {_MINE})" for cat in sorted(catalogs)
     ]
