@@ -54,13 +54,19 @@ def other_databases(pg_admin: object) -> Iterator[Callable[[], str]]:
         next(gen, None)
 
 
-def run_while(example: Path, db: PgDatabase, meanwhile: Callable[[], object], *extra: str) -> int:
-    """Run the migration, its forward script waiting (after its other statements) for an
-    advisory lock this test holds, and do ``meanwhile`` from other sessions while it waits:
-    after the pre-baseline, before the post-baseline."""
+def run_while(
+    example: Path, db: PgDatabase, meanwhile: Callable[[], object], *extra: str, wait_first: bool = False
+) -> int:
+    """Run the migration, its forward script waiting (after its other statements, or before
+    them with ``wait_first``) for an advisory lock this test holds, and do ``meanwhile`` from
+    other sessions while it waits: after the pre-baseline, before the post-baseline."""
     text = (example / "migration.yml").read_text() + "timeouts:\n  lock_timeout: 120s\n"
     (example / "migration.yml").write_text(text)
-    append(example, f"SELECT pg_advisory_xact_lock({LOCK});")
+    wait = f"SELECT pg_advisory_xact_lock({LOCK});"
+    if wait_first:
+        (example / "forward.sql").write_text(wait + "\n" + (example / "forward.sql").read_text())
+    else:
+        append(example, wait)
     holder = db.connect(autocommit=True)
     holder.execute("SELECT pg_advisory_lock(%s)", (LOCK,))
     rc: list[int] = []
@@ -88,10 +94,19 @@ def findings(bundle: Path) -> set[tuple[str, str, str]]:
 
 
 @pytest.mark.postgis
+# wait_first: the run's transaction has no id yet when the other session takes one (its first
+# write comes after), so the other's database row carries an older id than anything the run wrote.
+@pytest.mark.parametrize("wait_first", [False, True], ids=["written_before", "written_after"])
 def test_a_database_another_session_creates_during_the_run_is_reported_not_judged(
-    example: Path, pgdb: PgDatabase, other_databases: Callable[[], str]
+    example: Path, pgdb: PgDatabase, other_databases: Callable[[], str], wait_first: bool
 ) -> None:
-    assert run_while(example, pgdb, other_databases) == 0
+    # As on a store that has run migrations before: the session writes nothing before the
+    # pre-baseline, which starts from an earlier capture's state (and compares xid ages).
+    from airflow_kfm_migrations.stores.postgis.catalog import LEDGER_DDL
+
+    pgdb.sql(LEDGER_DDL)
+    pgdb.fingerprint()
+    assert run_while(example, pgdb, other_databases, wait_first=wait_first) == 0
     r = receipt(example)
     assert r["status"] == "succeeded" and has_index(pgdb)
     assert ("global_object_changed_elsewhere", "cluster:databases", "informational") in findings(example)
