@@ -190,5 +190,13 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.backfill_progress (
     committed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (migration_id, run_key, batch_no)
 );
-REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM PUBLIC;
+-- PUBLIC gets nothing in the schema. Revoked only when it has something: a REVOKE writes the
+-- schema's catalog row again even when nothing changes, and the next capture would then
+-- recompute what depends on it (see state.py).
+DO $kfm$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n, pg_catalog.aclexplode(n.nspacl) a
+               WHERE n.nspname = '{LEDGER_SCHEMA}' AND a.grantee = 0) THEN
+        REVOKE ALL ON SCHEMA {LEDGER_SCHEMA} FROM PUBLIC;
+    END IF;
+END $kfm$;
 """

@@ -121,7 +121,7 @@ def entries(connect: Connect, conn_id: str, migration_id: str | None) -> list[Le
                     rows = cur.fetchall()
             finally:
                 conn.rollback()
-                conn.read_only = False
+                conn.read_only = None
     except psycopg.Error as exc:
         raise RefusedError(f"cannot read the ledger on {conn_id}: {db_error(exc)}") from None
     return [LedgerRecord(*row[:4], dict(row[4]), *row[5:]) for row in rows]  # type: ignore[arg-type,call-arg,misc]
