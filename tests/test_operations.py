@@ -536,6 +536,10 @@ def test_search_status_and_history(
         for n in (1, 2):
             if client.indices.exists(index=f"{prefix}_{n}"):
                 client.indices.delete(index=f"{prefix}_{n}")
+        if client.indices.exists(index=".kfm-governance"):  # this test's ledger documents
+            client.delete_by_query(
+                index=".kfm-governance", body={"query": {"terms": {"migration_id": ids}}}, params={"refresh": "true"}
+            )
 
 
 GRAPH_DECLARATION = """\
