@@ -33,7 +33,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from airflow_kfm_migrations.stores.kinds import KINDS
+from airflow_kfm_migrations.kinds import KINDS
 
 DAG_PREFIX = "kfm_migration__"
 # Airflow "major.minor" versions on which tests/test_dag_factory_speed.py showed the task copies

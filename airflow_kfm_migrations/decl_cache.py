@@ -60,7 +60,7 @@ _CODE = (
     "decl_cache.py",
     "errors.py",
     "config.py",
-    "stores/kinds.py",
+    "kinds.py",
 )
 _FACT_TYPES: dict[str, Any] = {
     "type": str,

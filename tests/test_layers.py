@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent / PKG
 
 # Bottom to top. A module belongs to the layer of its longest matching prefix.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("foundation", (PKG, f"{PKG}.errors", f"{PKG}.config", f"{PKG}.stores", f"{PKG}.stores.kinds")),
+    ("foundation", (PKG, f"{PKG}.errors", f"{PKG}.config", f"{PKG}.kinds", f"{PKG}.stores")),
     ("util", (f"{PKG}.util",)),
     ("contracts", (f"{PKG}.contracts",)),
     ("declaration", (f"{PKG}.declaration",)),

@@ -21,8 +21,8 @@ from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.engine.receipts import carried_outputs
 from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult
 from airflow_kfm_migrations.errors import LockedError, RefusedError, StoreCallError
+from airflow_kfm_migrations.kinds import kinds_with
 from airflow_kfm_migrations.stores.base import GarbageCollecting, GcDecision, LockBreaking, LockHolder, open_store
-from airflow_kfm_migrations.stores.kinds import kinds_with
 from airflow_kfm_migrations.util.digest import sha256_file
 
 

@@ -22,7 +22,7 @@ from airflow_kfm_migrations.contracts import CONTRACTS, schema_text
 from airflow_kfm_migrations.declaration.bundle import display
 from airflow_kfm_migrations.declaration.registry import REGISTRY_REL, parse_registry
 from airflow_kfm_migrations.errors import InputError
-from airflow_kfm_migrations.stores.kinds import KINDS
+from airflow_kfm_migrations.kinds import KINDS
 
 EMPTY_REGISTRY = {"schema_version": "migrations.v1", "migrations": []}
 

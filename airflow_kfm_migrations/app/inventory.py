@@ -23,8 +23,8 @@ from airflow_kfm_migrations.declaration.bundle import Bundle, display, load_bund
 from airflow_kfm_migrations.declaration.registry import REGISTRY_REL, load_registry
 from airflow_kfm_migrations.declaration.requires import Declared, declared, type_of_id
 from airflow_kfm_migrations.errors import InputError, InvalidInput, KfmError
+from airflow_kfm_migrations.kinds import KINDS, kind_of_conn_type
 from airflow_kfm_migrations.stores.base import LedgerRecord
-from airflow_kfm_migrations.stores.kinds import KINDS, kind_of_conn_type
 
 
 def store_kind(

@@ -25,8 +25,8 @@ from airflow_kfm_migrations.declaration.registry import (
 )
 from airflow_kfm_migrations.engine.preflight import bundle_problems
 from airflow_kfm_migrations.errors import InputError, InvalidInput, KfmError, PolicyError
+from airflow_kfm_migrations.kinds import KINDS
 from airflow_kfm_migrations.stores.base import open_store
-from airflow_kfm_migrations.stores.kinds import KINDS
 
 FIXTURE_EXPECTED = "expected.txt"
 

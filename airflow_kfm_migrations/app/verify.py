@@ -14,8 +14,8 @@ from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, display,
 from airflow_kfm_migrations.engine.receipts import HISTORY, RECEIPT, receipt_digest
 from airflow_kfm_migrations.engine.run import RUNS
 from airflow_kfm_migrations.errors import InputError, VerifyMismatch
+from airflow_kfm_migrations.kinds import KINDS, kind_of_prefix
 from airflow_kfm_migrations.stores.base import open_store
-from airflow_kfm_migrations.stores.kinds import KINDS, kind_of_prefix
 from airflow_kfm_migrations.util.digest import digest_json, sha256_bytes, sha256_file
 
 

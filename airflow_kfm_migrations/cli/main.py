@@ -20,7 +20,7 @@ from airflow_kfm_migrations.cli.common import console, default_actor, load_bundl
 from airflow_kfm_migrations.cli.ops import register as register_ops
 from airflow_kfm_migrations.cli.review import plan_table, print_wide, validate_tables
 from airflow_kfm_migrations.errors import InputError, KfmError
-from airflow_kfm_migrations.stores.kinds import KINDS
+from airflow_kfm_migrations.kinds import KINDS
 from airflow_kfm_migrations.util.secret_scan import redact
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_kfm_migrations.cli.common import console, default_actor
-from airflow_kfm_migrations.stores.kinds import KINDS
+from airflow_kfm_migrations.kinds import KINDS
 from airflow_kfm_migrations.util.secret_scan import redact
 
 FORMATS = ("table", "json", "markdown")

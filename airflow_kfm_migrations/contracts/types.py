@@ -7,12 +7,12 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from airflow_kfm_migrations.stores.kinds import TYPE_PREFIX as KIND_PREFIXES
+from airflow_kfm_migrations.kinds import TYPE_PREFIX as KIND_PREFIXES
 
 SCHEMA_BASE = "https://airflow-kfm-migrations.dev/schemas/"
 
 MigrationType = Literal["postgis", "search", "graph", "other"]
-TYPE_PREFIX = KIND_PREFIXES  # the id prefix of each declaration type (stores/kinds.py)
+TYPE_PREFIX = KIND_PREFIXES  # the id prefix of each declaration type (kinds.py)
 ID_PATTERN = r"^(PG|SEARCH|GRAPH|OTHER)-MIG-[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])-[0-9]{2}$"
 
 

@@ -20,7 +20,7 @@ from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.contracts import adapter
 from airflow_kfm_migrations.contracts.models import AnyDeclaration
 from airflow_kfm_migrations.errors import InputError, InvalidInput
-from airflow_kfm_migrations.stores.kinds import ALL_TYPES
+from airflow_kfm_migrations.kinds import ALL_TYPES
 from airflow_kfm_migrations.util.digest import digest_json, sha256_bytes
 from airflow_kfm_migrations.util.safe_yaml import load_yaml_text
 

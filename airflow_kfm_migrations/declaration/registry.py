@@ -29,7 +29,7 @@ from airflow_kfm_migrations.declaration.bundle import (
     read_text_capped,
 )
 from airflow_kfm_migrations.errors import InputError, PolicyError, RefusedError
-from airflow_kfm_migrations.stores.kinds import ALL_TYPES, KINDS, TYPE_PREFIX, kinds_with
+from airflow_kfm_migrations.kinds import ALL_TYPES, KINDS, TYPE_PREFIX, kinds_with
 from airflow_kfm_migrations.util.digest import sha256_bytes, write_bytes_atomic
 
 REGISTRY_REL = CONFIG_REGISTRY_REL  # where a migrations root keeps its registry

@@ -18,7 +18,7 @@ from airflow_kfm_migrations.contracts.models import AnyDeclaration
 from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE, Bundle, display, load_declaration
 from airflow_kfm_migrations.declaration.registry import REGISTRY_REL, discover_bundles, load_registry
 from airflow_kfm_migrations.errors import InputError, InvalidInput, PolicyError
-from airflow_kfm_migrations.stores.kinds import kind_of_prefix
+from airflow_kfm_migrations.kinds import kind_of_prefix
 
 
 @dataclass(frozen=True)

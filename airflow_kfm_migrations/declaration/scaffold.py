@@ -19,7 +19,7 @@ import yaml
 from airflow_kfm_migrations.declaration.bundle import display
 from airflow_kfm_migrations.declaration.registry import REGISTRY_REL, add_entry, load_json_strict, load_registry
 from airflow_kfm_migrations.errors import InputError
-from airflow_kfm_migrations.stores.kinds import KINDS, TYPE_PREFIX
+from airflow_kfm_migrations.kinds import KINDS, TYPE_PREFIX
 
 NOTES = """# {mid}
 

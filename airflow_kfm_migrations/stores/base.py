@@ -355,7 +355,7 @@ def open_store(kind: str, conn_id: str, *, use_hook: bool = False, plan_only: bo
     """The store of ``kind`` (a KINDS entry), imported on first use so that a kind whose
     client libraries are not installed only fails the runs that need it."""
     from airflow_kfm_migrations.errors import RefusedError
-    from airflow_kfm_migrations.stores.kinds import KINDS
+    from airflow_kfm_migrations.kinds import KINDS
 
     spec = KINDS.get(kind)
     if spec is None:
@@ -383,7 +383,7 @@ def _importable(module: str) -> bool:
 
 
 def _install_hint(kind: str, missing: list[str]) -> str:
-    from airflow_kfm_migrations.stores.kinds import KINDS
+    from airflow_kfm_migrations.kinds import KINDS
 
     spec = KINDS[kind]
     extras = [extra for extra, _c, _h in spec.clients] or [spec.extra]
@@ -394,7 +394,7 @@ def _install_hint(kind: str, missing: list[str]) -> str:
 def missing_packages(kind: str, *, use_hook: bool = False) -> str | None:
     """Why a run of ``kind`` cannot start here (its client packages are not installed, with
     the ``pip install`` that fixes it, one line), or None. Planning needs none of them."""
-    from airflow_kfm_migrations.stores.kinds import KINDS
+    from airflow_kfm_migrations.kinds import KINDS
 
     spec = KINDS.get(kind)
     if spec is None or not spec.clients:
