@@ -25,7 +25,6 @@ from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import InputError, LockedError
 from airflow_kfm_migrations.stores.graph import digests as graph_digests
-from airflow_kfm_migrations.stores.graph.client import host_identity
 from airflow_kfm_migrations.stores.graph.cypher import (
     classify,
     error_line,
@@ -37,6 +36,7 @@ from airflow_kfm_migrations.stores.graph.cypher import (
 )
 from airflow_kfm_migrations.stores.graph.digests import canonical
 from airflow_kfm_migrations.stores.graph.store import GraphStore
+from airflow_kfm_migrations.util.liveness import host_identity
 
 pytestmark = pytest.mark.neo4j
 

@@ -227,17 +227,7 @@ def validate_paths(paths: list[Path], base: str | None = None) -> list[Result]:
                 results.append(validate_bundle(path.parent))
             else:
                 results.append(
-                    Result(
-                        display(path),
-                        "path",
-                        problems=[
-                            InputError(
-                                display(path),
-                                "-",
-                                "not a migration folder, migration.yml, registry file or migrations root",
-                            )
-                        ],
-                    )
+                    _not_a_target(path, "not a migration folder, migration.yml, registry file or migrations root")
                 )
         elif (path / REGISTRY_REL).exists():
             results.extend(validate_root(path, base))
@@ -251,17 +241,13 @@ def validate_paths(paths: list[Path], base: str | None = None) -> list[Result]:
             subs = [p for p in sorted(path.iterdir()) if p.is_dir() and (p / DECLARATION_FILE).exists()]
             if not subs:
                 results.append(
-                    Result(
-                        display(path),
-                        "path",
-                        problems=[
-                            InputError(
-                                display(path),
-                                "-",
-                                "no migration bundles here (expected a bundle, a type folder or a migrations root)",
-                            )
-                        ],
+                    _not_a_target(
+                        path, "no migration bundles here (expected a bundle, a type folder or a migrations root)"
                     )
                 )
             results.extend(validate_bundle(p) for p in subs)
     return results
+
+
+def _not_a_target(path: Path, reason: str) -> Result:
+    return Result(display(path), "path", problems=[InputError(display(path), "-", reason)])

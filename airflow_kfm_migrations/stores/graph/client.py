@@ -7,12 +7,8 @@ without it.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from collections.abc import Callable
-from contextlib import suppress
-from pathlib import Path
 from typing import Any
 
 from airflow_kfm_migrations.errors import RefusedError
@@ -107,28 +103,4 @@ def seconds(interval: str) -> float | None:
     unit = (m.group(2) or "ms").lower()  # PostgreSQL's default unit is ms
     mult = {"ms": 0.001, "s": 1, "sec": 1, "min": 60, "h": 3600, "d": 86400}[unit]
     return float(m.group(1)) * mult
-
-
-# --------------------------------------------------------------------------- process
-
-
-def host_identity() -> str:
-    """This host and PID namespace: a lock holder with the same identity whose PID no longer
-    exists is certainly dead (containers sharing a hostname differ in PID namespace)."""
-    parts = [socket.gethostname()]
-    for path in ("/proc/sys/kernel/random/boot_id",):
-        with suppress(OSError):
-            parts.append(Path(path).read_text().strip())
-    with suppress(OSError):
-        parts.append(os.readlink("/proc/self/ns/pid"))
-    return "|".join(parts)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
     return True

@@ -24,8 +24,9 @@ from typing import Any
 from airflow_kfm_migrations.config import settings
 from airflow_kfm_migrations.errors import AdminRefused, LockedError, RefusedError
 from airflow_kfm_migrations.stores.base import LockHolder
-from airflow_kfm_migrations.stores.graph.client import Connect, RunQuery, WriteQuery, host_identity, pid_alive
+from airflow_kfm_migrations.stores.graph.client import Connect, RunQuery, WriteQuery
 from airflow_kfm_migrations.stores.graph.governance import INFLIGHT_PREFIX, LOCK_KEY, LOCK_LABEL
+from airflow_kfm_migrations.util.liveness import holder_gone, host_identity
 
 STALE_ENV = "KFM_GRAPH_LOCK_STALE_SECONDS"  # named in refusals; read through config.settings()
 
@@ -54,7 +55,7 @@ def lock_props(migration_id: str, run_id: str) -> dict[str, Any]:
 def stale_reason(holder: dict[str, Any]) -> str | None:
     """Why the holder (a row with ``host``, ``pid``, ``age`` in ms) is dead (None: it may be alive)."""
     pid = holder.get("pid")
-    if holder.get("host") and holder["host"] == host_identity() and isinstance(pid, int) and not pid_alive(pid):
+    if holder_gone(holder.get("host"), pid):
         return f"its process {pid} on this host is gone"
     limit = lock_stale_seconds()
     age = (holder.get("age") or 0) / 1000
