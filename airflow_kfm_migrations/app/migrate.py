@@ -10,9 +10,11 @@ ledger entry, baselines, gate and receipt. The first run that does not succeed s
 series: the migrations before it stay applied, it has its receipt saying why, and the ones
 after it are not touched.
 
-Everything that can be refused without the store is refused before the first run, with
-nothing written: an invalid bundle of the kind, a ``requires`` problem (unknown id, cycle,
-another type), an unknown ``--to``.
+What concerns the series is refused before the first run, with nothing written: a bundle of
+the kind that does not load (malformed or invalid declaration), a ``requires`` problem
+(unknown id, cycle, another type), an unknown ``--to``. Each migration's own policy checks
+and static plan are its run's preflight: a migration they refuse stops the series at its
+turn, with a receipt saying why (``kfm-migrations validate`` checks them all ahead, in CI).
 
 What a series shares, and a run of one migration would do again: the interpreter, the
 registry (read and validated once, ``declaration.registry``), the bundles (loaded once),
