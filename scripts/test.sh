@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 bash scripts/stores/postgis.sh start
+bash scripts/stores/s3proxy.sh start
 if [ -f tests/test_graph.py ]; then bash scripts/stores/neo4j.sh start; fi
 if [ -f tests/test_search.py ]; then bash scripts/stores/opensearch.sh start; fi
 if [ -f tests/test_search_elasticsearch.py ]; then bash scripts/stores/elasticsearch.sh start; fi

@@ -282,6 +282,88 @@ def example(tmp_path: Path) -> Path:
     return dst
 
 
+S3_PORT = int(os.environ.get("KFM_S3_PORT", "9380"))
+S3_ACCESS_KEY = os.environ.get("KFM_S3_ACCESS_KEY", "kfm-local")
+S3_SECRET_KEY = os.environ.get("KFM_S3_SECRET_KEY", "kfm-local-only")
+S3_CONN_ID = "kfm_s3"
+
+
+def s3_conn_uri(endpoint: str, access_key: str = S3_ACCESS_KEY, secret_key: str = S3_SECRET_KEY) -> str:
+    """An Airflow ``aws`` connection to an S3-compatible server: the keys as login and
+    password, the server as ``endpoint_url`` in the extra (amazon provider)."""
+    from urllib.parse import quote
+
+    return (
+        f"aws://{quote(access_key, safe='')}:{quote(secret_key, safe='')}@/"
+        f"?endpoint_url={quote(endpoint, safe='')}&region_name=us-east-1"
+    )
+
+
+@dataclass(frozen=True)
+class S3Bucket:
+    """A fresh bucket on the local s3proxy (scripts/stores/s3proxy.sh) for one test, reachable
+    as ``s3://kfm_s3@<bucket>/<prefix>/...`` through the Airflow connection ``kfm_s3``
+    (``AIRFLOW_CONN_KFM_S3`` is set for the test and inherited by commands it starts)."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+    access_key: str = S3_ACCESS_KEY
+    secret_key: str = S3_SECRET_KEY
+    conn_id: str = S3_CONN_ID
+
+    @property
+    def conn_uri(self) -> str:
+        return s3_conn_uri(self.endpoint, self.access_key, self.secret_key)
+
+    def url(self, *parts: str) -> str:
+        """``s3://kfm_s3@<bucket>/<prefix>[/parts...]``: what artifacts_root or verify takes."""
+        return "/".join([f"s3://{self.conn_id}@{self.bucket}", self.prefix, *parts])
+
+    def client(self) -> object:
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+        )
+
+    def keys(self, under: str = "") -> list[str]:
+        """Every object key below ``<prefix>/<under>``, relative to the prefix, sorted."""
+        start = f"{self.prefix}/{under}".rstrip("/") + "/"
+        pages = self.client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start)  # type: ignore[attr-defined]
+        return sorted(o["Key"][len(self.prefix) + 1:] for page in pages for o in page.get("Contents", []))
+
+    def read(self, key: str) -> bytes:
+        """One object's bytes, ``key`` relative to the prefix."""
+        obj = self.client().get_object(Bucket=self.bucket, Key=f"{self.prefix}/{key}")  # type: ignore[attr-defined]
+        return obj["Body"].read()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> str:
+    """The local S3-compatible server's endpoint URL (fails under CI=true when it is down)."""
+    if not port_open(S3_PORT):
+        server_missing("s3proxy (S3-compatible store)", "bash scripts/stores/s3proxy.sh start")
+    return f"http://127.0.0.1:{S3_PORT}"
+
+
+@pytest.fixture
+def s3(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Bucket]:
+    """A fresh bucket and prefix per test on the local s3proxy, with ``AIRFLOW_CONN_KFM_S3``
+    pointing at it; the bucket and everything in it are removed afterwards."""
+    store = S3Bucket(endpoint=s3_server, bucket="kfm-t-" + uuid.uuid4().hex[:12], prefix="run-" + uuid.uuid4().hex[:8])
+    client = store.client()
+    client.create_bucket(Bucket=store.bucket)  # type: ignore[attr-defined]
+    monkeypatch.setenv(f"AIRFLOW_CONN_{store.conn_id.upper()}", store.conn_uri)
+    yield store
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=store.bucket)  # type: ignore[attr-defined]
+    for page in pages:
+        for obj in page.get("Contents", []):
+            client.delete_object(Bucket=store.bucket, Key=obj["Key"])  # type: ignore[attr-defined]
+    client.delete_bucket(Bucket=store.bucket)  # type: ignore[attr-defined]
+
+
 def pytest_assertrepr_compare(op: str, left: object, right: object) -> list[str] | None:
     """``state() == before`` failures show what changed: a diff of the dumps, the tables
     whose rows differ and the cluster facts that differ."""
