@@ -9,6 +9,7 @@ command -v python3.11 >/dev/null || need_apt+=(python3.11 python3.11-venv)
 command -v java >/dev/null || need_apt+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || need_apt+=(maven)
 command -v curl >/dev/null || need_apt+=(curl)
+command -v redis-server >/dev/null || need_apt+=(redis-server)  # Celery broker of scripts/demo-distributed.sh
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing ${need_apt[*]} from Debian..."
   export DEBIAN_FRONTEND=noninteractive
