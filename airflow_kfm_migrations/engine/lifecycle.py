@@ -4,9 +4,17 @@ preflight → plan → lock → ledger → baseline pre → apply → baseline p
 → commit, or abort / compensate → receipt.
 
 Every outcome but invalid input (exit 2, nothing written) ends with a receipt.
+
+A run asked to stop (``RunOptions.cancel``: Airflow's ``on_kill``) has its session stop the
+server-side work (``Cancellable``) and fails closed at the next stage: the transaction rolled
+back, or what the run built deleted and compensated, the lock released, and a receipt whose
+reason starts with why it was stopped.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.engine.gate import blocking, verdict
@@ -14,7 +22,7 @@ from airflow_kfm_migrations.engine.preflight import preflight, requirements_chec
 from airflow_kfm_migrations.engine.rollback import compensate
 from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult, cycle_collector_paused
 from airflow_kfm_migrations.errors import LockedError, RefusedError
-from airflow_kfm_migrations.stores.base import BackfillSession, Store, StoreSession, open_store
+from airflow_kfm_migrations.stores.base import BackfillSession, Cancellable, Store, StoreSession, open_store
 
 PENDING_BACKFILL = "backfill_pending"  # the ledger status of an apply whose backfill is not complete
 
@@ -47,8 +55,10 @@ def run_migration(bundle: Bundle, opts: RunOptions, store: Store | None = None) 
     # transaction; blue/green search before the flip). Others stop after the plan.
     if opts.dry_run and not store.rehearsable(bundle):
         return run.finish("succeeded", "plan only: this migration cannot be rehearsed without side effects")
+    if opts.cancelled:
+        return _killed(run, "stopped before the store was locked; nothing was run")
     try:
-        with store.session(bundle, run.run_id) as s:
+        with store.session(bundle, run.run_id) as s, cancellable(opts, s):
             run.check("lock", True)
             note_recovery(run, s)
             return _locked(run, store, s)
@@ -58,6 +68,35 @@ def run_migration(bundle: Bundle, opts: RunOptions, store: Store | None = None) 
     except RefusedError as exc:
         run.check("store", False, str(exc))
         return run.finish("failed", str(exc))
+    except Exception as exc:  # broad on purpose: a store call the cancellation interrupted, any error type
+        if not opts.cancelled:
+            raise
+        # The session's exit rolled back (or aborted) and released the lock already.
+        return _killed(run, f"the store call it interrupted failed ({type(exc).__name__}); the session was closed")
+
+
+@contextmanager
+def cancellable(opts: RunOptions, s: StoreSession) -> Iterator[None]:
+    """While inside: ``opts.cancel`` stops the session's server-side work (when it can)."""
+    if opts.cancel is None or not isinstance(s, Cancellable):
+        yield
+        return
+    with opts.cancel.registered(s.cancel):
+        yield
+
+
+def _killed(run: RunRecorder, detail: str) -> RunResult:
+    """A run stopped on request where nothing is left to undo."""
+    why = run.opts.cancelled
+    run.check("cancelled", False, why)
+    return run.finish("failed", f"{why}; {detail}")
+
+
+def _stopped(run: RunRecorder, s: StoreSession, during: str) -> RunResult:
+    """A run stopped on request after the forward began: undone as a refusal is."""
+    why = run.opts.cancelled
+    run.check("cancelled", False, why)
+    return _refuse(run, s, f"{why}: {during}", f"{why}: {during}; transaction rolled back, store unchanged")
 
 
 def note_recovery(run: RunRecorder, s: StoreSession) -> None:
@@ -84,9 +123,15 @@ def _locked(run: RunRecorder, store: Store, s: StoreSession) -> RunResult:
         return _already_applied(run, store, s, last.artifacts, last.run_id, last.post_scope_fingerprint)
     run.check("ledger", True, "not applied yet" if last is None else f"last operation {last.operation}")
     run.pre = s.baseline()
+    if run.opts.cancelled:
+        s.abort()
+        return _killed(run, "stopped before the forward ran; store unchanged")
     outcome = s.apply()
     run.metrics.update(outcome.metrics)
     run.metrics["statements"] = outcome.statements_run
+    if run.opts.cancelled:
+        run.check("apply", False, outcome.error or f"{outcome.statements_run} statements, then stopped")
+        return _stopped(run, s, f"the forward was stopped ({outcome.error or 'after its last statement'})")
     if not outcome.ok:
         run.check("apply", False, outcome.error)
         return _refuse(
@@ -110,6 +155,8 @@ def _locked(run: RunRecorder, store: Store, s: StoreSession) -> RunResult:
     if run.opts.dry_run:
         s.abort()
         return run.finish("succeeded", "rehearsed in a transaction that was rolled back")
+    if run.opts.cancelled:
+        return _stopped(run, s, "stopped after the gate passed, before the commit")
     return _commit(run, store, s)
 
 

@@ -29,6 +29,7 @@ from airflow_kfm_migrations.engine.receipts import carried_outputs, output_refs,
 from airflow_kfm_migrations.evidence.diff import touched_csv
 from airflow_kfm_migrations.evidence.prov import prov_jsonld
 from airflow_kfm_migrations.stores.base import BatchEvent, LedgerRecord, Plan, Store, StoreSession
+from airflow_kfm_migrations.util.cancel import Cancellation
 from airflow_kfm_migrations.util.digest import dump_json, publish_copy, write_bytes_atomic
 
 _P = ParamSpec("_P")
@@ -54,6 +55,14 @@ class RunOptions:
     # Runs work that may finish after the run returns (its PROV document), e.g. in a thread
     # while the next migration of a series runs; the caller waits for it. None: right away.
     defer: Callable[[Callable[[], None]], None] | None = None
+    # Set from another thread (Airflow's on_kill) to stop the run: the session stops its
+    # server-side work and the run fails closed, with a receipt saying why. None: never.
+    cancel: Cancellation | None = None
+
+    @property
+    def cancelled(self) -> str | None:
+        """Why the run was asked to stop, or None."""
+        return self.cancel.reason if self.cancel is not None else None
 
 
 @dataclass

@@ -6,8 +6,8 @@ Everything store-agnostic (diff, gate, receipts, registry) lives outside ``store
 
 ``Store`` and ``StoreSession`` declare everything the engine calls on every kind. Abilities
 only some kinds have are capability protocols (``Backfilling``, ``LockBreaking``,
-``GarbageCollecting``, ``LegacyFingerprints``), checked with ``isinstance`` at the one place
-that needs them.
+``GarbageCollecting``, ``LegacyFingerprints``, ``Cancellable``), checked with ``isinstance``
+at the one place that needs them.
 """
 
 from __future__ import annotations
@@ -340,6 +340,19 @@ class GarbageCollecting(Protocol):
 
     def last_entry(self) -> dict[str, Any] | None: ...
     def collect_garbage(self, now: datetime, *, dry_run: bool = False) -> list[GcDecision]: ...
+
+
+@runtime_checkable
+class Cancellable(Protocol):
+    """Sessions that can stop their server-side work when the run is asked to stop
+    (Airflow's ``on_kill``; see :mod:`airflow_kfm_migrations.util.cancel`)."""
+
+    def cancel(self) -> None:
+        """Called from another thread while the run's own thread is blocked in the store: ask
+        the server to stop what the run is doing now (the running statement, the reindex
+        task), and make the run's next step fail. The run then ends through its usual failure
+        path (rollback, abort or compensation, lock released, receipt). Idempotent; never raises."""
+        ...
 
 
 @runtime_checkable

@@ -202,14 +202,24 @@ def interrupted_runs(run: RunQuery) -> list[Interrupted]:
     return out
 
 
+_RUN_TRANSACTIONS = (
+    "SHOW TRANSACTIONS YIELD transactionId, metaData WHERE metaData.kfm_run_id = $run RETURN transactionId AS id"
+)
+
+
+def terminate_run(run: RunQuery, run_id: str) -> list[str]:
+    """Terminate the transactions a run tagged with its id that run now; their ids."""
+    ids = [r["id"] for r in run(_RUN_TRANSACTIONS, run=run_id)]
+    if ids:
+        run("TERMINATE TRANSACTIONS $ids", ids=ids)
+    return ids
+
+
 def stop_orphans(run: RunQuery, run_id: str, where: str) -> None:
     """A dead client's statement normally ends with its connection; one that still runs on
     the server (a partitioned client) is terminated before compensating."""
-    query = (
-        "SHOW TRANSACTIONS YIELD transactionId, metaData WHERE metaData.kfm_run_id = $run RETURN transactionId AS id"
-    )
     deadline = time.monotonic() + 30
-    while ids := [r["id"] for r in run(query, run=run_id)]:
+    while ids := [r["id"] for r in run(_RUN_TRANSACTIONS, run=run_id)]:
         if time.monotonic() > deadline:
             raise LockedError(f"{where}; its statements still run on the server ({', '.join(ids)}); try later")
         run("TERMINATE TRANSACTIONS $ids", ids=ids)

@@ -14,6 +14,7 @@ label or type, and a DROP is looked up again just before it runs (``plan.schema_
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -43,6 +44,8 @@ from airflow_kfm_migrations.stores.graph.guard import GuardError, ProtectedGuard
 from airflow_kfm_migrations.stores.graph.plan import SchemaObjects, batched_findings, schema_findings, scope_findings
 from airflow_kfm_migrations.stores.graph.scope import GraphScope
 from airflow_kfm_migrations.util.secret_scan import redact
+
+log = logging.getLogger(__name__)
 
 COUNTER_NAMES = (
     "nodes_created",
@@ -115,6 +118,17 @@ class GraphSession:
         self._inflight = False
         self._checked: set[str] = set()  # roles that passed the EXPLAIN preflight
         self._batched: set[tuple[str, int, str]] = set()  # statements whose server plan commits in batches
+        self._stopping = False  # cancel() was called: the forward runs no further statement
+
+    def cancel(self) -> None:
+        """The ``Cancellable`` capability, called from another thread: terminate the run's
+        running transactions (tagged with its run id) and run no further forward statement.
+        The lifecycle then compensates with the rollback artifact."""
+        self._stopping = True
+        try:
+            lock.terminate_run(self._run, self.run_id)
+        except Exception as exc:  # broad on purpose: the run stops at its next statement all the same
+            log.warning("could not terminate the run's transactions (%s)", type(exc).__name__)
 
     # -- plumbing -------------------------------------------------------------
 
@@ -314,6 +328,8 @@ class GraphSession:
 
         for art, st in statements:
             n += 1
+            if self._stopping and self._phase == "applying":
+                return stopped(f"statement {n} of {art.rel}: not run, the run was asked to stop")
             try:
                 if not lock.heartbeat(
                     self._run, self.run_id, statement=n, statements=len(statements), phase=self._phase

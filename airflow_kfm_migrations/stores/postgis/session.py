@@ -7,6 +7,7 @@ backfill checks made in the guard's transaction.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -35,6 +36,8 @@ from airflow_kfm_migrations.stores.postgis.catalog_sql import LEDGER_SCHEMA
 from airflow_kfm_migrations.stores.postgis.client import Connect, advisory_key, db_error
 from airflow_kfm_migrations.stores.postgis.plan import plan_sql
 from airflow_kfm_migrations.stores.postgis.procedural import INVALID_TRANSACTION_TERMINATION, RUNTIME_REFUSAL
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -82,6 +85,24 @@ class PgSession:
         self._governance: str | None = None  # GOVERNANCE_QUERY's digest when the session opened
         self._governance_rows: tuple[str, str] | None = None
         self._statement_ms = 0  # the declared statement timeout, as the server took it
+        self._stopping = False  # cancel() was called: no further statement of the script runs
+        # The capture state the run leaves, shared with other workers once it commits
+        # (shared_state): (key, snapshot xmax, sha256, bytes); and the thread writing it.
+        self.share_connect: Connect | None = None
+        self._share: tuple[str, int, str, bytes] | None = None
+        self._sharing: threading.Thread | None = None
+
+    def cancel(self) -> None:
+        """The ``Cancellable`` capability, called from another thread: cancel the statement
+        running on the run's connection (a cancel request on a connection of its own, as the
+        watchdog does) and run no further statement. The run then rolls back its transaction;
+        the locks go with it."""
+        self._stopping = True
+        try:
+            self.conn.cancel_safe(timeout=5.0)
+        except Exception as exc:  # broad on purpose: a closed or broken connection has nothing to cancel
+            log.warning("could not cancel the running statement (%s)", type(exc).__name__)
+
 
     # The transaction: timeouts and advisory locks come first, so nothing runs unlocked.
     def open(self) -> None:
@@ -262,6 +283,12 @@ class PgSession:
             for art in artifacts:
                 for text, _stmt in plan_sql(art.text, display(art.path)):
                     n += 1
+                    if self._stopping:
+                        return ApplyOutcome(
+                            ok=False,
+                            error=f"statement {n} of {art.rel}: not run, the run was asked to stop",
+                            statements_run=n - 1,
+                        )
                     with self.conn.cursor() as cur, self._watchdog():
                         cur.execute(text.encode(), prepare=False)
         except psycopg.Error as exc:

@@ -20,6 +20,7 @@ from airflow_kfm_migrations.util.secret_scan import redact
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
+CANCEL_WAIT_SECONDS = 30.0  # how long a stopped run waits for its cancelled task to end
 
 
 @dataclass
@@ -47,10 +48,13 @@ def run_reindex(
     timeout: str,
     heartbeat: Callable[[], None],
     on_task: Callable[[str], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> str | None:
     """Run one reindex action and add its counts to ``total``; the error, or None.
     ``on_task`` is called with the task's id as soon as the cluster answered (the in-flight
-    record keeps it, so that a recovery can cancel the task if this run dies)."""
+    record keeps it, so that a recovery can cancel the task if this run dies). When ``stop``
+    turns true (the run was asked to stop), the task is cancelled and waited for: what it
+    wrote is then the abort's to delete, and nothing writes on."""
     b = act.body
     c = client
     src, dest = b["source"], b["dest"]
@@ -75,6 +79,8 @@ def run_reindex(
         t = c.get_task(task)
         if t.get("completed"):
             break
+        if stop is not None and stop():
+            return cancel_and_wait(c, task, f"reindex {src} -> {dest}")
         if time.monotonic() > deadline:
             with suppress(CallError):
                 c.cancel_task(task)
@@ -91,6 +97,10 @@ def run_reindex(
             last_log = time.monotonic()
         heartbeat()
         time.sleep(POLL_SECONDS)
+    if stop is not None and stop():  # it ended meanwhile (cancelled, or done): the run stops all the same
+        if ((t.get("task") or {}).get("status") or {}).get("canceled"):
+            return f"reindex {src} -> {dest} was cancelled (task {task})"
+        return f"reindex {src} -> {dest} finished, then the run was asked to stop"
     if t.get("error"):
         err = t["error"]
         return f"reindex {src} -> {dest} failed: {err.get('type', 'error')}: {redact(str(err.get('reason', '')))}"
@@ -113,3 +123,20 @@ def run_reindex(
             " matching the query" if "query" in b else ""
         )
     return None
+
+
+def cancel_and_wait(c: SearchClient, task: str, what: str) -> str:
+    """Cancel ``task`` and wait until the cluster says it completed; the error to report."""
+    with suppress(CallError):
+        c.cancel_task(task)
+    deadline = time.monotonic() + CANCEL_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        try:
+            if c.get_task(task).get("completed"):
+                return f"{what} was cancelled (task {task})"
+        except CallError as exc:
+            if exc.status == 404:
+                return f"{what} was cancelled (task {task})"
+            raise
+        time.sleep(0.1)
+    return f"{what} was cancelled (task {task}) but still ran after {CANCEL_WAIT_SECONDS:g}s"

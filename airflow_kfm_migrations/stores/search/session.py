@@ -79,6 +79,26 @@ class SearchSession:
         self._guarded0: dict[str, list[Any]] | None = None  # guarded write counters at the apply's start
         self._foreign: dict[str, str] = {}  # guarded indices written during the run
         self.recovery: inflight.Recovery | None = None  # a killed run this session recovered
+        self._stopping = False  # cancel() was called: the forward stops at its next step
+        self._task: str | None = None  # the reindex task running now
+
+    def cancel(self) -> None:
+        """The ``Cancellable`` capability, called from another thread: cancel the running
+        reindex task, and stop the forward at its next step. The run then fails: ``abort``
+        deletes what it built, no alias moves, the lock is released."""
+        self._stopping = True
+        task = self._task
+        if task is not None:
+            try:
+                self.client.cancel_task(task)
+            except CallError as exc:  # the run's own wait cancels it again
+                log.warning("could not cancel reindex task %s: %s", task, exc.line())
+
+    def _started(self, task: str) -> None:
+        self._inflight.task(task)
+        self._task = task
+        if self._stopping:  # cancel() came before the task was known
+            self.cancel()
 
     @property
     def client(self) -> SearchClient:
@@ -243,6 +263,8 @@ class SearchSession:
         try:
             for act in actions:
                 n += 1
+                if forward and self._stopping:
+                    return self._failed(act, n, "not run: the run was asked to stop", started, total)
                 self.lock.heartbeat()
                 b = act.body
                 if act.name == "aliases":
@@ -300,8 +322,10 @@ class SearchSession:
                         total,
                         timeout=self.decl.timeouts.statement_timeout,
                         heartbeat=self.lock.heartbeat,
-                        on_task=self._inflight.task,
+                        on_task=self._started,
+                        stop=(lambda: self._stopping) if forward else None,
                     )
+                    self._task = None
                     err = self._check_guarded(err)
                     if err:
                         return self._failed(act, n, err, started, total)

@@ -1,0 +1,200 @@
+"""Killing ``apply`` while its reindex runs, against the real OpenSearch node: the run cancels
+its reindex task, deletes the index it built, moves no alias, releases its lock and writes a
+receipt saying it was killed; the next run is not blocked and needs no recovery.
+
+The acceptance case goes through real Airflow: ``airflow dags test`` runs the task through
+the task SDK's runner, whose SIGTERM handler is the one that calls ``on_kill`` when Airflow
+kills a task (the supervisor sends SIGTERM to the task process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import test_search as ts
+from conftest import REPO
+from test_airflow import airflow_env  # noqa: F401  (a fixture)
+from test_search import CONN_ID, MIG, alias_on, count, edit_forward, ledger, receipt, run
+from test_search_recovery import EXTRA_DOCS, add_parcels, governance_doc, running_reindex, wait_for
+
+from airflow_kfm_migrations.declaration.bundle import load_bundle
+from airflow_kfm_migrations.engine import RunOptions, run_migration
+from airflow_kfm_migrations.util.cancel import KILLED_BY_AIRFLOW, Cancellation
+
+pytestmark = pytest.mark.opensearch
+
+os_client = ts.os_client
+cluster = ts.cluster
+example = ts.example
+
+DAG_ID = "kfm_migration__" + MIG
+
+
+def slow_reindex(c: Any, bundle: Path) -> None:
+    """20,050 documents reindexed at 2,000 per second: the reindex task runs for about 10 s."""
+    add_parcels(c, EXTRA_DOCS)
+    edit_forward(bundle, lambda a: a[1]["reindex"].update(requests_per_second=2000))
+
+
+def reindex_writing(c: Any, running: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Wait until the run's reindex task into parcels_v2 has written documents and the run's
+    in-flight record names it; the task (tasks API), with its id. ``running`` fails the test
+    when the run ended before."""
+
+    def writing() -> Any:
+        running()
+        return (t := running_reindex(c, "parcels_v2")) and t["status"]["created"] > 0 and t
+
+    task = wait_for("the reindex task to write", writing)
+    wait_for(
+        "the in-flight record to name the task",
+        lambda: (r := governance_doc(c, f"inflight:{MIG}")) and task["id"] in r["tasks"] and r,
+    )
+    return dict(task)
+
+
+def assert_left_nothing(c: Any, task_id: str) -> None:
+    """The killed run's task was cancelled, its index is gone, no alias moved, nothing was
+    recorded, and its lock and in-flight record are gone (the next run has nothing to recover)."""
+    t = c.tasks.get(task_id=task_id)
+    assert t["completed"] is True and t["task"]["status"].get("canceled") == "by user request"
+    assert not c.indices.exists(index="parcels_v2")
+    assert alias_on(c) == ["parcels_v1"] and count(c, "parcels_v1") == 50 + EXTRA_DOCS
+    assert ledger(c) == []
+    assert governance_doc(c, f"lock:{MIG}") is None
+    assert governance_doc(c, f"inflight:{MIG}") is None
+
+
+def assert_next_run_not_blocked(c: Any, bundle: Path, out: Path) -> None:
+    """The next run takes the free lock at once, recovers nothing, and applies."""
+    edit_forward(bundle, lambda a: a[1]["reindex"].pop("requests_per_second"))
+    assert run(bundle, out) == 0, receipt(out)["reason"]
+    r = receipt(out)
+    assert r["status"] == "succeeded" and "recovered_interrupted_run" not in r["metrics"]
+    assert alias_on(c) == ["parcels_v2"] and count(c, "parcels_v2") == 50 + EXTRA_DOCS
+    assert [e["run_id"] for e in ledger(c)] == [r["run_id"]]
+
+
+def test_a_cancelled_run_stops_its_reindex_and_fails_closed(example: Path, cluster: Any, tmp_path: Path) -> None:
+    """The engine's cancel hook, from another thread, as ``on_kill`` calls it."""
+    c = cluster
+    slow_reindex(c, example)
+    cancel = Cancellation()
+    seen: dict[str, Any] = {}
+
+    def kill_when_writing() -> None:
+        seen["task"] = reindex_writing(c)
+        cancel.cancel("stopped by the test")
+
+    killer = threading.Thread(target=kill_when_writing, daemon=True)
+    killer.start()
+    out = tmp_path / "killed"
+    result = run_migration(load_bundle(example), RunOptions(conn_id=CONN_ID, artifacts_dir=out, cancel=cancel))
+    killer.join()
+    task = seen["task"]["id"]
+    assert result.status == "rolled_back" and result.exit_code == 1
+    r = receipt(out)
+    assert r["status"] == "rolled_back"
+    assert r["reason"].startswith(
+        "stopped by the test: the forward was stopped (action 2 (reindex) of forward.json: reindex parcels_v1 -> "
+        f"parcels_v2 was cancelled (task {task}))"
+    )
+    assert r["reason"].endswith("compensated by the rollback artifact, store equals pre")
+    assert {"name": "cancelled", "passed": False, "detail": "stopped by the test"} in r["validation"]
+    assert_left_nothing(c, task)
+    assert_next_run_not_blocked(c, example, tmp_path / "next")
+
+
+def test_a_cancel_before_the_lock_runs_nothing(example: Path, cluster: Any, tmp_path: Path) -> None:
+    cancel = Cancellation()
+    cancel.cancel(KILLED_BY_AIRFLOW)
+    out = tmp_path / "out"
+    result = run_migration(load_bundle(example), RunOptions(conn_id=CONN_ID, artifacts_dir=out, cancel=cancel))
+    assert (result.status, result.reason) == (
+        "failed",
+        "killed by Airflow (on_kill); stopped before the store was locked; nothing was run",
+    )
+    assert receipt(out)["status"] == "failed"
+    assert not cluster.indices.exists(index="parcels_v2") and alias_on(cluster) == ["parcels_v1"]
+
+
+# ------------------------------------------------------------------ through Airflow
+
+
+def airflow_world(tmp_path: Path, bundle: Path, env: dict[str, str]) -> dict[str, str]:
+    """A bundles root holding the search example (as edited by the test) with a registry
+    entry on the test's connection, and the DAGs serialized."""
+    root = tmp_path / "migrations"
+    shutil.copytree(bundle, root / "search" / MIG)
+    reg = json.loads((REPO / "migrations" / "registry" / "migrations.v1.json").read_text())
+    entry = next(e for e in reg["migrations"] if e["migration_id"] == MIG)
+    entry["conn_id"] = CONN_ID
+    (root / "registry").mkdir(parents=True)
+    (root / "registry" / "migrations.v1.json").write_text(
+        json.dumps({"schema_version": "migrations.v1", "migrations": [entry]})
+    )
+    out = dict(env, KFM_BUNDLES_ROOT=str(root), KFM_ARTIFACTS_ROOT=str(tmp_path / "artifacts"))
+    out[f"AIRFLOW_CONN_{CONN_ID.upper()}"] = os.environ[f"AIRFLOW_CONN_{CONN_ID.upper()}"]
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "reserialize"], env=out, check=True, capture_output=True, timeout=300
+    )
+    return out
+
+
+@pytest.mark.airflow
+def test_airflow_kills_apply_during_a_long_reindex(
+    example: Path,
+    cluster: Any,
+    airflow_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """SIGTERM to the process running ``apply`` while its reindex task writes: the task
+    runner's handler calls ``ApplyOperator.on_kill``, which cancels the task; the run fails
+    closed with a receipt saying it was killed, and the next run is not blocked."""
+    c = cluster
+    slow_reindex(c, example)
+    env = airflow_world(tmp_path, example, airflow_env)
+    log = tmp_path / "dags-test.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "airflow", "dags", "test", DAG_ID],
+            env=env,
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+
+        def running() -> None:
+            if proc.poll() is not None:
+                pytest.fail(f"airflow dags test ended before the reindex:\n{log.read_text()[-4000:]}")
+
+        try:
+            task = reindex_writing(c, running)
+            os.kill(proc.pid, signal.SIGTERM)  # what the supervisor sends the task process
+            proc.wait(timeout=300)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    out = log.read_text()
+    assert f"{MIG}: rolled_back: {KILLED_BY_AIRFLOW}: the forward was stopped" in out, out[-4000:]
+    r = json.loads((tmp_path / "artifacts" / MIG / "receipts" / "run_receipt.json").read_text())
+    assert r["operation"] == "apply" and r["status"] == "rolled_back"
+    assert r["reason"].startswith(
+        f"{KILLED_BY_AIRFLOW}: the forward was stopped (action 2 (reindex) of forward.json: reindex parcels_v1 -> "
+        f"parcels_v2 was cancelled (task {task['id']}))"
+    )
+    assert {"name": "cancelled", "passed": False, "detail": KILLED_BY_AIRFLOW} in r["validation"]
+    assert r["actor"].startswith(f"airflow:{DAG_ID}/")
+    assert_left_nothing(c, task["id"])
+    assert_next_run_not_blocked(c, example, tmp_path / "next")
