@@ -27,7 +27,7 @@ from airflow_kfm_migrations.contracts.models import (
     trusted_baseline_object,
 )
 from airflow_kfm_migrations.evidence.diff import remember_leaves
-from airflow_kfm_migrations.stores.postgis import state
+from airflow_kfm_migrations.stores.postgis import shared_state, state
 from airflow_kfm_migrations.stores.postgis.attribution import is_global
 from airflow_kfm_migrations.stores.postgis.catalog import (
     ACL_QUERY,
@@ -147,6 +147,9 @@ class Captures:
         self.prior: state.CatalogState | None = None
         self.last: state.CatalogState | None = None
         self.reused = 0  # family objects the last capture took from an earlier one
+        # Where the state the last capture started from came from: "memory" (this process),
+        # "file" (the local cache), "governance" (the database: shared_state), or "none".
+        self.source = "none"
         self._made: dict[bytes, BaselineObject] = {}  # the last capture's objects, by Merkle node
         self._sessions = 0  # open sessions: while there are any, a new state is saved when they end
         self._unsaved: state.CatalogState | None = None
@@ -211,10 +214,16 @@ class Captures:
             prior = None
             if ident is not None:
                 prior = self.prior if self.prior is not None and self.prior.key == ident[0] else None
+            # A process with no state for the database in memory or in its cache file (a new
+            # worker) reads the one the last committed run left in the database.
+            shared = None
+            if ident is not None and prior is None and not state.cached(ident[0]):
+                shared = shared_state.fetch(cur, ident[0])
             # Reading an earlier capture's file and building its objects is Python work: a thread
             # does it while the server answers the probe and the change queries below.
             built: list[BaselineObject] = []  # one per loaded[0].objects, in the same order
             loaded: list[state.CatalogState | None] = [prior]
+            source = ["memory" if prior is not None else "none"]
             failed: list[BaseException] = []
             ready = threading.Event()
 
@@ -222,7 +231,14 @@ class Captures:
                 try:
                     st = loaded[0]
                     if st is None and ident is not None:
-                        st = loaded[0] = state.load(ident[0])
+                        st = state.load(ident[0])
+                        if st is not None:
+                            source[0] = "file"
+                        else:
+                            payload = shared_state.verified(shared)
+                            st = state.decode(payload, ident[0]) if payload is not None else None
+                            source[0] = "governance" if st is not None else "none"
+                        loaded[0] = st
                     ready.set()
                     fobjs = st.objects if st is not None else []
                     flags = by_pair(fobjs, "schema", "table", is_guarded)
@@ -285,6 +301,7 @@ class Captures:
                     reused, objs = prior.objects, built
                 rows_in = rows_fam + rows_global
             self.reused = len(reused)
+            self.source = source[0] if prior is not None and dirty is not None else "none"
             fresh: list[state.FamilyObject] = []
             global_nodes: list[bytes] = []
             cluster_nodes: list[bytes] = []  # database- and cluster-level objects: the global fingerprint's

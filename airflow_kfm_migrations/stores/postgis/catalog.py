@@ -171,14 +171,20 @@ CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.ledger (
     post_scope_fingerprint text NOT NULL,
     receipt_digest text,
     applied_at timestamptz NOT NULL DEFAULT now(),
-    actor text
+    actor text,
+    capture_state text
 );
 -- A ledger created by an earlier release gains the columns added since. Only when one is
 -- missing: ALTER TABLE would otherwise lock the ledger against readers for the whole run.
+-- (capture_state: the sha256 of the capture state the run left, see shared_state.py.)
 DO $kfm$ BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = '{LEDGER_SCHEMA}.ledger'::regclass
                    AND attname = 'actor' AND NOT attisdropped) THEN
         ALTER TABLE {LEDGER_SCHEMA}.ledger ADD COLUMN IF NOT EXISTS actor text;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = '{LEDGER_SCHEMA}.ledger'::regclass
+                   AND attname = 'capture_state' AND NOT attisdropped) THEN
+        ALTER TABLE {LEDGER_SCHEMA}.ledger ADD COLUMN IF NOT EXISTS capture_state text;
     END IF;
 END $kfm$;
 CREATE TABLE IF NOT EXISTS {LEDGER_SCHEMA}.backfill_progress (

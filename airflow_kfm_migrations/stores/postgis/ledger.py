@@ -32,11 +32,12 @@ def last_record(cur: Any, migration_id: str) -> LedgerRecord | None:
     return LedgerRecord(*row[:4], dict(row[4]), *row[5:])  # type: ignore[arg-type,call-arg]
 
 
-def insert_record(cur: Any, rec: LedgerRecord) -> None:
+def insert_record(cur: Any, rec: LedgerRecord, capture_state: str | None = None) -> None:
+    """``capture_state``: the sha256 of the capture state the run leaves (``shared_state``)."""
     cur.execute(
         f"INSERT INTO {LEDGER_SCHEMA}.ledger (migration_id, operation, status, bundle_digest, artifacts, "
         f"environment, run_id, pre_schema_fingerprint, pre_protected_fingerprint, post_schema_fingerprint, "
-        f"post_scope_fingerprint, actor) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        f"post_scope_fingerprint, actor, capture_state) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (
             rec.migration_id,
             rec.operation,
@@ -50,6 +51,7 @@ def insert_record(cur: Any, rec: LedgerRecord) -> None:
             rec.post_schema_fingerprint,
             rec.post_scope_fingerprint,
             rec.actor,
+            capture_state,
         ),
     )
 

@@ -19,7 +19,7 @@ from airflow_kfm_migrations.declaration.bundle import Artifact, Bundle, display
 from airflow_kfm_migrations.errors import LockedError, RefusedError
 from airflow_kfm_migrations.evidence.diff import diff_objects
 from airflow_kfm_migrations.stores.base import ApplyOutcome, LedgerRecord
-from airflow_kfm_migrations.stores.postgis import attribution, ledger, legacy, posture, reads, state
+from airflow_kfm_migrations.stores.postgis import attribution, ledger, legacy, posture, reads, shared_state, state
 from airflow_kfm_migrations.stores.postgis.backfill import Engine
 from airflow_kfm_migrations.stores.postgis.backfill_checks import check_key
 from airflow_kfm_migrations.stores.postgis.capture import Captures
@@ -42,18 +42,29 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def open_session(
-    captures: Captures, connect: Connect, conn_id: str, bundle: Bundle, run_id: str
+    captures: Captures,
+    connect: Connect,
+    conn_id: str,
+    bundle: Bundle,
+    run_id: str,
+    share_connect: Connect | None = None,
 ) -> Iterator[PgSession]:
-    """A new connection, locked and prepared for a run of ``bundle``; closed afterwards."""
+    """A new connection, locked and prepared for a run of ``bundle``; closed afterwards.
+    ``share_connect``: new connections of their own, for writing the capture state after
+    the commit while the run writes its receipt (None: on the run's connection, after it)."""
     decl = bundle.declaration
     assert isinstance(decl, PostgisDeclaration)
     conn = connect()
+    s: PgSession | None = None
     with captures.saving_once():
         try:
             s = PgSession(captures, connect, conn_id, conn, bundle, run_id)
+            s.share_connect = share_connect
             s.open()
             yield s
         finally:
+            if s is not None:
+                s.shared()
             try:
                 if not conn.closed:
                     conn.rollback() if not conn.autocommit else None
@@ -103,7 +114,6 @@ class PgSession:
         except Exception as exc:  # broad on purpose: a closed or broken connection has nothing to cancel
             log.warning("could not cancel the running statement (%s)", type(exc).__name__)
 
-
     # The transaction: timeouts and advisory locks come first, so nothing runs unlocked.
     def open(self) -> None:
         import psycopg
@@ -131,6 +141,7 @@ class PgSession:
                         f"{self.decl.migration_id} on {self.conn_id}; refusing to run concurrently"
                     )
                 cur.execute(LEDGER_DDL)
+                cur.execute(shared_state.DDL)
                 cur.execute(GOVERNANCE_QUERY)
                 self._governance, hazards = cur.fetchone()
                 cur.execute(GOVERNANCE_ROWS_QUERY)
@@ -320,7 +331,15 @@ class PgSession:
         except psycopg.Error as exc:
             return ApplyOutcome(ok=False, error=f"after the script: {db_error(exc)}", statements_run=n)
         return ApplyOutcome(
-            ok=True, writes=writes, statements_run=n, metrics={"apply_seconds": round(time.monotonic() - started, 3)}
+            ok=True,
+            writes=writes,
+            statements_run=n,
+            metrics={
+                "apply_seconds": round(time.monotonic() - started, 3),
+                # The pre-baseline: how many objects it took from an earlier capture, and from where.
+                "pre_capture_reused": self.captures.reused,
+                "pre_capture_state": self.captures.source,
+            },
         )
 
     def apply(self) -> ApplyOutcome:
@@ -383,9 +402,17 @@ class PgSession:
     def record(self, rec: LedgerRecord) -> None:
         import psycopg
 
+        # The state the store starts from once this run commits: its post-baseline's. Its
+        # digest goes into the ledger row, in the run's transaction; the state itself is
+        # written after the commit (shared()).
+        st = (self._pending if self.transactional else self.captures.last) if self._captured else None
+        self._share = None
+        if st is not None and state.enabled():
+            payload = state.encode(st)
+            self._share = (st.key, state.snapshot_xmax(st), shared_state.digest(payload), payload)
         try:
             with self.conn.cursor() as cur:
-                ledger.insert_record(cur, rec)
+                ledger.insert_record(cur, rec, self._share[2] if self._share else None)
         except psycopg.Error as exc:
             raise RefusedError(f"cannot write the ledger entry on {self.conn_id}: {db_error(exc)}") from None
 
@@ -440,9 +467,44 @@ class PgSession:
             self.conn.commit()
             self.captures.adopt(self._pending)
             self._pending = None
+        share, self._share = self._share, None
+        if share is None:
+            return
+        if self.share_connect is None:
+            self._write_state(self.conn, share)
+        else:
+            self._sharing = threading.Thread(
+                target=self._write_state, args=(None, share), name="kfm-capture-share", daemon=True
+            )
+            self._sharing.start()
+
+    def _write_state(self, conn: Any, share: tuple[str, int, str, bytes]) -> None:
+        """Best effort: a state not written only makes the next new worker's capture a full one."""
+        own = conn is None
+        try:
+            if own:
+                assert self.share_connect is not None
+                conn = self.share_connect()
+            key, xmax, sha, payload = share
+            shared_state.write(conn, key, self.run_id, xmax, sha, payload)
+        except Exception as exc:  # broad on purpose: the run has committed; this only costs speed
+            log.warning("could not share the capture state (%s)", type(exc).__name__)
+        finally:
+            if own and conn is not None:
+                try:
+                    conn.close()
+                except Exception:  # already gone
+                    pass
+
+    def shared(self) -> None:
+        """Wait for the capture state to be written (the session is closing)."""
+        if self._sharing is not None:
+            self._sharing.join()
+            self._sharing = None
 
     def abort(self) -> None:
         self._pending = None  # rolled back: the store keeps the state it had
+        self._share = None
         if self.transactional:
             try:
                 self.conn.rollback()

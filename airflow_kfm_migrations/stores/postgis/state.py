@@ -32,7 +32,9 @@ holds reused captures byte-equal to full ones across each of these changes.
 A capture taken in a transaction that has written nothing, or one kept until its
 transaction commits, may also be saved to a local cache file so that the next process
 starts from it. ``KFM_CAPTURE_CACHE`` sets the directory, or ``off`` turns reuse off
-altogether (every capture is then a full one).
+altogether (every capture is then a full one). A run that commits also leaves its state in
+the governance schema (``shared_state``): a process with no cache file for the database
+starts from there.
 """
 
 from __future__ import annotations
@@ -316,18 +318,47 @@ _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(CatalogState)
 
 
+def encode(state: CatalogState) -> bytes:
+    """The bytes of a state, as the cache file and the governance schema keep them."""
+    return _ENCODER.encode(state)
+
+
+def decode(data: bytes, key: str) -> CatalogState | None:
+    """The state ``data`` holds, if it is one for ``key`` in this format."""
+    try:
+        state = _DECODER.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    if state.format != CACHE_FORMAT or state.key != key:
+        return None
+    return state
+
+
+def _path(folder: Path, key: str) -> Path:
+    return folder / f"pg-catalog-{key[:32]}.msgpack"
+
+
+def cached(key: str) -> bool:
+    """Whether a cache file for ``key`` exists (the capture then looks no further)."""
+    folder = cache_dir()
+    return folder is not None and _path(folder, key).is_file()
+
+
 def load(key: str) -> CatalogState | None:
     """The cached state for ``key``, or None if there is none or it cannot be trusted."""
     folder = cache_dir()
     if folder is None:
         return None
     try:
-        state = _DECODER.decode((folder / f"pg-catalog-{key[:32]}.msgpack").read_bytes())
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        data = _path(folder, key).read_bytes()
+    except OSError:
         return None
-    if state.format != CACHE_FORMAT or state.key != key:
-        return None
-    return state
+    return decode(data, key)
+
+
+def snapshot_xmax(state: CatalogState) -> int:
+    """The xmax of the snapshot a state was taken under: a later state has a larger one."""
+    return _parse_snapshot(state.snapshot)[1]
 
 
 def save(state: CatalogState) -> None:
@@ -337,11 +368,11 @@ def save(state: CatalogState) -> None:
         return
     with contextlib.suppress(OSError):
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        path = folder / f"pg-catalog-{state.key[:32]}.msgpack"
+        path = _path(folder, state.key)
         fd, tmp = tempfile.mkstemp(prefix=".pg-catalog-", dir=folder)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(_ENCODER.encode(state))
+                f.write(encode(state))
             os.replace(tmp, path)
         except BaseException:  # whatever interrupted the write, no half-written file is left behind
             with contextlib.suppress(OSError):

@@ -169,7 +169,10 @@ class PostgisStore:
     # -- session --------------------------------------------------------------
 
     def session(self, bundle: Bundle, run_id: str) -> AbstractContextManager[PgSession]:
-        return open_session(self.captures, self.connect, self.conn_id, bundle, run_id)
+        # Outside held(), the capture state is written on a connection of its own, while the
+        # run writes its receipt; inside, on the held one, after the run.
+        share = self._connect if self._held is None else None
+        return open_session(self.captures, self.connect, self.conn_id, bundle, run_id, share)
 
     # -- gate -----------------------------------------------------------------
 

@@ -1,0 +1,196 @@
+"""The capture state shared through the governance schema (``shared_state``): a worker that
+never captured the database (its cache directory empty, as on a new pod or Celery worker)
+starts from the state the last committed run left there; only committed runs write it; a
+state no committed run vouches for is never reused; ``off`` turns it off."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import msgspec
+import pytest
+from conftest import PgDatabase
+
+from airflow_kfm_migrations.cli import main
+from airflow_kfm_migrations.contracts.models import baseline_json
+from airflow_kfm_migrations.declaration.bundle import load_bundle
+from airflow_kfm_migrations.stores.postgis import shared_state
+from airflow_kfm_migrations.stores.postgis import state as postgis_state
+from airflow_kfm_migrations.stores.postgis.store import PostgisStore
+
+pytestmark = pytest.mark.postgis
+
+# A forbidden change the static plan cannot see: only the baselines show it.
+CHANGE = "COMMENT ON TABLE governance.rules IS 'hidden'"
+SNEAKY = "DO $$ BEGIN EXECUTE '" + CHANGE.replace("'", "''") + "'; END $$;"
+
+
+def _second(example: Path, mid: str, forward: str, rollback: str) -> Path:
+    """Another migration of the example's scope (the example itself would be a no-op now)."""
+    folder = example.parent / mid
+    shutil.copytree(example, folder)
+    yml = folder / "migration.yml"
+    yml.write_text(yml.read_text().replace(example.name, mid))
+    (folder / "forward.sql").write_text(f"SET search_path = public;\n{forward}\n")
+    (folder / "rollback.sql").write_text(f"SET search_path = public;\n{rollback}\n")
+    return folder
+
+
+def _receipt(bundle: Path) -> dict:
+    return json.loads((bundle / "receipts" / "run_receipt.json").read_text())
+
+
+def _worker(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str) -> Path:
+    """A worker of its own: a new, empty capture cache directory."""
+    d = tmp_path / f"worker-{name}"
+    monkeypatch.setenv("KFM_CAPTURE_CACHE", str(d))
+    return d
+
+
+def _rows(db: PgDatabase) -> list[tuple]:
+    return db.sql("SELECT key, run_id, digest FROM kfm_governance.capture_state ORDER BY key")
+
+
+def _full(db: PgDatabase, decl, monkeypatch: pytest.MonkeyPatch, cur) -> bytes:  # type: ignore[no-untyped-def]
+    with monkeypatch.context() as m:
+        m.setenv("KFM_CAPTURE_CACHE", "off")
+        return baseline_json(PostgisStore(db.connect, db.conn_id).capture(cur, decl))
+
+
+def test_a_fresh_worker_starts_from_the_state_the_last_run_left(
+    example: Path, pgdb: PgDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _worker(monkeypatch, tmp_path, "a")
+    assert main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    run_a = _receipt(example)["run_id"]
+    [(key, run_id, digest)] = _rows(pgdb)
+    assert run_id == run_a
+    assert pgdb.sql("SELECT capture_state FROM kfm_governance.ledger WHERE run_id = %s", (run_a,)) == [(digest,)]
+
+    # Worker b has never captured this database: its pre-baseline starts from the shared state.
+    cache_b = _worker(monkeypatch, tmp_path, "b")
+    second = _second(
+        example, "PG-MIG-2026-02-28-02", "CREATE INDEX parcels_name ON parcels (name);", "DROP INDEX parcels_name;"
+    )
+    assert main(["run", str(second), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    metrics = _receipt(second)["metrics"]
+    assert metrics["pre_capture_state"] == "governance"
+    assert metrics["pre_capture_reused"] > 0
+    # It left its own state for the next worker, and its cache file for itself.
+    [(key2, run_b, _)] = _rows(pgdb)
+    assert key2 == key and run_b == _receipt(second)["run_id"]
+    assert list(cache_b.glob("pg-catalog-*.msgpack"))
+
+    # A capture on a third new worker equals a full one.
+    _worker(monkeypatch, tmp_path, "c")
+    decl = load_bundle(example).declaration
+    store = PostgisStore(pgdb.connect, pgdb.conn_id)
+    with pgdb.connect() as c, c.cursor() as cur:
+        got = baseline_json(store.capture(cur, decl))
+        assert store.captures.source == "governance" and store.reused > 0
+        assert got == _full(pgdb, decl, monkeypatch, cur)
+        assert b"index:public.parcels_name" in got
+
+
+def test_a_refused_run_leaves_the_shared_state_and_the_store_as_they_were(
+    example: Path, pgdb: PgDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _worker(monkeypatch, tmp_path, "a")
+    assert main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    before_rows = _rows(pgdb)
+    before = pgdb.state()
+    _worker(monkeypatch, tmp_path, "b")
+    bad = _second(example, "PG-MIG-2026-02-28-03", SNEAKY, "SELECT 1;")
+    assert main(["run", str(bad), "--conn-id", pgdb.conn_id, "--quiet"]) == 1
+    r = _receipt(bad)
+    assert r["status"] == "failed" and r["reason"].startswith("gate refused (protected_domain_changed: ")
+    assert _rows(pgdb) == before_rows
+    assert pgdb.state() == before
+
+
+def _forge(db: PgDatabase, decl, sql: str) -> bytes:  # type: ignore[no-untyped-def]
+    """A state that claims the catalog already holds what ``sql`` makes: its objects captured
+    with ``sql`` run (and rolled back), its snapshot, counts and names those of a capture
+    taken now. What a writer of the state table would leave to hide ``sql`` from the next
+    pre-baseline."""
+    store = PostgisStore(db.connect, db.conn_id)
+    with db.connect() as c, c.cursor() as cur:
+        store.capture(cur, decl)
+        now = store.captures.last
+        cur.execute(sql)
+        store.capture(cur, decl)
+        c.rollback()
+    changed = store.captures.last
+    assert now is not None and changed is not None
+    return postgis_state.encode(
+        msgspec.structs.replace(changed, snapshot=now.snapshot, own_xid=None, counts=now.counts, names=now.names)
+    )
+
+
+def test_a_forged_state_cannot_hide_a_forbidden_change(
+    example: Path, pgdb: PgDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _worker(monkeypatch, tmp_path, "a")
+    assert main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    decl = load_bundle(example).declaration
+    forged = _forge(pgdb, decl, CHANGE)
+    sha = shared_state.digest(forged)
+    # The state table rewritten consistently (payload and its digest), the ledger untouched.
+    pgdb.sql("UPDATE kfm_governance.capture_state SET payload = %s, digest = %s", (forged, sha))
+
+    _worker(monkeypatch, tmp_path, "b")
+    bad = _second(example, "PG-MIG-2026-02-28-03", SNEAKY, "COMMENT ON TABLE governance.rules IS NULL;")
+    assert main(["run", str(bad), "--conn-id", pgdb.conn_id, "--quiet"]) == 1
+    r = _receipt(bad)
+    assert r["status"] == "failed" and r["reason"].startswith("gate refused (protected_domain_changed: ")
+
+    # The trust boundary (docs/stores/postgis.md): a writer who also rewrites the ledger row's
+    # digest is trusted like the ledger itself. The same forgery is then reused and hides the
+    # change, which shows that the check above is what stopped it.
+    pgdb.sql("UPDATE kfm_governance.ledger SET capture_state = %s", (sha,))
+    _worker(monkeypatch, tmp_path, "c")
+    shutil.rmtree(bad / "receipts")
+    assert main(["run", str(bad), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    assert _receipt(bad)["metrics"]["pre_capture_state"] == "governance"
+
+
+def test_a_state_no_run_vouches_for_is_ignored(
+    example: Path, pgdb: PgDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _worker(monkeypatch, tmp_path, "a")
+    assert main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    decl = load_bundle(example).declaration
+    for tamper in (
+        "UPDATE kfm_governance.capture_state SET payload = payload || '\\x00'::bytea",  # bytes changed
+        "UPDATE kfm_governance.capture_state SET run_id = 'no-such-run'",  # no ledger row
+    ):
+        pgdb.sql(tamper)
+        _worker(monkeypatch, tmp_path, tamper[40:60])
+        store = PostgisStore(pgdb.connect, pgdb.conn_id)
+        with pgdb.connect() as c, c.cursor() as cur:
+            got = baseline_json(store.capture(cur, decl))
+            assert store.captures.source == "none" and store.reused == 0
+            assert got == _full(pgdb, decl, monkeypatch, cur)
+
+
+def test_off_neither_writes_nor_reads_the_shared_state(
+    example: Path, pgdb: PgDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KFM_CAPTURE_CACHE", "off")
+    assert main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    assert _rows(pgdb) == []
+    assert pgdb.sql("SELECT capture_state FROM kfm_governance.ledger") == [(None,)]
+    # A state another worker left is not read either.
+    _worker(monkeypatch, tmp_path, "a")
+    second = _second(
+        example, "PG-MIG-2026-02-28-02", "CREATE INDEX parcels_name ON parcels (name);", "DROP INDEX parcels_name;"
+    )
+    assert main(["run", str(second), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    assert len(_rows(pgdb)) == 1
+    monkeypatch.setenv("KFM_CAPTURE_CACHE", "off")
+    store = PostgisStore(pgdb.connect, pgdb.conn_id)
+    with pgdb.connect() as c, c.cursor() as cur:
+        store.capture(cur, load_bundle(example).declaration)
+    assert store.captures.source == "none" and store.reused == 0
