@@ -1,10 +1,11 @@
 """Killing ``apply`` while its reindex runs, against the real OpenSearch node: the run cancels
 its reindex task, deletes the index it built, moves no alias, releases its lock and writes a
-receipt saying it was killed; the next run is not blocked and needs no recovery.
+receipt saying it was killed; the next run is not blocked and needs no recovery. On PostGIS,
+killing it during a long statement cancels the statement and rolls the transaction back.
 
-The acceptance case goes through real Airflow: ``airflow dags test`` runs the task through
-the task SDK's runner, whose SIGTERM handler is the one that calls ``on_kill`` when Airflow
-kills a task (the supervisor sends SIGTERM to the task process).
+The Airflow cases go through real Airflow: ``airflow dags test`` runs the task through the
+task SDK's runner, whose SIGTERM handler is the one that calls ``on_kill`` when Airflow kills
+a task (the supervisor sends SIGTERM to the task process).
 """
 
 from __future__ import annotations
@@ -22,16 +23,20 @@ from typing import Any
 
 import pytest
 import test_search as ts
-from conftest import REPO
-from test_airflow import airflow_env  # noqa: F401  (a fixture)
+from conftest import REPO, PgDatabase
+from test_airflow import DAG_ID as PG_DAG_ID
+from test_airflow import (
+    PG_ID,
+    _world,
+    airflow_env,  # noqa: F401  (a fixture)
+)
+from test_backfill import assert_filled, configure, items, progress  # noqa: F401  (items: a fixture)
 from test_search import CONN_ID, MIG, alias_on, count, edit_forward, ledger, receipt, run
 from test_search_recovery import EXTRA_DOCS, add_parcels, governance_doc, running_reindex, wait_for
 
 from airflow_kfm_migrations.declaration.bundle import load_bundle
-from airflow_kfm_migrations.engine import RunOptions, run_migration
+from airflow_kfm_migrations.engine import RunOptions, run_backfill, run_migration
 from airflow_kfm_migrations.util.cancel import KILLED_BY_AIRFLOW, Cancellation
-
-pytestmark = pytest.mark.opensearch
 
 os_client = ts.os_client
 cluster = ts.cluster
@@ -85,6 +90,7 @@ def assert_next_run_not_blocked(c: Any, bundle: Path, out: Path) -> None:
     assert [e["run_id"] for e in ledger(c)] == [r["run_id"]]
 
 
+@pytest.mark.opensearch
 def test_a_cancelled_run_stops_its_reindex_and_fails_closed(example: Path, cluster: Any, tmp_path: Path) -> None:
     """The engine's cancel hook, from another thread, as ``on_kill`` calls it."""
     c = cluster
@@ -115,6 +121,7 @@ def test_a_cancelled_run_stops_its_reindex_and_fails_closed(example: Path, clust
     assert_next_run_not_blocked(c, example, tmp_path / "next")
 
 
+@pytest.mark.opensearch
 def test_a_cancel_before_the_lock_runs_nothing(example: Path, cluster: Any, tmp_path: Path) -> None:
     cancel = Cancellation()
     cancel.cancel(KILLED_BY_AIRFLOW)
@@ -151,6 +158,38 @@ def airflow_world(tmp_path: Path, bundle: Path, env: dict[str, str]) -> dict[str
     return out
 
 
+def dags_test(env: dict[str, str], dag_id: str, log: Path) -> subprocess.Popen[bytes]:
+    with log.open("w") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "airflow", "dags", "test", dag_id],
+            env=env,
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def kill_when(proc: subprocess.Popen[bytes], log: Path, what: str, ready: Callable[[], Any]) -> Any:
+    """Wait until ``ready()`` (the process still running), then SIGTERM the process, as the
+    supervisor does, and wait for it to end; what ``ready`` returned."""
+
+    def probe() -> Any:
+        if proc.poll() is not None:
+            pytest.fail(f"airflow dags test ended before {what}:\n{log.read_text()[-4000:]}")
+        return ready()
+
+    try:
+        got = wait_for(what, probe)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return got
+
+
+@pytest.mark.opensearch
 @pytest.mark.airflow
 def test_airflow_kills_apply_during_a_long_reindex(
     example: Path,
@@ -165,27 +204,8 @@ def test_airflow_kills_apply_during_a_long_reindex(
     slow_reindex(c, example)
     env = airflow_world(tmp_path, example, airflow_env)
     log = tmp_path / "dags-test.log"
-    with log.open("w") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "airflow", "dags", "test", DAG_ID],
-            env=env,
-            cwd=REPO,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-
-        def running() -> None:
-            if proc.poll() is not None:
-                pytest.fail(f"airflow dags test ended before the reindex:\n{log.read_text()[-4000:]}")
-
-        try:
-            task = reindex_writing(c, running)
-            os.kill(proc.pid, signal.SIGTERM)  # what the supervisor sends the task process
-            proc.wait(timeout=300)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    proc = dags_test(env, DAG_ID, log)
+    task = kill_when(proc, log, "the reindex to write", lambda: reindex_writing(c))
     out = log.read_text()
     assert f"{MIG}: rolled_back: {KILLED_BY_AIRFLOW}: the forward was stopped" in out, out[-4000:]
     r = json.loads((tmp_path / "artifacts" / MIG / "receipts" / "run_receipt.json").read_text())
@@ -198,3 +218,100 @@ def test_airflow_kills_apply_during_a_long_reindex(
     assert r["actor"].startswith(f"airflow:{DAG_ID}/")
     assert_left_nothing(c, task["id"])
     assert_next_run_not_blocked(c, example, tmp_path / "next")
+
+
+SLEEP = "SELECT pg_sleep(600);"
+
+
+def sleeping(db: PgDatabase) -> list[tuple]:
+    """The run's statement still running on the server (pg_stat_activity)."""
+    return db.sql(
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND state = 'active' AND query LIKE %s",
+        (db.name, "SELECT pg_sleep(600)%"),
+    )
+
+
+@pytest.mark.postgis
+@pytest.mark.airflow
+def test_airflow_kills_apply_during_a_long_postgis_statement(
+    pgdb: PgDatabase,
+    airflow_env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """SIGTERM while the forward's third statement sleeps, after it created the index: the
+    statement is cancelled on the server at once, the transaction rolled back (no index, no
+    ledger entry), the run's locks gone with it, a receipt saying it was killed."""
+    before = pgdb.state()
+    env = _world(tmp_path, pgdb, airflow_env, extra_sql=SLEEP)
+    log = tmp_path / "dags-test.log"
+    proc = dags_test(env, PG_DAG_ID, log)
+    kill_when(proc, log, "the statement to run", lambda: sleeping(pgdb))
+    out = log.read_text()
+    assert sleeping(pgdb) == []
+    assert f"{PG_ID}: failed: {KILLED_BY_AIRFLOW}: the forward was stopped" in out, out[-4000:]
+    r = json.loads((tmp_path / "artifacts" / PG_ID / "receipts" / "run_receipt.json").read_text())
+    assert r["operation"] == "apply" and r["status"] == "failed"
+    assert r["reason"] == (
+        f"{KILLED_BY_AIRFLOW}: the forward was stopped (statement 3 of forward.sql: 57014: canceling statement "
+        "due to user request); transaction rolled back, store unchanged"
+    )
+    assert {"name": "cancelled", "passed": False, "detail": KILLED_BY_AIRFLOW} in r["validation"]
+    assert pgdb.state() == before  # nothing committed: no index, no ledger entry
+    # The transaction's advisory locks went with it: the next run takes them at once.
+    bundle = Path(env["KFM_BUNDLES_ROOT"]) / "postgis" / PG_ID
+    forward = bundle / "forward.sql"
+    forward.write_text(forward.read_text().replace(SLEEP, ""))
+    from airflow_kfm_migrations.cli import main
+
+    nxt = tmp_path / "next"
+    argv = ["run", str(bundle), "--conn-id", pgdb.conn_id, "--artifacts", str(nxt), "--quiet"]
+    assert main(argv) == 0
+    assert json.loads((nxt / "receipts" / "run_receipt.json").read_text())["status"] == "succeeded"
+    assert pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'")
+
+
+@pytest.mark.postgis
+def test_a_cancelled_backfill_keeps_its_committed_batches_and_resumes(
+    tmp_path: Path,
+    items: PgDatabase,  # noqa: F811
+) -> None:
+    """What ``BackfillOperator.on_kill`` asks: the running batch rolls back, the committed ones
+    stay, the receipt says why it stopped, and the next run resumes without repeating a batch."""
+    example = tmp_path / "postgis" / PG_ID
+    shutil.copytree(
+        REPO / "migrations" / "postgis" / PG_ID,
+        example,
+        ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"),
+    )
+    configure(example, pause_ms=40)
+    bundle = load_bundle(example)
+    assert run_migration(bundle, RunOptions(conn_id=items.conn_id)).status == "succeeded"  # the schema part
+    cancel = Cancellation()
+
+    def kill_after_some_batches() -> None:
+        wait_for("8 committed batches", lambda: len(progress(items)) >= 8)
+        cancel.cancel(KILLED_BY_AIRFLOW)
+
+    killer = threading.Thread(target=kill_after_some_batches, daemon=True)
+    killer.start()
+    result = run_backfill(bundle, RunOptions(conn_id=items.conn_id, cancel=cancel))
+    killer.join()
+    assert (result.status, result.resumable) == ("failed", True)
+    r = json.loads((example / "receipts" / "run_receipt.json").read_text())
+    assert r["operation"] == "backfill" and r["status"] == "failed"
+    assert r["reason"].startswith(
+        f"{KILLED_BY_AIRFLOW}: backfill interrupted, committed batches kept; a re-run resumes: forward batch "
+    )
+    assert {"name": "cancelled", "passed": False, "detail": KILLED_BY_AIRFLOW} in r["validation"]
+    done = progress(items)
+    assert 8 <= len(done) < 41 and done[-1][1] is not None  # stopped mid-backfill
+    committed = done[-1][2]
+    assert items.sql("SELECT count(*) FROM public.items WHERE counter = 1")[0][0] == committed
+    assert items.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0] == 0  # lock released
+    # The next run resumes after the last committed batch, and no batch ran twice.
+    from airflow_kfm_migrations.cli import main
+
+    assert main(["run", str(example), "--conn-id", items.conn_id, "--quiet"]) == 0
+    r = json.loads((example / "receipts" / "run_receipt.json").read_text())
+    assert r["status"] == "succeeded" and r["metrics"]["resumed_from_batch"] == done[-1][0]
+    assert_filled(items)

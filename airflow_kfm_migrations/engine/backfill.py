@@ -12,7 +12,7 @@ import time
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.engine.preflight import preflight
 from airflow_kfm_migrations.engine.rollback import rollback_core
-from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult
+from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult, cancellable
 from airflow_kfm_migrations.errors import BackfillInterrupted, BackfillStop, LockedError, RefusedError
 from airflow_kfm_migrations.stores.base import (
     BackfillEngine,
@@ -108,7 +108,8 @@ def _locked(run: RunRecorder, store: Store, eng: BackfillEngine) -> RunResult:
         opts.log(f"resuming the backfill after batch {last[0]} ({last[2]} rows written so far)")
     started = time.monotonic()
     try:
-        total = eng.run_forward(last)
+        with cancellable(opts, eng):
+            total = eng.run_forward(last)
     except BackfillStop as stop:
         run.metrics.update(eng.metrics("forward", started))
         run.check("backfill", False, f"{stop.code}: {stop}")
@@ -117,7 +118,10 @@ def _locked(run: RunRecorder, store: Store, eng: BackfillEngine) -> RunResult:
         run.metrics.update(eng.metrics("forward", started))
         run.check("backfill", False, str(exc))
         _write_summary(run, eng, "interrupted")
-        result = run.finish("failed", f"backfill interrupted, committed batches kept; a re-run resumes: {exc}")
+        why = f"{opts.cancelled}: " if opts.cancelled else ""
+        if opts.cancelled:
+            run.check("cancelled", False, opts.cancelled)
+        result = run.finish("failed", f"{why}backfill interrupted, committed batches kept; a re-run resumes: {exc}")
         result.resumable = True
         return result
     run.metrics.update(eng.metrics("forward", started))

@@ -13,16 +13,19 @@ reason starts with why it was stopped.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.engine.gate import blocking, verdict
 from airflow_kfm_migrations.engine.preflight import preflight, requirements_check
 from airflow_kfm_migrations.engine.rollback import compensate
-from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult, cycle_collector_paused
+from airflow_kfm_migrations.engine.run import (
+    RunOptions,
+    RunRecorder,
+    RunResult,
+    cancellable,
+    cycle_collector_paused,
+)
 from airflow_kfm_migrations.errors import LockedError, RefusedError
-from airflow_kfm_migrations.stores.base import BackfillSession, Cancellable, Store, StoreSession, open_store
+from airflow_kfm_migrations.stores.base import BackfillSession, Store, StoreSession, open_store
 
 PENDING_BACKFILL = "backfill_pending"  # the ledger status of an apply whose backfill is not complete
 
@@ -73,16 +76,6 @@ def run_migration(bundle: Bundle, opts: RunOptions, store: Store | None = None) 
             raise
         # The session's exit rolled back (or aborted) and released the lock already.
         return _killed(run, f"the store call it interrupted failed ({type(exc).__name__}); the session was closed")
-
-
-@contextmanager
-def cancellable(opts: RunOptions, s: StoreSession) -> Iterator[None]:
-    """While inside: ``opts.cancel`` stops the session's server-side work (when it can)."""
-    if opts.cancel is None or not isinstance(s, Cancellable):
-        yield
-        return
-    with opts.cancel.registered(s.cancel):
-        yield
 
 
 def _killed(run: RunRecorder, detail: str) -> RunResult:

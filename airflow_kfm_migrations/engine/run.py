@@ -17,7 +17,8 @@ from __future__ import annotations
 import functools
 import gc
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +29,7 @@ from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.engine.receipts import carried_outputs, output_refs, write_receipt
 from airflow_kfm_migrations.evidence.diff import touched_csv
 from airflow_kfm_migrations.evidence.prov import prov_jsonld
-from airflow_kfm_migrations.stores.base import BatchEvent, LedgerRecord, Plan, Store, StoreSession
+from airflow_kfm_migrations.stores.base import BatchEvent, Cancellable, LedgerRecord, Plan, Store, StoreSession
 from airflow_kfm_migrations.util.cancel import Cancellation
 from airflow_kfm_migrations.util.digest import dump_json, publish_copy, write_bytes_atomic
 
@@ -246,6 +247,17 @@ class RunRecorder:
                     + (f" (approved by {f.approved_by})" if f.approved_by else "")
                 )
         self.opts.log(f"verdict: {s.verdict}")
+
+
+@contextmanager
+def cancellable(opts: RunOptions, target: object) -> Iterator[None]:
+    """While inside: ``opts.cancel`` stops ``target``'s server-side work (a session, a backfill
+    engine), when it is ``Cancellable``."""
+    if opts.cancel is None or not isinstance(target, Cancellable):
+        yield
+        return
+    with opts.cancel.registered(target.cancel):
+        yield
 
 
 def cycle_collector_paused(fn: Callable[_P, _R]) -> Callable[_P, _R]:

@@ -34,6 +34,7 @@ of :class:`PostgisStore`.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -100,6 +101,15 @@ class Engine:
         self._last_log = 0.0
         self.log_every_s = settings().backfill_log_seconds
         self.totals = Totals()  # forward batches of this run
+        self._stopping = False  # cancel() was called: no further forward batch runs
+
+    def cancel(self) -> None:
+        """The ``Cancellable`` capability, called from another thread: cancel the running
+        batch's statement (it rolls back; the committed batches stay) and run no further
+        forward batch. The backfill then ends interrupted, and a re-run resumes."""
+        self._stopping = True
+        with contextlib.suppress(Exception):  # a closed connection has nothing to cancel
+            self.conn.cancel_safe(timeout=5.0)
         self.reverse_totals = Totals()  # reverse batches of this run (a compensation or rollback)
 
     # -- plumbing --------------------------------------------------------------
@@ -286,6 +296,8 @@ class Engine:
         None when no key is left (nothing was written). Raises Stop (rolled back) or Interrupted."""
         import psycopg
 
+        if self._stopping and phase == "forward":
+            raise BackfillInterrupted(f"{phase} batch {batch_no}: not run, the run was asked to stop")
         attempt = 0
         while True:
             t0 = time.monotonic()
