@@ -6,6 +6,7 @@ state no committed run vouches for is never reused; ``off`` turns it off."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -53,10 +54,33 @@ def _rows(db: PgDatabase) -> list[tuple]:
     return db.sql("SELECT key, run_id, digest FROM kfm_governance.capture_state ORDER BY key")
 
 
-def _full(db: PgDatabase, decl, monkeypatch: pytest.MonkeyPatch, cur) -> bytes:  # type: ignore[no-untyped-def]
-    with monkeypatch.context() as m:
-        m.setenv("KFM_CAPTURE_CACHE", "off")
-        return baseline_json(PostgisStore(db.connect, db.conn_id).capture(cur, decl))
+# Other tests on the server create and drop databases meanwhile (see test_postgis_state.py):
+# neither the cluster's databases object nor the global fingerprint is ever reused.
+_STEADY = (
+    (re.compile(rb'("digest": ")[0-9a-f]{64}(",\n\s*"id": "cluster:databases")'), rb"\g<1>" + b"0" * 64 + rb"\g<2>"),
+    (re.compile(rb'("global_fingerprint": ")[0-9a-f]{64}'), rb"\g<1>" + b"0" * 64),
+)
+
+
+def _bytes(store: PostgisStore, cur, decl) -> bytes:  # type: ignore[no-untyped-def]
+    out = baseline_json(store.capture(cur, decl))
+    for rx, to in _STEADY:
+        out = rx.sub(to, out)
+    return out
+
+
+def _both(store: PostgisStore, db: PgDatabase, decl, monkeypatch: pytest.MonkeyPatch) -> tuple[bytes, bytes]:  # type: ignore[no-untyped-def]
+    """``store``'s capture and a full one, in one repeatable-read snapshot (roles are
+    cluster-wide, and tests running alongside create and drop theirs)."""
+    import psycopg
+
+    with db.connect() as c:
+        c.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        with c.cursor() as cur:
+            got = _bytes(store, cur, decl)
+            with monkeypatch.context() as m:
+                m.setenv("KFM_CAPTURE_CACHE", "off")
+                return got, _bytes(PostgisStore(db.connect, db.conn_id), cur, decl)
 
 
 def test_a_fresh_worker_starts_from_the_state_the_last_run_left(
@@ -87,11 +111,10 @@ def test_a_fresh_worker_starts_from_the_state_the_last_run_left(
     _worker(monkeypatch, tmp_path, "c")
     decl = load_bundle(example).declaration
     store = PostgisStore(pgdb.connect, pgdb.conn_id)
-    with pgdb.connect() as c, c.cursor() as cur:
-        got = baseline_json(store.capture(cur, decl))
-        assert store.captures.source == "governance" and store.reused > 0
-        assert got == _full(pgdb, decl, monkeypatch, cur)
-        assert b"index:public.parcels_name" in got
+    got, want = _both(store, pgdb, decl, monkeypatch)
+    assert store.captures.source == "governance" and store.reused > 0
+    assert got == want
+    assert b"index:public.parcels_name" in got
 
 
 def test_a_refused_run_leaves_the_shared_state_and_the_store_as_they_were(
@@ -162,17 +185,24 @@ def test_a_state_no_run_vouches_for_is_ignored(
     _worker(monkeypatch, tmp_path, "a")
     assert main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
     decl = load_bundle(example).declaration
-    for tamper in (
-        "UPDATE kfm_governance.capture_state SET payload = payload || '\\x00'::bytea",  # bytes changed
-        "UPDATE kfm_governance.capture_state SET run_id = 'no-such-run'",  # no ledger row
+    [(key, run_id, payload)] = pgdb.sql("SELECT key, run_id, payload FROM kfm_governance.capture_state")
+    genuine = postgis_state.decode(bytes(payload), key)
+    assert genuine is not None
+    # A state that decodes and belongs to the key, but is not the one the run left.
+    altered = postgis_state.encode(msgspec.structs.replace(genuine, schema_root="0" * 64))
+    for n, (sql, params) in enumerate(
+        (
+            ("UPDATE kfm_governance.capture_state SET payload = %s", (altered,)),  # digest column kept
+            ("UPDATE kfm_governance.capture_state SET run_id = 'no-such-run'", None),  # no ledger row names it
+        )
     ):
-        pgdb.sql(tamper)
-        _worker(monkeypatch, tmp_path, tamper[40:60])
+        pgdb.sql("UPDATE kfm_governance.capture_state SET run_id = %s, payload = %s", (run_id, payload))
+        pgdb.sql(sql, params)
+        _worker(monkeypatch, tmp_path, str(n))
         store = PostgisStore(pgdb.connect, pgdb.conn_id)
-        with pgdb.connect() as c, c.cursor() as cur:
-            got = baseline_json(store.capture(cur, decl))
-            assert store.captures.source == "none" and store.reused == 0
-            assert got == _full(pgdb, decl, monkeypatch, cur)
+        got, want = _both(store, pgdb, decl, monkeypatch)
+        assert store.captures.source == "none" and store.reused == 0
+        assert got == want
 
 
 def test_off_neither_writes_nor_reads_the_shared_state(
