@@ -21,6 +21,15 @@ Parse speed (issue 4), for a registry of a thousand entries:
   ``_dag``, ...), so copies are made only on the Airflow minor versions that test compared
   (:data:`COPIES_VERIFIED_ON`); on any other Airflow every task comes from the constructors:
   the same DAGs, parsed more slowly (issue #14).
+
+Embedding (issue #14): :func:`governed_tasks` builds the governed tasks of one migration in
+whatever DAG or TaskGroup is being defined; the factory's DAGs use it at their root, and
+:func:`airflow_kfm_migrations.task_group.kfm_migration_group` inside a TaskGroup of a user's
+DAG. The ``bundles_root`` and ``registry_path`` given to :func:`build_dags` are carried on
+every task, so a task run resolves the same folders as the parse. A root that leads to no
+registry becomes one DAG, :data:`CONFIG_DAG_ID`, whose doc and only task say which setting to
+fix; the DAG file itself never breaks. :data:`ROLLBACK_DAG_ID` is the companion DAG that
+rolls back an applied migration by hand (one for the whole registry).
 """
 
 from __future__ import annotations
@@ -40,6 +49,10 @@ DAG_PREFIX = "kfm_migration__"
 # equal to what the constructors build. Add a version here only after that test passed on it.
 COPIES_VERIFIED_ON = frozenset({"3.3"})
 _PER_ENTRY = ("migration_id", "conn_id", "owner")
+# Operator arguments that are the same for every DAG of one build_dags call (shared by copies).
+_CARRIED = ("bundles_root", "registry_path", "artifacts_root", "environment", "fail_on_drift")
+ROLLBACK_DAG_ID = "kfm_migration_rollback"
+CONFIG_DAG_ID = "kfm_migrations_config_error"
 
 
 def _doc_md(entry: Any, facts: dict[str, Any] | None) -> str:
@@ -111,8 +124,26 @@ def _new_dag(entry: Any, facts: dict[str, Any] | None, broken: str | None, envir
     )
 
 
-def _add_tasks(dag: Any, entry: Any, conn_id: str, outlets: list[Any], backfill: bool) -> None:
+def _add_tasks(
+    dag: Any, entry: Any, conn_id: str, outlets: list[Any], backfill: bool, carried: dict[str, Any] | None = None
+) -> None:
     """The tasks of one migration DAG, through the operator constructors."""
+    # The owner goes to each task directly: DAG-level default_args would be deep-copied into
+    # every operator at parse time (measured: most of a 1,000-DAG file's overhead).
+    governed_tasks(
+        entry.migration_id, conn_id, outlets=outlets, backfill=backfill, dag=dag, owner=entry.owner, **(carried or {})
+    )
+
+
+def governed_tasks(
+    migration_id: str, conn_id: str | None = None, *, outlets: Any = (), backfill: bool = False, **kwargs: Any
+) -> dict[str, Any]:
+    """The governed tasks of one migration, wired as in every migration DAG, in the DAG or
+    TaskGroup being defined (or the ``dag=``/``task_group=`` in ``kwargs``): preflight ->
+    baseline_pre -> apply -> [backfill ->] baseline_post -> diff_gate; rollback when one of
+    apply and after fails (``one_failed``); receipt always last (``all_done``). ``kwargs`` go
+    to every operator (``owner``, the settings of :class:`~.operators.base.MigrationOperator`).
+    Returns the tasks by their short name."""
     from airflow.sdk import TriggerRule
 
     from airflow_kfm_migrations.operators import (
@@ -125,12 +156,10 @@ def _add_tasks(dag: Any, entry: Any, conn_id: str, outlets: list[Any], backfill:
         RollbackOperator,
     )
 
-    # The owner goes to each task directly: DAG-level default_args would be deep-copied into
-    # every operator at parse time (measured: most of a 1,000-DAG file's overhead).
-    common = {"migration_id": entry.migration_id, "conn_id": conn_id, "dag": dag, "owner": entry.owner}
+    common = {"migration_id": migration_id, "conn_id": conn_id, **kwargs}
     pre = PreflightOperator(task_id="preflight", **common)
     b_pre = BaselineOperator(task_id="baseline_pre", phase="pre", **common)
-    apply = ApplyOperator(task_id="apply", outlets=outlets, **common)
+    apply = ApplyOperator(task_id="apply", outlets=list(outlets), **common)
     b_post = BaselineOperator(task_id="baseline_post", phase="post", **common)
     gate = DiffGateOperator(task_id="diff_gate", **common)
     rollback = RollbackOperator(task_id="rollback", trigger_rule=TriggerRule.ONE_FAILED, **common)
@@ -143,6 +172,7 @@ def _add_tasks(dag: Any, entry: Any, conn_id: str, outlets: list[Any], backfill:
         a >> b
     chain[2:] >> rollback
     [gate, rollback] >> receipt
+    return {t.task_id.rpartition(".")[2]: t for t in (*chain, rollback, receipt)}
 
 
 _IMMUTABLE = (str, int, float, bool, type(None), timedelta, enum.Enum)
@@ -179,6 +209,7 @@ def _copy_plan(task: Any) -> dict[str, str] | None:
         "trigger_rule",
         "phase",
         *_PER_ENTRY,
+        *_CARRIED,
     }:
         return None
     return plan
@@ -312,14 +343,26 @@ def copies_verified() -> bool:
     return ".".join(__version__.split(".")[:2]) in COPIES_VERIFIED_ON
 
 
-def build_dag(entry: Any, bundles_root: Path, environment: str, *, facts_reader: Any = None) -> Any:
+def build_dag(
+    entry: Any, bundles_root: Path, environment: str, *, facts_reader: Any = None, carried: dict[str, Any] | None = None
+) -> Any:
     """One migration's DAG, through the constructors."""
     dag, _conn_id, _outlets, _backfill = _dag_for(entry, bundles_root, environment, facts_reader)
-    _add_tasks(dag, entry, _conn_id, _outlets, _backfill)
+    _add_tasks(dag, entry, _conn_id, _outlets, _backfill, carried)
     return dag
 
 
 def _dag_for(entry: Any, bundles_root: Path, environment: str, facts_reader: Any) -> tuple[Any, str, list[Any], bool]:
+    facts, broken, conn_id, outlets, backfill = migration_parts(entry, bundles_root, facts_reader)
+    return _new_dag(entry, facts, broken, environment), conn_id, outlets, backfill
+
+
+def migration_parts(
+    entry: Any, bundles_root: Path, facts_reader: Any = None
+) -> tuple[dict[str, Any] | None, str | None, str, list[Any], bool]:
+    """What the tasks of a registry entry (a ``decl_cache.EntryFacts``) are built from, read at
+    parse time: (declaration facts or None, why the bundle is broken or None, connection id,
+    ``apply``'s outlets, whether a backfill is declared). Never raises for a broken bundle."""
     from airflow_kfm_migrations.decl_cache import DeclarationFacts
 
     reader = facts_reader or DeclarationFacts(bundles_root, enabled=False)
@@ -332,8 +375,7 @@ def _dag_for(entry: Any, bundles_root: Path, environment: str, facts_reader: Any
         broken = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     default_conn = KINDS[entry.type].default_conn_id if entry.type in KINDS else f"kfm_{entry.type}"
     conn_id = entry.conn_id or (facts["runner_conn_id"] if facts else None) or default_conn
-    dag = _new_dag(entry, facts, broken, environment)
-    return dag, conn_id, _assets(facts, conn_id), bool(facts and facts["backfill"])
+    return facts, broken, conn_id, _assets(facts, conn_id), bool(facts and facts["backfill"])
 
 
 def build_dags(
@@ -341,24 +383,34 @@ def build_dags(
     bundles_root: str | Path | None = None,
     environment: str | None = None,
     *,
+    rollback_dag_id: str | None = ROLLBACK_DAG_ID,
     copy_tasks: bool = True,
     cache: bool = True,
 ) -> dict[str, Any]:
     """All DAGs of the registry, or only the one a running task needs.
 
-    ``copy_tasks=False`` builds every task through the constructors (also the case on an
+    ``registry_path`` and ``bundles_root`` win over ``[kfm_migrations]`` and ``KFM_*`` and are
+    carried on every task (a ``bundles_root`` given alone brings its own registry,
+    ``<bundles_root>/registry/migrations.v1.json``); ``environment`` is the default of each
+    DAG's ``environment`` param. ``rollback_dag_id`` names the companion rollback DAG (None:
+    none). ``copy_tasks=False`` builds every task through the constructors (also the case on an
     Airflow not in :data:`COPIES_VERIFIED_ON`), ``cache=False`` parses every declaration: the
     results are the same, only slower (see the module doc)."""
     from airflow.sdk import get_parsing_context
 
     from airflow_kfm_migrations.decl_cache import DeclarationFacts
-    from airflow_kfm_migrations.operators.common import settings
+    from airflow_kfm_migrations.operators.common import roots_problem, settings
 
-    s = settings()
-    reg_path = Path(registry_path) if registry_path else s.registry_path
-    root = Path(bundles_root) if bundles_root else s.bundles_root
+    s = settings(bundles_root=bundles_root, registry_path=registry_path)
+    reg_path, root = s.registry_path, s.bundles_root
     env = environment or s.environment
     wanted = get_parsing_context().dag_id
+    carried = {k: str(v) for k, v in (("bundles_root", bundles_root), ("registry_path", registry_path)) if v}
+    if bundles_root:
+        carried["bundles_root"] = str(root)  # absolute: a worker's working folder may differ
+    problem = roots_problem(s, root_given=bool(bundles_root), registry_given=bool(registry_path))
+    if problem:
+        return {} if wanted and wanted != CONFIG_DAG_ID else {CONFIG_DAG_ID: _config_dag(problem, carried)}
     copy_tasks = copy_tasks and copies_verified()
     # No cache when a task runs: its DAG alone is built, and a cache written then would hold
     # one declaration only.
@@ -375,12 +427,74 @@ def build_dags(
         if copier is not None and copier.fits(dag):
             copier.fill(dag, entry, conn_id, outlets)
         else:
-            _add_tasks(dag, entry, conn_id, outlets, backfill)
+            _add_tasks(dag, entry, conn_id, outlets, backfill, carried)
             if copy_tasks and backfill not in copiers:
                 try:
                     copiers[backfill] = _TaskCopier(dag)
                 except TypeError:  # an attribute of unknown kind: constructors for this shape
                     copiers[backfill] = None
         dags[dag_id] = dag
+    if rollback_dag_id and entries and (not wanted or wanted == rollback_dag_id):
+        dags[rollback_dag_id] = _rollback_dag(rollback_dag_id, [e.migration_id for e in entries], env, carried)
     reader.save()
     return dags
+
+
+def _config_dag(problem: str, carried: dict[str, Any]) -> Any:
+    """The one DAG of a DAG file whose bundles_root or registry_path leads nowhere: its doc
+    says which setting to fix, and its task fails with that line when it runs."""
+    from airflow.sdk import DAG
+
+    from airflow_kfm_migrations.operators import PreflightOperator
+
+    dag = DAG(
+        dag_id=CONFIG_DAG_ID,
+        schedule=None,
+        catchup=False,
+        tags=["kfm-migration"],
+        doc_md=f"### kfm-migrations is not configured\n\n**Configuration error:** {problem}",
+        description=problem,
+        **_configured_defaults(),
+    )
+    PreflightOperator(task_id="preflight", migration_id="", dag=dag, **carried)
+    return dag
+
+
+ROLLBACK_DOC = """### Roll back an applied migration
+
+Trigger with `migration_id`, `environment` and `reason`. The same core as
+`kfm-migrations rollback`: the store's ledger must show the migration applied; its rollback
+artifact runs under the store's lock, and the store must equal the apply's pre-baseline, or
+nothing is committed. The run writes a receipt (the reason in its policy notes) and the
+ledger records the rollback. A migration the ledger does not show applied is refused: the
+run fails, with a receipt."""
+
+
+def _rollback_dag(dag_id: str, migration_ids: list[str], environment: str, carried: dict[str, Any]) -> Any:
+    from airflow.sdk import DAG, Param
+
+    from airflow_kfm_migrations.operators import ManualRollbackOperator
+
+    dag = DAG(
+        dag_id=dag_id,
+        schedule=None,
+        catchup=False,
+        max_active_runs=1,
+        tags=["kfm-migration", "rollback"],
+        params={
+            "migration_id": Param(type="string", enum=sorted(migration_ids), description="The migration to roll back"),
+            "environment": Param(environment, enum=["dev", "stage", "prod"]),
+            "reason": Param(type="string", minLength=1, description="Why: kept in the rollback's receipt"),
+        },
+        doc_md=ROLLBACK_DOC,
+        description="Roll back an applied migration, with a receipt",
+        **_configured_defaults(),
+    )
+    ManualRollbackOperator(
+        task_id="rollback",
+        dag=dag,
+        migration_id="{{ params.migration_id }}",
+        reason="{{ params.reason }}",
+        **carried,
+    )
+    return dag

@@ -3,7 +3,8 @@
     python bench/dagbag_bench.py [--entries 1000] [--repeat 3]
 
 Both sides have the same shape: seven tasks per DAG with the factory's dependencies and
-the same two params. The factory side also reads the registry and each bundle's declaration. Targets: ratio <= 1.5
+the same two params. The factory side also reads the registry and each bundle's declaration,
+and builds its companion rollback DAG (one for the registry). Targets: ratio <= 1.5
 and <= 2 s. Prints a Markdown row for bench/RESULTS.md.
 
 The factory keeps a parse cache (``KFM_PARSE_CACHE``, here in the temporary folder): its first
@@ -74,7 +75,8 @@ t = time.perf_counter()
 b = DagBag(dag_folder=sys.argv[1])
 dt = time.perf_counter() - t
 assert not b.import_errors, b.import_errors
-print(f"RESULT {dt:.4f} {len(b.dag_ids)}")
+# The factory's companion rollback DAG (one per registry) is parsed and timed, not counted.
+print(f"RESULT {dt:.4f} {len([d for d in b.dag_ids if d != 'kfm_migration_rollback'])}")
 """
 
 

@@ -109,7 +109,7 @@ except ModuleNotFoundError:  # Airflow < 3.2
     from airflow.models.dagbag import DagBag
 b = DagBag(dag_folder=os.environ["AIRFLOW__CORE__DAGS_FOLDER"])
 reg = json.load(open(os.environ["KFM_BUNDLES_ROOT"] + "/registry/migrations.v1.json"))
-want = sorted("kfm_migration__" + e["migration_id"] for e in reg["migrations"])
+want = sorted(["kfm_migration_rollback", *("kfm_migration__" + e["migration_id"] for e in reg["migrations"])])
 print("lowest-airflow: dags:", sorted(b.dag_ids), "errors:", b.import_errors)
 assert not b.import_errors and sorted(b.dag_ids) == want
 EOF

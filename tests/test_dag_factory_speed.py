@@ -106,7 +106,7 @@ def test_copied_tasks_equal_constructed_tasks(world: Path) -> None:
 
     slow = _build(world, copy_tasks=False, cache=False)
     fast = _build(world)
-    assert list(fast) == list(slow) and len(fast) == 9
+    assert list(fast) == list(slow) and len(fast) == 10  # nine migrations and the rollback DAG
     for dag_id, dag in fast.items():
         assert _serialized(dag) == _serialized(slow[dag_id]), dag_id
         assert dag.task_group.children.keys() == slow[dag_id].task_group.children.keys()
@@ -126,6 +126,8 @@ def test_copied_tasks_equal_constructed_tasks(world: Path) -> None:
         assert task.params.get_param("environment") is not src.params.get_param("environment")
     apply = copied.get_task("apply")
     assert apply.owner == "team-b" and apply.conn_id == "pg_other" and apply.migration_id.endswith("-02")
+    # The folders given to build_dags are carried on every task, copies included (issue #14).
+    assert (apply.bundles_root, apply.registry_path) == (str(world), str(world / "registry" / "migrations.v1.json"))
     assert [a.uri for a in apply.outlets] == ["postgis://pg_other/public/parcels"]
     third = fast[DAG_PREFIX + "PG-MIG-2026-02-28-03"].get_task("apply")
     assert third.conn_id == "pg_from_runner"

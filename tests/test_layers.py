@@ -33,7 +33,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("store kinds", (f"{PKG}.stores.postgis", f"{PKG}.stores.search", f"{PKG}.stores.graph")),
     ("engine", (f"{PKG}.engine",)),
     ("app", (f"{PKG}.app",)),
-    ("shells", (f"{PKG}.cli", f"{PKG}.operators", f"{PKG}.dag_factory", f"{PKG}.decl_cache")),
+    ("shells", (f"{PKG}.cli", f"{PKG}.operators", f"{PKG}.dag_factory", f"{PKG}.decl_cache", f"{PKG}.task_group")),
 ]
 KIND_PACKAGES = LAYERS[6][1]
 
@@ -223,9 +223,9 @@ def test_modules_stay_small() -> None:
 
 
 def test_airflow_is_imported_only_by_the_shells() -> None:
-    """The core imports without Airflow: only the operators, the DAG factory and the
-    connection fallback (util/connections, inside a function) may import it."""
-    allowed = (f"{PKG}.operators", f"{PKG}.dag_factory", f"{PKG}.util.connections", f"{PKG}.stores.")
+    """The core imports without Airflow: only the operators, the DAG factory, the TaskGroup
+    builder and the connection fallback (util/connections, inside a function) may import it."""
+    allowed = (f"{PKG}.operators", f"{PKG}.dag_factory", f"{PKG}.task_group", f"{PKG}.util.connections", f"{PKG}.stores.")
     bad = []
     for f in ROOT.rglob("*.py"):
         name = module_name(f)

@@ -24,12 +24,15 @@ from airflow_kfm_migrations.stores.base import (
 
 
 @cycle_collector_paused
-def rollback_migration(bundle: Bundle, opts: RunOptions) -> RunResult:
+def rollback_migration(bundle: Bundle, opts: RunOptions, reason: str | None = None) -> RunResult:
     """Run the rollback by hand; verify the store returns to the apply's pre-baseline.
 
     With a declared backfill, committed batches are first reversed (``rollback_set``,
-    batched) and the ``verify_columns`` digest must equal its pre-backfill value."""
+    batched) and the ``verify_columns`` digest must equal its pre-backfill value. ``reason``
+    (why it was asked for) is kept in the receipt's policy notes."""
     run = RunRecorder(bundle, opts, "rollback")
+    if reason:
+        run.policy.append(f"rollback requested by hand: {reason}")
     has_reverse = bool(getattr(getattr(bundle.declaration, "backfill", None), "rollback_set", None))
     if not bundle.by_role("rollback") and not has_reverse:
         run.check("rollback_artifact", False)

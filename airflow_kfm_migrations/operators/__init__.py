@@ -6,13 +6,14 @@ from airflow_kfm_migrations.operators.baseline import BaselineOperator
 from airflow_kfm_migrations.operators.diff_gate import DiffGateOperator
 from airflow_kfm_migrations.operators.preflight import PreflightOperator
 from airflow_kfm_migrations.operators.receipt import ReceiptOperator
-from airflow_kfm_migrations.operators.rollback import RollbackOperator
+from airflow_kfm_migrations.operators.rollback import ManualRollbackOperator, RollbackOperator
 
 __all__ = [
     "ApplyOperator",
     "BackfillOperator",
     "BaselineOperator",
     "DiffGateOperator",
+    "ManualRollbackOperator",
     "PreflightOperator",
     "ReceiptOperator",
     "RollbackOperator",

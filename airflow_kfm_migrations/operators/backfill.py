@@ -20,12 +20,22 @@ class BackfillOperator(MigrationOperator):
 
     ui_color = "#fdf3e8"
 
-    def __init__(self, *, migration_id: str, conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        migration_id: str,
+        conn_id: str | None = None,
+        environment: str | None = None,
+        bundles_root: str | None = None,
+        registry_path: str | None = None,
+        artifacts_root: str | None = None,
+        fail_on_drift: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("retries", 2)
         kwargs.setdefault("retry_delay", timedelta(seconds=30))
         BaseOperator.__init__(self, **kwargs)  # one wrapped level, as in BaselineOperator
-        self.migration_id = migration_id
-        self.conn_id = conn_id
+        self.set_fields(migration_id, conn_id, environment, bundles_root, registry_path, artifacts_root, fail_on_drift)
 
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_kfm_migrations.engine.backfill import run_backfill
@@ -33,7 +43,7 @@ class BackfillOperator(MigrationOperator):
         from airflow_kfm_migrations.util.cancel import Cancellation
 
         ti = context["ti"]
-        applied = ti.xcom_pull(task_ids="apply", key="apply") or {}
+        applied = self.pull(context, "apply", key="apply") or {}
         if applied.get("status") not in {"succeeded", "noop"}:
             raise AirflowFailException(f"backfill: the schema part did not succeed ({applied.get('status')})")
         _s, bundle, opts = self.run_options(context)

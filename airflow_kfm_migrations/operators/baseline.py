@@ -33,14 +33,25 @@ class BaselineOperator(MigrationOperator):
 
     template_fields = (*MigrationOperator.template_fields, "phase")
 
-    def __init__(self, *, phase: str, migration_id: str, conn_id: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        phase: str,
+        migration_id: str,
+        conn_id: str | None = None,
+        environment: str | None = None,
+        bundles_root: str | None = None,
+        registry_path: str | None = None,
+        artifacts_root: str | None = None,
+        fail_on_drift: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         if phase not in {"pre", "post"}:
             raise ValueError("phase must be 'pre' or 'post'")
         # BaseOperator directly: every wrapped __init__ level deep-copies the DAG params again,
         # which is most of a DAG file's parse time with a thousand migrations.
         BaseOperator.__init__(self, **kwargs)
-        self.migration_id = migration_id
-        self.conn_id = conn_id
+        self.set_fields(migration_id, conn_id, environment, bundles_root, registry_path, artifacts_root, fail_on_drift)
         self.phase = phase
 
     def execute(self, context: Any) -> dict[str, Any]:

@@ -14,7 +14,7 @@ class DiffGateOperator(MigrationOperator):
         from airflow_kfm_migrations.operators.baseline import committed_view
         from airflow_kfm_migrations.operators.compat import AirflowFailException
 
-        applied = context["ti"].xcom_pull(task_ids="apply", key="apply") or {}
+        applied = self.pull(context, "apply", key="apply") or {}
         if (context.get("params") or {}).get("dry_run"):
             self.log.info("dry run: nothing was committed")
             return {"verdict": "pass"}

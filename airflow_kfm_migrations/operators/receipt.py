@@ -16,12 +16,11 @@ class ReceiptOperator(MigrationOperator):
         from airflow_kfm_migrations.operators.common import upload
         from airflow_kfm_migrations.operators.compat import AirflowFailException
 
-        ti = context["ti"]
-        preflight = ti.xcom_pull(task_ids="preflight")
-        applied = ti.xcom_pull(task_ids="apply", key="apply") or {}
-        gate = ti.xcom_pull(task_ids="diff_gate")
-        rolled = ti.xcom_pull(task_ids="rollback") or {}
-        backfill = ti.xcom_pull(task_ids="backfill", key="backfill")
+        preflight = self.pull(context, "preflight")
+        applied = self.pull(context, "apply", key="apply") or {}
+        gate = self.pull(context, "diff_gate")
+        rolled = self.pull(context, "rollback") or {}
+        backfill = self.pull(context, "backfill", key="backfill")
         s, bundle, opts = self.run_options(context)
         status = applied.get("status")
         problems = []
