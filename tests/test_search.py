@@ -639,10 +639,12 @@ def test_unreachable_cluster_fails_with_a_receipt_and_no_secret(
 
 
 def test_client_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_kfm_migrations.stores.search.client import opensearch_client_from_env
+
     monkeypatch.setenv(
         "AIRFLOW_CONN_KFM_SEARCH_TLS",
-        'opensearch://u:p@search.example:9243?__extra__={"use_ssl": true, "verify_certs": true}',
+        'opensearch://u:p@search.example:9243?__extra__={"use_ssl": true}',
     )
-    c = SearchStore.from_conn_id("kfm_search_tls").client.c
+    c = opensearch_client_from_env("kfm_search_tls")
     conn = c.transport.get_connection()
-    assert conn.host == "https://search.example:9243" and conn.use_ssl and conn.session.verify
+    assert conn.host == "https://search.example:9243" and conn.use_ssl

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +22,6 @@ from airflow_kfm_migrations.cli.ops import register as register_ops
 from airflow_kfm_migrations.cli.review import plan_table, print_wide, validate_tables
 from airflow_kfm_migrations.errors import InputError, KfmError
 from airflow_kfm_migrations.kinds import KINDS
-from airflow_kfm_migrations.util.connections import in_cli
 from airflow_kfm_migrations.util.secret_scan import redact
 
 
@@ -188,14 +188,51 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from airflow_kfm_migrations.app.verify import verify
+    from airflow_kfm_migrations.declaration.bundle import DECLARATION_FILE
 
-    checked = verify(Path(args.target), bundle=Path(args.bundle) if args.bundle else None)
-    print(f"verified: {len(checked)} digests match ({', '.join(checked[:4])}{', ...' if len(checked) > 4 else ''})")
-    if args.conn_id:
-        from airflow_kfm_migrations.app.verify import verify_against_ledger
+    target, bundle = str(args.target), Path(args.bundle) if args.bundle else None
+    if "://" not in target and not target.rstrip("/").endswith("receipt_ref.json") and not args.write_ref:
+        checked = verify(Path(target), bundle=bundle)
+        print(f"verified: {len(checked)} digests match ({', '.join(checked[:4])}{', ...' if len(checked) > 4 else ''})")
+        if args.conn_id:
+            from airflow_kfm_migrations.app.verify import verify_against_ledger
 
-        print(verify_against_ledger(Path(args.target), args.conn_id))
+            print(verify_against_ledger(Path(target), args.conn_id))
+        return 0
+    dest = Path(args.write_ref) if args.write_ref else None
+    if dest is not None and (dest.parent / DECLARATION_FILE).is_file():
+        why = "in a bundle the pointer goes to receipts/receipt_ref.json (other files are inputs)"
+        raise InputError(str(dest), "--write-ref", why)
+    # An object store URL or a receipt_ref.json pointer: fetched into a private temporary folder.
+    if "airflow" not in sys.modules:  # Airflow's and the clients' info lines stay off the output
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
+    from airflow_kfm_migrations.operators.artifacts import ref_for, verify_target
+
+    with verify_target(target) as (receipt, stage):
+        try:
+            checked = verify(receipt, bundle=bundle)
+            ledger = verify_against_ledger_line(receipt, args.conn_id)
+        except KfmError as exc:
+            raise (stage.named(exc) if stage is not None else exc) from None
+        kept = f"receipts/history/{json.loads(receipt.read_bytes())['receipt_digest']}.json"
+        where = stage.url_of(kept) if stage is not None else str(receipt)
+        print(f"verified: {len(checked)} digests match ({', '.join(checked[:4])}{', ...' if len(checked) > 4 else ''})")
+        print(f"receipt: {redact(where)}")
+        if ledger:
+            print(ledger)
+        if dest is not None:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(ref_for(receipt, stage, dest))
+            print(f"pointer: {dest} (commit it with the bundle; verify {dest} checks it)")
     return 0
+
+
+def verify_against_ledger_line(receipt: Path, conn_id: str | None) -> str | None:
+    if not conn_id:
+        return None
+    from airflow_kfm_migrations.app.verify import verify_against_ledger
+
+    return verify_against_ledger(receipt, conn_id)
 
 
 def cmd_record(args: argparse.Namespace) -> int:
@@ -272,12 +309,22 @@ def build_parser() -> argparse.ArgumentParser:
         r.set_defaults(func=func)
 
     ve = sub.add_parser("verify", help="recompute every digest of a receipt and its chain")
-    ve.add_argument("target", help="run_receipt.json or the artifacts folder")
+    ve.add_argument(
+        "target",
+        help="run_receipt.json, an artifacts folder, either as an object store URL "
+        "(s3://<conn_id>@bucket/prefix/<migration_id>, gs://..., file://...), or a receipt_ref.json pointer",
+    )
     ve.add_argument("--bundle", help="the bundle folder, when it is not where the receipt says (moved, elsewhere)")
     ve.add_argument(
         "--conn-id",
         help="also check the run against the ledger in the store (AIRFLOW_CONN_<ID>): a committed "
         "outcome must be recorded there with the same receipt digest, any other must be absent",
+    )
+    ve.add_argument(
+        "--write-ref",
+        metavar="PATH",
+        help="after verifying, write a receipt_ref.json pointer to this receipt at PATH (e.g. in the bundle, "
+        "to commit with it): its URL in an object store, else its path relative to PATH's folder",
     )
     ve.set_defaults(func=cmd_verify)
 
@@ -307,7 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    in_cli()  # Airflow's log lines, once a connection lookup imports it, go to stderr
     try:
         return int(args.func(args))
     except KfmError as exc:

@@ -339,6 +339,9 @@ class ReceiptRef(Strict):
     receipt_digest: Sha256 = Field(description="The receipt's digest")
     uri: Annotated[str, StringConstraints(min_length=1, max_length=2000)] = Field(
         description="Where the receipt is kept: receipts/history/<receipt_digest>.json, relative to the "
-        "artifacts folder"
+        "artifacts folder when that folder is local; when the artifacts are in an object store, the "
+        "receipt's absolute URL (s3://<conn_id>@<bucket>/<prefix>/<migration_id>/receipts/history/"
+        "<receipt_digest>.json, gs://..., file://...), whose userinfo names an Airflow connection, never a "
+        "credential"
     )
     created_at: AwareDatetime = Field(description="When the pointer was written")

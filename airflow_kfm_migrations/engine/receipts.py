@@ -124,17 +124,25 @@ def write_receipt(
         raise RefusedError("refusing to write a receipt that contains a secret: " + leaks[0].message())
     write_bytes_atomic(artifacts_dir / HISTORY / f"{doc['receipt_digest']}.json", data)
     write_bytes_atomic(artifacts_dir / RECEIPT, data)
+    write_bytes_atomic(artifacts_dir / REF, receipt_ref(doc))
+    return artifacts_dir / RECEIPT, receipt
+
+
+def receipt_ref(doc: dict[str, Any], *, base: str | None = None, uri: str | None = None) -> bytes:
+    """The ``receipt_ref.v1`` pointer to the receipt ``doc``: its ``uri`` is
+    ``receipts/history/<digest>.json`` relative to the artifacts folder, or under ``base``
+    (the folder's absolute URL in an object store), or ``uri`` as given."""
+    rel = (HISTORY / f"{doc['receipt_digest']}.json").as_posix()
     ref = ReceiptRef(
         schema_version="receipt_ref.v1",
-        migration_id=bundle.migration_id,
-        run_id=run_id,
-        status=status,  # type: ignore[arg-type]
+        migration_id=doc["migration_id"],
+        run_id=doc["run_id"],
+        status=doc["status"],
         receipt_digest=doc["receipt_digest"],
-        uri=(HISTORY / f"{doc['receipt_digest']}.json").as_posix(),
+        uri=uri or (f"{base.rstrip('/')}/{rel}" if base else rel),
         created_at=datetime.now(UTC),
     )
-    write_bytes_atomic(artifacts_dir / REF, dump_json(ref.model_dump(mode="json")))
-    return artifacts_dir / RECEIPT, receipt
+    return dump_json(ref.model_dump(mode="json"))
 
 
 def output_of_run(artifacts_dir: Path, run_id: str, role: str) -> Path | None:

@@ -30,6 +30,13 @@ class MigrationOperator(BaseOperator):
         "artifacts_root",
     )
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "execute" in cls.__dict__:  # a URL artifacts_root: a private stage per task (operators/artifacts.py)
+            from airflow_kfm_migrations.operators.artifacts import staged_execute
+
+            cls.execute = staged_execute(cls.__dict__["execute"])  # type: ignore[method-assign]
+
     def __init__(
         self,
         *,

@@ -6,7 +6,6 @@ core step, writes artifacts and pushes only digests and small summaries to XCom.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -161,30 +160,18 @@ def conn_id_for(entry: RegistryEntry | None, bundle: Bundle, override: str | Non
 
 
 def local_artifacts(s: Settings, bundle: Bundle) -> Path:
-    """Where the core writes: a local folder. Remote roots are staged here and uploaded."""
+    """Where the core writes: the bundle (no ``artifacts_root``), ``<root>/<id>`` for a local
+    folder, or, for a URL (``s3://conn_id@bucket/prefix``, ``gs://...``, ``file://...``), this
+    task's private staging folder, fetched from and written back to the store
+    (operators/artifacts.py)."""
     root = s.artifacts_root
     if not root:
         return bundle.root
-    if "://" in root and not root.startswith("file://"):
-        base = Path(os.environ.get("AIRFLOW_HOME", Path.home() / "airflow")) / "kfm-staging"
-        return base / bundle.migration_id
-    return Path(root.removeprefix("file://")) / bundle.migration_id
+    if "://" in root:
+        from airflow_kfm_migrations.operators.artifacts import task_workdir
 
-
-def upload(s: Settings, bundle: Bundle, local: Path) -> str:
-    """Copy the run's artifacts to ``artifacts_root`` through ObjectStoragePath (s3://, gs://...)."""
-    root = s.artifacts_root
-    if not root or "://" not in root or root.startswith("file://"):
-        return str(local)
-    from airflow.sdk import ObjectStoragePath
-
-    dest = ObjectStoragePath(root) / bundle.migration_id
-    for f in sorted(local.rglob("*")):
-        if f.is_file():
-            target = dest / f.relative_to(local).as_posix()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(f.read_bytes())
-    return str(dest)
+        return task_workdir(root, bundle.migration_id)
+    return Path(root) / bundle.migration_id
 
 
 def table(title: str, rows: list[tuple[str, ...]], header: tuple[str, ...]) -> str:

@@ -10,6 +10,8 @@ class RollbackOperator(MigrationOperator):
     store unchanged; a committed change that failed a later check is rolled back and
     verified against the pre-baseline."""
 
+    artifacts_fetch = "apply"  # operators/artifacts.py: the apply's receipt and outputs (its pre-baseline)
+
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_kfm_migrations.engine import rollback_migration
         from airflow_kfm_migrations.operators.compat import AirflowFailException

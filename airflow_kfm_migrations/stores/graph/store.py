@@ -41,7 +41,8 @@ from airflow_kfm_migrations.stores.graph import capture, evaluate, ledger, lock,
 from airflow_kfm_migrations.stores.graph.client import (
     Connect,
     RunQuery,
-    connector,
+    connector_from_env,
+    connector_from_hook,
     neo_error,
 )
 from airflow_kfm_migrations.stores.graph.session import GraphSession
@@ -89,8 +90,7 @@ class GraphStore:
 
     @classmethod
     def from_conn_id(cls, conn_id: str, *, use_hook: bool = False) -> GraphStore:
-        # One way to reach the store, with or without Airflow running the task: the provider's hook.
-        connect, database = connector(conn_id)
+        connect, database = connector_from_hook(conn_id) if use_hook else connector_from_env(conn_id)
         return cls(connect, conn_id, database)
 
     def connect(self) -> Any:
