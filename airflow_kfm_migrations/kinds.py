@@ -58,7 +58,9 @@ class Kind:
     # tell the kind a ``--conn-id`` reaches from its type).
     conn_types: tuple[str, ...] = ()
     # What a run needs installed, as alternatives (any one suffices): (extra, modules the
-    # client needs, modules Airflow's hooks need). Planning needs none of them.
+    # client needs, modules only a run inside Airflow needs). The CLI and the operators
+    # both reach a store through the provider's hook, so the providers are client modules.
+    # Planning needs none of them.
     clients: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = ()
 
 
@@ -68,7 +70,7 @@ KINDS: dict[str, Kind] = {
         id_prefix="PG",
         store="airflow_kfm_migrations.stores.postgis.store:PostgisStore",
         extra="postgis",
-        clients=(("postgis", ("psycopg",), ("airflow.providers.postgres",)),),
+        clients=(("postgis", ("psycopg", "airflow.providers.postgres"), ()),),
         forward=(
             "forward.sql",
             "-- Forward change. Runs in one transaction under the governed runner.\n"
@@ -105,8 +107,8 @@ KINDS: dict[str, Kind] = {
         store="airflow_kfm_migrations.stores.search.store:SearchStore",
         extra="opensearch",
         clients=(
-            ("opensearch", ("opensearchpy",), ("airflow.providers.opensearch",)),
-            ("elasticsearch", ("elasticsearch",), ()),  # the client is built from the connection
+            ("opensearch", ("opensearchpy", "airflow.providers.opensearch"), ()),
+            ("elasticsearch", ("elasticsearch", "airflow.providers.elasticsearch"), ()),
         ),
         forward=("forward.json", '{\n  "actions": []\n}\n'),
         rollback=("rollback.json", '{\n  "actions": []\n}\n'),
@@ -133,7 +135,7 @@ KINDS: dict[str, Kind] = {
         id_prefix="GRAPH",
         store="airflow_kfm_migrations.stores.graph.store:GraphStore",
         extra="neo4j",
-        clients=(("neo4j", ("neo4j",), ("airflow.providers.neo4j",)),),
+        clients=(("neo4j", ("neo4j", "airflow.providers.neo4j"), ()),),
         forward=(
             "forward.cypher",
             "// Forward change. Schema and data statements run in separate transactions.\n"

@@ -108,9 +108,18 @@ ARTIFACTS_ROOT="s3://kfm_s3@$BUCKET/$PREFIX"
 echo "artifacts_root = $ARTIFACTS_ROOT"
 
 step "3/6 Airflow homes: scheduler side, worker A, worker B (under $DEMO)"
+# Wiped at start, but only a folder this script made (or an empty one).
+if [ -d "$DEMO" ] && [ -n "$(ls -A "$DEMO")" ] && [ ! -f "$DEMO/.kfm-demo-distributed" ]; then
+  echo "demo-distributed: $DEMO is not empty and not a demo folder; set KFM_DEMO_DIR elsewhere" >&2
+  exit 2
+fi
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
+touch "$DEMO/.kfm-demo-distributed"
 umask 077
+# Keys of this run in the broker carry their own prefix: another demo (or the test) on the
+# same Redis never takes this run's tasks off the shared queue names.
+BROKER_PREFIX="kfm-demo-$(python -c 'import secrets; print(secrets.token_hex(4))'):"
 JWT_SECRET=$(python -c 'import secrets; print(secrets.token_urlsafe(64))')
 python -c 'import json, secrets; print(json.dumps({"kfm_demo": secrets.token_urlsafe(16)}))' >"$DEMO/passwords.json"
 COMMON_CFG="
@@ -124,6 +133,9 @@ execution_api_server_url = http://127.0.0.1:$API_PORT/execution/
 broker_url = redis://127.0.0.1:$REDIS_PORT/0
 result_backend = redis://127.0.0.1:$REDIS_PORT/1
 worker_concurrency = 1
+
+[celery_broker_transport_options]
+global_keyprefix = $BROKER_PREFIX
 
 [kfm_migrations]
 bundles_root = $REPO/migrations
@@ -196,12 +208,14 @@ PY
 done
 umask 022
 
-# One component: its own AIRFLOW_HOME, working directory and TMPDIR, its own process group.
+# One component: its own AIRFLOW_HOME, HOME (so ~/.cache too), working directory and TMPDIR,
+# its own process group. Nothing on disk is shared between the homes.
 launch() {  # name home workdir -- command...
   local name=$1 home=$2 work=$3; shift 4
   (
     cd "$work"
-    export AIRFLOW_HOME=$home AIRFLOW_CONFIG=$home/airflow.cfg TMPDIR=$home/tmp KFM_PARSE_CACHE=$home/parse-cache
+    unset KFM_PARSE_CACHE KFM_CAPTURE_CACHE
+    export AIRFLOW_HOME=$home AIRFLOW_CONFIG=$home/airflow.cfg HOME=$home XDG_CACHE_HOME=$home/cache TMPDIR=$home/tmp
     exec setsid "$@" </dev/null >"$DEMO/$name.log" 2>&1
   ) &
   PIDS+=($!)

@@ -17,7 +17,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,9 @@ from test_airflow import (
     airflow_env,  # noqa: F401  (a fixture)
 )
 from test_backfill import assert_filled, configure, items, progress  # noqa: F401  (items: a fixture)
+from test_graph import CONN_ID as GRAPH_CONN_ID
+from test_graph import gexample, graph, neo4j_server  # noqa: F401  (fixtures)
+from test_graph import run as graph_run
 from test_search import CONN_ID, MIG, alias_on, count, edit_forward, ledger, receipt, run
 from test_search_recovery import EXTRA_DOCS, add_parcels, governance_doc, running_reindex, wait_for
 
@@ -68,6 +72,28 @@ def reindex_writing(c: Any, running: Callable[[], None] = lambda: None) -> dict[
     return dict(task)
 
 
+@contextmanager
+def cancelled_when(cancel: Cancellation, what: str, ready: Callable[[], Any], reason: str) -> Iterator[dict[str, Any]]:
+    """While inside (the run), a thread waits until ``ready()`` and then cancels the run with
+    ``reason``; ``seen["ready"]`` is what ``ready()`` returned (absent: the run ended first)."""
+    seen: dict[str, Any] = {}
+    done = threading.Event()
+
+    def watch() -> None:
+        got = wait_for(what, lambda: done.is_set() or ready())
+        if not done.is_set():
+            seen["ready"] = got
+            cancel.cancel(reason)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        yield seen
+    finally:
+        done.set()
+        watcher.join()
+
+
 def assert_left_nothing(c: Any, task_id: str) -> None:
     """The killed run's task was cancelled, its index is gone, no alias moved, nothing was
     recorded, and its lock and in-flight record are gone (the next run has nothing to recover)."""
@@ -96,18 +122,10 @@ def test_a_cancelled_run_stops_its_reindex_and_fails_closed(example: Path, clust
     c = cluster
     slow_reindex(c, example)
     cancel = Cancellation()
-    seen: dict[str, Any] = {}
-
-    def kill_when_writing() -> None:
-        seen["task"] = reindex_writing(c)
-        cancel.cancel("stopped by the test")
-
-    killer = threading.Thread(target=kill_when_writing, daemon=True)
-    killer.start()
     out = tmp_path / "killed"
-    result = run_migration(load_bundle(example), RunOptions(conn_id=CONN_ID, artifacts_dir=out, cancel=cancel))
-    killer.join()
-    task = seen["task"]["id"]
+    with cancelled_when(cancel, "the reindex to write", lambda: reindex_writing(c), "stopped by the test") as seen:
+        result = run_migration(load_bundle(example), RunOptions(conn_id=CONN_ID, artifacts_dir=out, cancel=cancel))
+    task = seen["ready"]["id"]
     assert result.status == "rolled_back" and result.exit_code == 1
     r = receipt(out)
     assert r["status"] == "rolled_back"
@@ -133,6 +151,39 @@ def test_a_cancel_before_the_lock_runs_nothing(example: Path, cluster: Any, tmp_
     )
     assert receipt(out)["status"] == "failed"
     assert not cluster.indices.exists(index="parcels_v2") and alias_on(cluster) == ["parcels_v1"]
+
+
+class TaskTimeout(BaseException):
+    """Like Airflow's AirflowTaskTimeout: raised in ``execute``, before ``on_kill`` is called."""
+
+
+@pytest.mark.opensearch
+def test_a_run_interrupted_by_an_exception_cancels_its_reindex_on_the_way_out(
+    example: Path, cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``execution_timeout``: the timeout error unwinds the run while its reindex task writes.
+    The session's exit cancels the task before deleting the index (else the task would
+    write on into a deleted index), and releases the lock; the run writes no receipt."""
+    from airflow_kfm_migrations.stores.search.lock import DocumentLock
+
+    c = cluster
+    slow_reindex(c, example)
+    beat = DocumentLock.heartbeat
+    seen: dict[str, Any] = {}
+
+    def timing_out(self: Any) -> None:
+        t = running_reindex(c, "parcels_v2")
+        if t and t["status"]["created"] > 0:
+            seen["task"] = t["id"]
+            raise TaskTimeout()
+        beat(self)
+
+    monkeypatch.setattr(DocumentLock, "heartbeat", timing_out)
+    with pytest.raises(TaskTimeout):
+        run_migration(load_bundle(example), RunOptions(conn_id=CONN_ID, artifacts_dir=tmp_path / "out"))
+    monkeypatch.setattr(DocumentLock, "heartbeat", beat)
+    assert_left_nothing(c, seen["task"])
+    assert_next_run_not_blocked(c, example, tmp_path / "next")
 
 
 # ------------------------------------------------------------------ through Airflow
@@ -287,15 +338,8 @@ def test_a_cancelled_backfill_keeps_its_committed_batches_and_resumes(
     bundle = load_bundle(example)
     assert run_migration(bundle, RunOptions(conn_id=items.conn_id)).status == "succeeded"  # the schema part
     cancel = Cancellation()
-
-    def kill_after_some_batches() -> None:
-        wait_for("8 committed batches", lambda: len(progress(items)) >= 8)
-        cancel.cancel(KILLED_BY_AIRFLOW)
-
-    killer = threading.Thread(target=kill_after_some_batches, daemon=True)
-    killer.start()
-    result = run_backfill(bundle, RunOptions(conn_id=items.conn_id, cancel=cancel))
-    killer.join()
+    with cancelled_when(cancel, "8 committed batches", lambda: len(progress(items)) >= 8, KILLED_BY_AIRFLOW):
+        result = run_backfill(bundle, RunOptions(conn_id=items.conn_id, cancel=cancel))
     assert (result.status, result.resumable) == ("failed", True)
     r = json.loads((example / "receipts" / "run_receipt.json").read_text())
     assert r["operation"] == "backfill" and r["status"] == "failed"
@@ -307,7 +351,8 @@ def test_a_cancelled_backfill_keeps_its_committed_batches_and_resumes(
     assert 8 <= len(done) < 41 and done[-1][1] is not None  # stopped mid-backfill
     committed = done[-1][2]
     assert items.sql("SELECT count(*) FROM public.items WHERE counter = 1")[0][0] == committed
-    assert items.sql("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")[0][0] == 0  # lock released
+    held = "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database WHERE l.locktype = 'advisory' "
+    assert items.sql(held + "AND d.datname = current_database()")[0][0] == 0  # the lock was released
     # The next run resumes after the last committed batch, and no batch ran twice.
     from airflow_kfm_migrations.cli import main
 
@@ -315,3 +360,43 @@ def test_a_cancelled_backfill_keeps_its_committed_batches_and_resumes(
     r = json.loads((example / "receipts" / "run_receipt.json").read_text())
     assert r["status"] == "succeeded" and r["metrics"]["resumed_from_batch"] == done[-1][0]
     assert_filled(items)
+
+
+HEAVY = "MATCH (n:LegacyDataset) WITH n, reduce(s = 0, x IN range(1, 40000000) | s + x % 7) AS t SET n.kfm_sum = t;"
+
+
+@pytest.mark.neo4j
+def test_a_cancelled_graph_run_terminates_its_transaction_and_compensates(
+    gexample: Path,  # noqa: F811
+    graph: Any,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The statement's transaction is terminated on the server, no further statement runs,
+    and the rollback script compensates what committed before (the constraint)."""
+    forward = gexample / "forward.cypher"
+    lines = forward.read_text().splitlines(keepends=True)
+    constraint = next(i for i, line in enumerate(lines) if line.startswith("CREATE CONSTRAINT"))
+    lines.insert(constraint + 1, HEAVY + "\n")
+    forward.write_text("".join(lines))
+    query = (
+        "SHOW TRANSACTIONS YIELD currentQuery, metaData "
+        "WHERE currentQuery STARTS WITH 'MATCH (n:LegacyDataset) WITH n, reduce(' RETURN metaData"
+    )
+    cancel = Cancellation()
+    out = tmp_path / "killed"
+    with cancelled_when(cancel, "the heavy statement to run", lambda: graph.q(query), "stopped by the test") as seen:
+        result = run_migration(
+            load_bundle(gexample), RunOptions(conn_id=GRAPH_CONN_ID, artifacts_dir=out, cancel=cancel)
+        )
+    assert "ready" in seen, receipt(out)["reason"]
+    assert result.status == "rolled_back"
+    r = json.loads((out / "receipts" / "run_receipt.json").read_text())
+    assert r["reason"].startswith("stopped by the test: the forward was stopped (statement 2 of forward.cypher ")
+    assert "(line 4): Neo.ClientError.Transaction.Terminated: " in r["reason"]
+    assert r["reason"].endswith("compensated by the rollback artifact, store equals pre")
+    assert graph.q(query) == []  # its transaction is gone
+    assert "dataset_id_unique" not in graph.constraints() and graph.count("LegacyDataset") == 5
+    assert graph.q("MATCH (n) WHERE n.kfm_sum IS NOT NULL RETURN n") == []
+    assert graph.q("MATCH (l:KfmLock) RETURN l") == []  # the lock was released, nothing in flight
+    forward.write_text(forward.read_text().replace(HEAVY + "\n", ""))
+    assert graph_run(gexample, tmp_path / "next") == 0

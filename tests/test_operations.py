@@ -149,7 +149,7 @@ def test_migrate_applies_pending_migrations_in_requires_then_id_order_over_one_c
     from airflow_kfm_migrations.stores.postgis import store as pg_store
 
     opened: list[int] = []
-    real = pg_store.connector_from_env
+    real = pg_store.connector
 
     def counting(conn_id: str) -> Any:
         connect = real(conn_id)
@@ -160,7 +160,7 @@ def test_migrate_applies_pending_migrations_in_requires_then_id_order_over_one_c
 
         return counted
 
-    monkeypatch.setattr(pg_store, "connector_from_env", counting)
+    monkeypatch.setattr(pg_store, "connector", counting)
     root = write_root(
         tmp_path / "migrations",
         [index(1, "ops_a", requires=[2]), table(2, "ops_a"), table(3, "ops_c"), index(4, "ops_c", requires=[3])],

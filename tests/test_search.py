@@ -639,12 +639,10 @@ def test_unreachable_cluster_fails_with_a_receipt_and_no_secret(
 
 
 def test_client_from_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_kfm_migrations.stores.search.client import opensearch_client_from_env
-
     monkeypatch.setenv(
         "AIRFLOW_CONN_KFM_SEARCH_TLS",
-        'opensearch://u:p@search.example:9243?__extra__={"use_ssl": true}',
+        'opensearch://u:p@search.example:9243?__extra__={"use_ssl": true, "verify_certs": true}',
     )
-    c = opensearch_client_from_env("kfm_search_tls")
+    c = SearchStore.from_conn_id("kfm_search_tls").client.c
     conn = c.transport.get_connection()
-    assert conn.host == "https://search.example:9243" and conn.use_ssl
+    assert conn.host == "https://search.example:9243" and conn.use_ssl and conn.session.verify

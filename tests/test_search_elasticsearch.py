@@ -8,7 +8,8 @@ flip after the gate, the gate refusing a hidden change before the flip, rollback
 lock, gc and break-lock.
 
 elasticsearch-py 9 asks for ``compatible-with=9``; the 8.x server only accepts 7 or 8, so
-the connection sets the extra ``compatible_with=8``.
+the tests set Airflow's ``[elasticsearch] es_compat_with = 8``, which the elasticsearch
+provider's hook applies.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from conftest import MIGRATIONS, port_open, server_missing
 from airflow_kfm_migrations.cli import main as cli_main
 from airflow_kfm_migrations.declaration.bundle import load_bundle
 from airflow_kfm_migrations.errors import LockedError
-from airflow_kfm_migrations.stores.search.client import CallError, ElasticsearchBinding, elasticsearch_client_from_env
+from airflow_kfm_migrations.stores.search.client import CallError, ElasticsearchBinding
 from airflow_kfm_migrations.stores.search.governance import GOVERNANCE_INDEX
 from airflow_kfm_migrations.stores.search.store import SearchStore
 
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.elasticsearch
 
 ES_PORT = int(os.environ.get("KFM_ELASTICSEARCH_PORT", "9201"))
 CONN_ID = "kfm_es_test"
-CONN_URI = f"elasticsearch://127.0.0.1:{ES_PORT}?compatible_with=8&timeout=60"
+CONN_URI = f'elasticsearch://127.0.0.1:{ES_PORT}?__extra__={{"request_timeout": 60}}'
 MIG = "SEARCH-MIG-2026-03-02-01"
 
 
@@ -59,7 +60,10 @@ def es(es_server: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A clean node: parcels_v1 (50 docs) behind alias ``parcels``, the protected
     authority_sites_v1 (2 docs). Yields the raw elasticsearch-py client."""
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", CONN_URI)
-    c = elasticsearch_client_from_env(CONN_ID)
+    monkeypatch.setenv("AIRFLOW__ELASTICSEARCH__ES_COMPAT_WITH", "8")
+    b = SearchStore.from_conn_id(CONN_ID).client
+    assert isinstance(b, ElasticsearchBinding)
+    c = b.c
     _wipe(c)
     one_shard = {"number_of_shards": 1, "number_of_replicas": 0}
     c.indices.create(
@@ -359,7 +363,7 @@ def test_elasticsearch_py_refuses_opensearch(monkeypatch: pytest.MonkeyPatch) ->
 # and answers with canned bodies recorded from the Elasticsearch 8.19 node (and, for the
 # reindex task calls it cannot run, from the OpenSearch node), with the product header.
 # This proves the binding speaks the 9.x wire format (compatible-with=9 media types) that
-# the 8.x node in the tests above only accepts after the compatible_with=8 override.
+# the 8.x node in the tests above only accepts with es_compat_with = 8.
 
 CANNED: dict[tuple[str, str], tuple[int, Any]] = {
     ("GET", "/"): (200, {"name": "n", "cluster_name": "c", "version": {"number": "9.1.0", "build_flavor": "default"}}),
@@ -457,25 +461,3 @@ def test_contract_refuses_a_server_without_the_product_header() -> None:
     with pytest.raises(CallError) as exc:
         ElasticsearchBinding(client).info()
     assert exc.value.kind == "unsupported_product" and "not Elasticsearch" in exc.value.detail
-
-
-def test_compat_override_rewrites_the_media_types(monkeypatch: pytest.MonkeyPatch) -> None:
-    from airflow_kfm_migrations.stores.search.client import compat_node_class
-
-    seen: list[Any] = []
-
-    def fake_send(self: Any, method: str, target: str, body: Any = None, headers: Any = None, **kw: Any) -> Any:
-        seen.append(dict(headers))
-        raise RuntimeError("stop")
-
-    from elastic_transport import Urllib3HttpNode
-
-    monkeypatch.setattr(Urllib3HttpNode, "perform_request", fake_send)
-    from elastic_transport import HttpHeaders, NodeConfig
-
-    node = compat_node_class(8)(NodeConfig("http", "127.0.0.1", 9))
-    with pytest.raises(RuntimeError):
-        node.perform_request(
-            "GET", "/", headers=HttpHeaders({"accept": "application/vnd.elasticsearch+json; compatible-with=9"})
-        )
-    assert seen[0]["accept"] == "application/vnd.elasticsearch+json; compatible-with=8"

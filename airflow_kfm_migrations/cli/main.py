@@ -22,6 +22,7 @@ from airflow_kfm_migrations.cli.ops import register as register_ops
 from airflow_kfm_migrations.cli.review import plan_table, print_wide, validate_tables
 from airflow_kfm_migrations.errors import InputError, KfmError
 from airflow_kfm_migrations.kinds import KINDS
+from airflow_kfm_migrations.util.connections import in_cli
 from airflow_kfm_migrations.util.secret_scan import redact
 
 
@@ -354,6 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_cli()  # Airflow's log lines, once a connection lookup imports it, go to stderr
     try:
         return int(args.func(args))
     except KfmError as exc:

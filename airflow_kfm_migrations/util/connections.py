@@ -1,24 +1,34 @@
-"""Airflow connection ids → connection parameters, without ever exposing the secret.
+"""Airflow connection ids → Airflow ``Connection`` objects, without ever exposing the secret.
 
-Inside Airflow the providers' hooks resolve connections (secrets backends, metadata DB).
-The CLI resolves ``AIRFLOW_CONN_<ID>`` environment variables the same way Airflow
-does (URI or JSON form) without importing Airflow, and falls back to Airflow's own
-lookup when the variable is absent.
+There is one way to reach a store, for the CLI and for the operators alike: the connection is
+looked up through Airflow's public ``airflow.sdk.BaseHook.get_connection`` and the client is
+made by the official provider's hook from it (``stores/*/client.py``). Outside a task,
+Airflow's lookup reads ``AIRFLOW_CONN_<ID>`` variables (URI or JSON) and the secrets
+backends configured in ``[secrets] backend``, without the metadata database; inside a task
+it asks the task's supervisor, as every hook does. Airflow is imported only when a
+connection is looked up, so ``validate`` and ``plan`` never import it.
+
+docs/connections.md lists the extras each store honours (the hooks' own) and the old names
+this package read before (deprecated).
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 from airflow_kfm_migrations.errors import InputError, RefusedError
+
+log = logging.getLogger("airflow_kfm_migrations.connections")
 
 
 @dataclass(frozen=True)
 class ConnectionInfo:
+    """The fields of an Airflow connection; ``conn`` is Airflow's own ``Connection``."""
+
     conn_id: str
     conn_type: str | None
     host: str | None
@@ -27,76 +37,73 @@ class ConnectionInfo:
     password: str | None = field(repr=False)
     schema: str | None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    conn: Any = field(default=None, repr=False, compare=False)
 
     def __str__(self) -> str:  # never the host or the password
         return f"<connection {self.conn_id}>"
+
+
+class _Shell:
+    cli = False  # set by :func:`in_cli`
+
+
+def in_cli() -> None:
+    """Called by the CLI before it runs a command. Airflow, once a lookup imports it, sends
+    every log line at INFO and up to stdout; the CLI's stdout carries its results (JSON with
+    ``--format json``), so in the CLI those lines go to stderr, and only this package's
+    warnings and everyone's errors."""
+    _Shell.cli = True
+
+
+class _CliLines(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR:
+            return True
+        return record.levelno >= logging.WARNING and record.name.startswith("airflow_kfm_migrations")
+
+
+def _logs_to_stderr() -> None:
+    for h in logging.getLogger().handlers:
+        if type(h) is not logging.StreamHandler:
+            continue
+        if h.stream is not sys.stderr:
+            try:
+                h.setStream(sys.stderr)
+            except ValueError:  # the old stream is closed already (it cannot be flushed)
+                h.stream = sys.stderr
+        if not any(isinstance(f, _CliLines) for f in h.filters):
+            h.addFilter(_CliLines())
 
 
 def env_var_name(conn_id: str) -> str:
     return f"AIRFLOW_CONN_{conn_id.upper()}"
 
 
-def _from_uri(conn_id: str, uri: str) -> ConnectionInfo:
-    parts = urlsplit(uri)
-    if not parts.scheme:
-        raise InputError(env_var_name(conn_id), "-", "not a connection URI or JSON")
-    conn_type = parts.scheme.replace("-", "_")
-    if conn_type in {"postgresql", "postgres"}:
-        conn_type = "postgres"
-    extra: dict[str, Any] = {}
-    if parts.query:
-        q = dict(parse_qsl(parts.query, keep_blank_values=True))
-        extra = json.loads(q["__extra__"]) if "__extra__" in q else q
+def lookup(conn_id: str) -> Any:
+    """Airflow's ``Connection`` for ``conn_id`` (environment, secrets backends, or the task's
+    supervisor). RefusedError when it is not defined; InputError when ``AIRFLOW_CONN_<ID>`` is
+    set but Airflow cannot read it. No message carries the connection's value."""
     try:
-        port = parts.port
-    except ValueError:
-        raise InputError(env_var_name(conn_id), "port", "not a number") from None
-    return ConnectionInfo(
-        conn_id=conn_id,
-        conn_type=conn_type,
-        host=unquote(parts.hostname) if parts.hostname else None,
-        port=port,
-        login=unquote(parts.username) if parts.username else None,
-        password=unquote(parts.password) if parts.password else None,
-        schema=unquote(parts.path.lstrip("/")) or None,
-        extra=extra,
-    )
-
-
-def _from_json(conn_id: str, text: str) -> ConnectionInfo:
+        from airflow.sdk import BaseHook
+    except ImportError:  # pragma: no cover - apache-airflow is a dependency of this package
+        raise RefusedError(f"connection {conn_id!r}: Airflow is not installed; pip install apache-airflow") from None
+    if _Shell.cli:
+        _logs_to_stderr()
     try:
-        d = json.loads(text)
-    except json.JSONDecodeError:
-        raise InputError(env_var_name(conn_id), "-", "invalid JSON connection") from None
-    extra = d.get("extra") or {}
-    if isinstance(extra, str):
-        extra = json.loads(extra) if extra.strip() else {}
-    return ConnectionInfo(
-        conn_id=conn_id,
-        conn_type=d.get("conn_type"),
-        host=d.get("host"),
-        port=int(d["port"]) if d.get("port") not in (None, "") else None,
-        login=d.get("login"),
-        password=d.get("password"),
-        schema=d.get("schema"),
-        extra=extra,
-    )
+        return BaseHook.get_connection(conn_id)
+    except Exception as exc:  # broad: Airflow raises several kinds; none may leak details
+        name = env_var_name(conn_id)
+        if os.environ.get(name, "").strip():
+            reason = f"Airflow cannot read it as a connection URI or JSON ({type(exc).__name__})"
+            raise InputError(name, "-", reason) from None
+        raise RefusedError(
+            f"connection {conn_id!r} not found (set {name} or define it in Airflow): {type(exc).__name__}"
+        ) from None
 
 
 def resolve(conn_id: str) -> ConnectionInfo:
-    raw = os.environ.get(env_var_name(conn_id))
-    if raw:
-        raw = raw.strip()
-        return _from_json(conn_id, raw) if raw.startswith("{") else _from_uri(conn_id, raw)
-    try:
-        from airflow.sdk.bases.hook import BaseHook
-
-        c = BaseHook.get_connection(conn_id)
-    except Exception as exc:  # Airflow raises several kinds; none may leak details
-        raise RefusedError(
-            f"connection {conn_id!r} not found (set {env_var_name(conn_id)} or define it in Airflow): "
-            f"{type(exc).__name__}"
-        ) from None
+    """The connection ``conn_id`` names, looked up by Airflow (see :func:`lookup`)."""
+    c = lookup(conn_id)
     return ConnectionInfo(
         conn_id=conn_id,
         conn_type=c.conn_type,
@@ -105,5 +112,17 @@ def resolve(conn_id: str) -> ConnectionInfo:
         login=c.login,
         password=c.password,
         schema=c.schema,
-        extra=c.extra_dejson,
+        extra=dict(c.extra_dejson),
+        conn=c,
     )
+
+
+def deprecated_extra(info: ConnectionInfo, old: str, instead: str) -> None:
+    """One warning line when the connection still sets an extra this package used to read."""
+    if old in info.extra:
+        log.warning("connection %s: extra %r is deprecated and no longer read; %s", info.conn_id, old, instead)
+
+
+def truthy(v: Any) -> bool:
+    """An extra's boolean value, as the providers read it (``true``/``1``/``yes``/``on``)."""
+    return v is True or (isinstance(v, str) and v.strip().lower() in {"1", "true", "yes", "on", "t", "y"})

@@ -1,23 +1,30 @@
 """Seed the demo stores with the small worlds the example migrations expect (idempotent).
 
-    python scripts/demo/seed.py postgis|search|graph
+    python scripts/demo/seed.py postgis|search|graph [...]
 
-Connections come from AIRFLOW_CONN_KFM_POSTGIS / _SEARCH / _GRAPH, as for the DAGs.
+Connections come from AIRFLOW_CONN_KFM_POSTGIS / _SEARCH / _GRAPH (or a secrets backend) and
+are reached the way the DAGs and the CLI reach them: through the providers' hooks
+(docs/connections.md). ``search`` works on OpenSearch and on Elasticsearch (connection type
+``elasticsearch``). docker/compose.yml runs this script in its ``seed`` service.
 """
 
 from __future__ import annotations
 
 import sys
 
-from airflow_kfm_migrations.util.connections import resolve
+from airflow_kfm_migrations.kinds import KINDS
+from airflow_kfm_migrations.stores.base import open_store
+
+# What the example bundles (migrations/<kind>/) expect to find; tests/test_docker_compose.py
+# checks that every kind with an example bundle is seeded here.
+SEEDED = ("postgis", "search", "graph")
 
 
 def seed_postgis() -> None:
-    import psycopg
-
-    c = resolve("kfm_postgis")
-    with psycopg.connect(host=c.host, port=c.port, user=c.login, password=c.password, dbname=c.schema,
-                         autocommit=True) as conn:
+    store = open_store("postgis", KINDS["postgis"].default_conn_id)
+    conn = store.connect()  # type: ignore[attr-defined]
+    try:
+        conn.autocommit = True
         conn.execute("""
             CREATE TABLE IF NOT EXISTS public.parcels (id serial PRIMARY KEY, name text NOT NULL,
                                                        geom geometry(Polygon, 4326));
@@ -29,39 +36,43 @@ def seed_postgis() -> None:
                 SELECT 'parcel-' || g, ST_MakeEnvelope(g, g, g + 1, g + 1, 4326) FROM generate_series(1, 1000) g;
                 INSERT INTO public.authority_sites VALUES (1, 'Fort Larned') ON CONFLICT DO NOTHING;
             """)
+    finally:
+        conn.close()
 
 
 def seed_search() -> None:
-    from opensearchpy import OpenSearch, helpers
-
-    c = resolve("kfm_search")
-    client = OpenSearch(hosts=[{"host": c.host, "port": c.port or 9200}])
-    if not client.indices.exists(index="parcels_v1"):
-        client.indices.create(index="parcels_v1", body={
+    client = open_store("search", KINDS["search"].default_conn_id).client  # type: ignore[attr-defined]
+    if not client.index_exists("parcels_v1"):
+        client.create_index("parcels_v1", {
             "settings": {"number_of_shards": 1, "number_of_replicas": 0},
             "mappings": {"properties": {"parcel_id": {"type": "keyword"}, "name": {"type": "text"},
                                         "area_m2": {"type": "double"}}}})
-        helpers.bulk(client, ({"_index": "parcels_v1", "_id": str(i),
-                               "_source": {"parcel_id": f"P{i}", "name": f"parcel {i}", "area_m2": i * 10.0}}
-                              for i in range(1, 1001)), refresh=True)
-        client.indices.put_alias(index="parcels_v1", name="parcels")
-    if not client.indices.exists(index="authority_sites_v1"):
-        client.indices.create(index="authority_sites_v1", body={"settings": {"number_of_replicas": 0}})
-        client.index(index="authority_sites_v1", id="1", body={"name": "Fort Larned"}, refresh=True)
+        for i in range(1, 1001):
+            client.index_doc("parcels_v1", str(i), {"parcel_id": f"P{i}", "name": f"parcel {i}", "area_m2": i * 10.0})
+        client.refresh("parcels_v1")
+        client.update_aliases([{"add": {"index": "parcels_v1", "alias": "parcels"}}])
+    if not client.index_exists("authority_sites_v1"):
+        client.create_index("authority_sites_v1", {"settings": {"number_of_replicas": 0}})
+        client.index_doc("authority_sites_v1", "1", {"name": "Fort Larned"}, refresh=True)
 
 
 def seed_graph() -> None:
-    import neo4j
-
-    c = resolve("kfm_graph")
-    auth = (c.login, c.password) if c.login else None
-    with neo4j.GraphDatabase.driver(f"bolt://{c.host}:{c.port or 7687}", auth=auth) as driver:
-        records, _, _ = driver.execute_query("MATCH (n:LegacyDataset|Dataset) RETURN count(n) AS n")
+    store = open_store("graph", KINDS["graph"].default_conn_id)
+    driver = store.connect()  # type: ignore[attr-defined]
+    try:
+        db = store.database  # type: ignore[attr-defined]
+        records, _, _ = driver.execute_query("MATCH (n:LegacyDataset|Dataset) RETURN count(n) AS n", database_=db)
         if records[0]["n"] == 0:
             driver.execute_query(
-                "UNWIND range(1, 200) AS i CREATE (:LegacyDataset {dataset_id: 'ds-' + i, title: 'Dataset ' + i})")
-            driver.execute_query("MERGE (:AuthoritySite {site_id: 'fort-larned', name: 'Fort Larned'})")
+                "UNWIND range(1, 200) AS i CREATE (:LegacyDataset {dataset_id: 'ds-' + i, title: 'Dataset ' + i})",
+                database_=db)
+            driver.execute_query("MERGE (:AuthoritySite {site_id: 'fort-larned', name: 'Fort Larned'})", database_=db)
+    finally:
+        driver.close()
 
 
 if __name__ == "__main__":
-    {"postgis": seed_postgis, "search": seed_search, "graph": seed_graph}[sys.argv[1]]()
+    seeders = {"postgis": seed_postgis, "search": seed_search, "graph": seed_graph}
+    for kind in sys.argv[1:] or SEEDED:
+        seeders[kind]()
+        print(f"seeded {kind}")

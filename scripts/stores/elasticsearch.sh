@@ -5,8 +5,9 @@
 #
 # The integ-test distribution has no reindex, painless or rest-root modules: _reindex and
 # GET / answer 405. Its newest release on Maven Central is 8.19.x (no 9.x is published), so
-# elasticsearch-py 9 must be told to send compatible-with=8 (connection extra
-# compatible_with=8; see airflow_kfm_migrations/stores/search.py).
+# elasticsearch-py 9 must be told to send compatible-with=8 (Airflow's
+# [elasticsearch] es_compat_with = 8, i.e. AIRFLOW__ELASTICSEARCH__ES_COMPAT_WITH=8; see
+# docs/connections.md).
 #
 #   scripts/stores/elasticsearch.sh install   # fetch + unzip the distribution once
 #   scripts/stores/elasticsearch.sh start     # start in background, wait until healthy, print URL

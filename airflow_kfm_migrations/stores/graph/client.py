@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from airflow_kfm_migrations.errors import RefusedError
+from airflow_kfm_migrations.errors import InputError, RefusedError
 from airflow_kfm_migrations.util.secret_scan import redact
 
 Connect = Callable[[], Any]  # -> neo4j.Driver
@@ -22,47 +22,54 @@ WriteQuery = Callable[..., Any]  # (query, **params) -> the result summary
 # ------------------------------------------------------------------------ connections
 
 
-def connector_from_hook(conn_id: str) -> tuple[Connect, str | None]:
-    """Inside Airflow: the Neo4j provider's hook makes the driver; its ``schema`` names the
-    database (None: the server's default)."""
-
-    def connect_hook() -> Any:
-        from airflow.providers.neo4j.hooks.neo4j import Neo4jHook
-
-        return Neo4jHook(conn_id).get_conn()
-
-    database = None
-    try:
-        from airflow.providers.neo4j.hooks.neo4j import Neo4jHook
-
-        database = Neo4jHook(conn_id).get_connection(conn_id).schema or None
-    except Exception:  # broad: the hook reports connection problems itself at connect time
-        database = None
-    return connect_hook, database
+# The Neo4j hook's boolean extras (it tests them for truth, so the string "false" is true).
+HOOK_FLAGS = ("neo4j_scheme", "encrypted", "certs_self_signed", "certs_trusted_ca")
 
 
-def connector_from_env(conn_id: str) -> tuple[Connect, str | None]:
-    """Outside Airflow: the connection resolved as Airflow would (``AIRFLOW_CONN_<ID>``), with
-    the provider's extras (``bolt_scheme``, ``encrypted``, ``certs_self_signed``)."""
-    from airflow_kfm_migrations.util.connections import resolve
+def connector(conn_id: str) -> tuple[Connect, str | None]:
+    """Drivers for Airflow's connection ``conn_id`` (looked up now; a new driver on each call),
+    in the CLI and in Airflow alike, as the Neo4j provider's ``Neo4jHook.get_conn`` makes
+    them: the URI from the hook's own ``get_uri`` (``bolt://`` unless the extra
+    ``neo4j_scheme`` is true; ``+ssc`` for ``certs_self_signed``, ``+s`` for
+    ``certs_trusted_ca``), ``encrypted`` from the extra for the plain schemes, and the login
+    and password when both are set. (``get_conn`` itself also logs the URI at INFO, which
+    would land in the CLI's stdout.) The connection's ``schema`` names the database (None: the
+    server's default)."""
+    from airflow_kfm_migrations.util.connections import deprecated_extra, env_var_name, resolve
 
     info = resolve(conn_id)
-    extra = info.extra or {}
+    deprecated_extra(
+        info, "bolt_scheme", "the Neo4j provider connects with bolt:// unless the extra neo4j_scheme is true"
+    )
+    for key in HOOK_FLAGS:
+        value = info.extra.get(key)
+        if isinstance(value, str) and value.strip().lower() in {"", "false", "0", "no", "off", "f", "n"}:
+            # A URI's query gives strings, and the hook takes any non-empty one as true.
+            raise InputError(
+                env_var_name(conn_id),
+                key,
+                f"{value!r} would be read as true: leave the extra out, or give "
+                '{"' + key + '": false} as JSON (?__extra__={...} or the JSON form of the connection)',
+            )
+    conn = info.conn
 
-    def connect_env() -> Any:
+    def connect() -> Any:
+        from urllib.parse import urlsplit
+
         import neo4j
+        from airflow.providers.neo4j.hooks.neo4j import Neo4jHook
 
-        scheme = "bolt" if str(extra.get("bolt_scheme", "")).lower() in {"true", "1"} else "neo4j"
-        if str(extra.get("encrypted", "")).lower() in {"true", "1"}:
-            scheme += "+ssc" if str(extra.get("certs_self_signed", "")).lower() in {"true", "1"} else "+s"
-        uri = f"{scheme}://{info.host or 'localhost'}:{info.port or 7687}"
-        auth = (info.login, info.password or "") if info.login else None
         try:
-            return neo4j.GraphDatabase.driver(uri, auth=auth, connection_timeout=10)
+            uri = Neo4jHook(conn_id).get_uri(conn)
+            kwargs: dict[str, Any] = {}
+            if urlsplit(uri).scheme in ("bolt", "neo4j"):
+                kwargs["encrypted"] = conn.extra_dejson.get("encrypted", False)
+            auth = (conn.login, conn.password) if conn.login is not None and conn.password is not None else None
+            return neo4j.GraphDatabase.driver(uri, auth=auth, **kwargs)
         except Exception as exc:  # broad: a bad URI or driver configuration, reported policy-safe
             raise RefusedError(f"cannot connect to {conn_id}: {neo_error(exc)}") from None
 
-    return connect_env, info.schema or None
+    return connect, info.schema or None
 
 
 # ----------------------------------------------------------------------------- errors

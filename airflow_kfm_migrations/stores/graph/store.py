@@ -41,8 +41,7 @@ from airflow_kfm_migrations.stores.graph import capture, evaluate, ledger, lock,
 from airflow_kfm_migrations.stores.graph.client import (
     Connect,
     RunQuery,
-    connector_from_env,
-    connector_from_hook,
+    connector,
     neo_error,
 )
 from airflow_kfm_migrations.stores.graph.session import GraphSession
@@ -90,7 +89,8 @@ class GraphStore:
 
     @classmethod
     def from_conn_id(cls, conn_id: str, *, use_hook: bool = False) -> GraphStore:
-        connect, database = connector_from_hook(conn_id) if use_hook else connector_from_env(conn_id)
+        # One way to reach the store, with or without Airflow running the task: the provider's hook.
+        connect, database = connector(conn_id)
         return cls(connect, conn_id, database)
 
     def connect(self) -> Any:

@@ -1,5 +1,6 @@
-"""PostGIS connections: connecting through an Airflow connection id, advisory-lock keys and
-policy-safe database error messages."""
+"""PostGIS connections: connecting through an Airflow connection id (the postgres provider's
+hook, for the CLI and the operators alike), advisory-lock keys and policy-safe database error
+messages."""
 
 from __future__ import annotations
 
@@ -13,47 +14,67 @@ from airflow_kfm_migrations.util.secret_scan import redact
 Connect = Callable[[], Any]  # -> a new psycopg.Connection, which the caller closes
 
 
-def connector_from_hook(conn_id: str) -> Connect:
-    """Connections through Airflow's ``PostgresHook`` (secrets backends, metadata DB)."""
+# libpq parameters a connection gets when its extras do not set them (docs/connections.md):
+# a dead host fails in 10 s instead of the OS's TCP timeout, and the sessions show up as
+# ``kfm-migrations`` in pg_stat_activity unless the connection names itself.
+DEFAULT_EXTRAS = {"connect_timeout": 10, "fallback_application_name": "kfm-migrations"}
 
-    def connect_hook() -> Any:
+
+def connector(conn_id: str) -> Connect:
+    """Connections made by the postgres provider's ``PostgresHook`` from Airflow's connection
+    ``conn_id`` (looked up now, connected on each call): every extra the hook honours
+    (``sslmode``, ``sslrootcert``, ``options``, ``keepalives*``, ``iam``, ...) applies, in the
+    CLI and in Airflow alike, plus :data:`DEFAULT_EXTRAS` where the connection sets none."""
+    from airflow_kfm_migrations.util.connections import lookup
+
+    conn = with_defaults(lookup(conn_id))
+
+    def connect() -> Any:
+        import psycopg
         from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-        conn: Any = PostgresHook(postgres_conn_id=conn_id).get_conn()
-        conn.autocommit = False
-        return conn
-
-    return connect_hook
-
-
-def connector_from_env(conn_id: str) -> Connect:
-    """Connections from the parameters ``conn_id`` resolves to (``AIRFLOW_CONN_<ID>``), made
-    with psycopg directly."""
-    from airflow_kfm_migrations.util.connections import resolve
-
-    info = resolve(conn_id)
-
-    def connect_env() -> Any:
-        import psycopg
-
-        kwargs: dict[str, Any] = {
-            "host": info.host or "localhost",
-            "port": info.port or 5432,
-            "user": info.login,
-            "password": info.password,
-            "dbname": info.schema or "postgres",
-            "application_name": "kfm-migrations",
-            "connect_timeout": int(info.extra.get("connect_timeout", 10)),
-        }
-        for k in ("sslmode", "sslrootcert", "sslcert", "sslkey"):
-            if k in info.extra:
-                kwargs[k] = info.extra[k]
         try:
-            return psycopg.connect(**{k: v for k, v in kwargs.items() if v is not None})
+            c: Any = PostgresHook(postgres_conn_id=conn_id, connection=conn).get_conn()
         except psycopg.Error as exc:
             raise RefusedError(f"cannot connect to {conn_id}: {db_error(exc)}") from None
+        if not isinstance(c, psycopg.Connection):  # the hook picks psycopg2 under SQLAlchemy 1.x
+            c.close()
+            raise RefusedError(
+                f"cannot connect to {conn_id}: the postgres provider made a psycopg2 connection "
+                "(SQLAlchemy < 2 is installed); this store needs psycopg 3: pip install 'sqlalchemy>=2'"
+            )
+        c.autocommit = False
+        return c
 
-    return connect_env
+    return connect
+
+
+def with_defaults(conn: Any) -> Any:
+    """A copy of Airflow's ``Connection`` with :data:`DEFAULT_EXTRAS` added where the extras
+    (or an ``options`` ``-c application_name=``) do not set them."""
+    import json
+
+    from airflow.sdk import Connection
+
+    extra = dict(conn.extra_dejson)
+    named = {"application_name", "fallback_application_name"} & set(extra) or "application_name" in str(
+        extra.get("options") or ""
+    )
+    for key, value in DEFAULT_EXTRAS.items():
+        if key == "fallback_application_name" and named:
+            continue
+        extra.setdefault(key, value)
+    return Connection(
+        conn_id=conn.conn_id,
+        conn_type=conn.conn_type,
+        description=conn.description,
+        host=conn.host,
+        schema=conn.schema,
+        login=conn.login,
+        password=conn.password,
+        port=conn.port,
+        extra=json.dumps(extra),
+    )
 
 
 def never_connect() -> Any:

@@ -36,8 +36,7 @@ from airflow_kfm_migrations.stores.postgis.backfill import Engine
 from airflow_kfm_migrations.stores.postgis.backfill_checks import static_problems
 from airflow_kfm_migrations.stores.postgis.client import (
     Connect,
-    connector_from_env,
-    connector_from_hook,
+    connector,
     db_error,
     never_connect,
 )
@@ -78,7 +77,8 @@ class PostgisStore:
 
     @classmethod
     def from_conn_id(cls, conn_id: str, *, use_hook: bool = False) -> PostgisStore:
-        return cls(connector_from_hook(conn_id) if use_hook else connector_from_env(conn_id), conn_id)
+        # One way to reach the store, with or without Airflow running the task: the provider's hook.
+        return cls(connector(conn_id), conn_id)
 
     @classmethod
     def for_planning(cls, conn_id: str) -> PostgisStore:

@@ -2,19 +2,19 @@
 bindings behind them, opensearch-py (:class:`OpenSearchBinding`) and elasticsearch-py 9
 (:class:`ElasticsearchBinding`, chosen when the connection's type is ``elasticsearch``).
 Both translate the library's errors into :class:`CallError`, which carries no host and no
-credential. Clients are built from an Airflow connection (``AIRFLOW_CONN_<ID>`` or
-Airflow's lookup).
+credential. Clients are made by the official providers' hooks from Airflow's connection
+(:func:`client_factory`), for the CLI and the operators alike.
 """
 
 from __future__ import annotations
 
-import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
-from airflow_kfm_migrations.errors import StoreCallError
-from airflow_kfm_migrations.util.connections import resolve
+from airflow_kfm_migrations.errors import InputError, RefusedError, StoreCallError
+from airflow_kfm_migrations.util.connections import ConnectionInfo, env_var_name, log, resolve, truthy
 from airflow_kfm_migrations.util.secret_scan import redact
 
 CallError = StoreCallError  # the search store's name for a failed cluster call
@@ -246,8 +246,8 @@ class ElasticsearchBinding(_ClientBinding):
     """:class:`SearchClient` over an ``elasticsearch.Elasticsearch`` (elasticsearch-py 9) client.
 
     elasticsearch-py checks the ``X-Elastic-Product`` header of every answer (so it refuses
-    OpenSearch) and sends ``compatible-with=9`` media types; :func:`elasticsearch_client_from_env`
-    can lower that to the server's major version (extra ``compatible_with``)."""
+    OpenSearch) and sends ``compatible-with=9`` media types; the elasticsearch provider lowers
+    that to the server's major version when Airflow's ``[elasticsearch] es_compat_with`` says so."""
 
     DOC_BODY = "document"
 
@@ -311,96 +311,126 @@ class ElasticsearchBinding(_ClientBinding):
             return super().reindex_tasks()
 
 
-def compat_node_class(major: int) -> Any:
-    """An urllib3 node that sends ``compatible-with=<major>`` instead of the client's own
-    major: elasticsearch-py 9 asks for 9, which an 8.x server rejects (media_type_header_exception)."""
-    from elastic_transport import HttpHeaders, Urllib3HttpNode
-    from elastic_transport._models import DEFAULT, DefaultType
-    from elastic_transport._node._base import NodeApiResponse
+ClientFactory = Callable[[], SearchClient]
+ELASTICSEARCH_CONN_TYPES = frozenset({"elasticsearch", "elastic"})
 
-    class CompatNode(Urllib3HttpNode):
-        def perform_request(
-            self,
-            method: str,
-            target: str,
-            body: bytes | None = None,
-            headers: HttpHeaders | None = None,
-            request_timeout: DefaultType | float | None = DEFAULT,
-        ) -> NodeApiResponse:
-            if headers:
-                headers = headers.copy()
-                for h in ("accept", "content-type"):
-                    v = headers.get(h)
-                    if v:
-                        headers[h] = re.sub(r"compatible-with=\d+", f"compatible-with={major}", v)
-            return super().perform_request(method, target, body=body, headers=headers, request_timeout=request_timeout)
-
-    return CompatNode
+# Extras this package read for Elasticsearch connections before it went through the
+# provider's hook, with what replaces them. The hook passes every extra to the client, which
+# rejects these names, so they are refused (exit 2) rather than ignored.
+ES_RENAMED = {
+    "compatible_with": "set Airflow's [elasticsearch] es_compat_with (AIRFLOW__ELASTICSEARCH__ES_COMPAT_WITH) "
+    "to the server's major version",
+    "use_ssl": "put https in the connection's schema field (elasticsearch://host:9200/https)",
+    "timeout": "use the extra request_timeout",
+}
+# Extras ElasticsearchSQLHook keeps for its SQL cursor and does not pass to the client.
+ES_CURSOR_EXTRAS = frozenset({"fetch_size", "field_multi_value_leniency"})
 
 
-def elasticsearch_client_from_env(conn_id: str) -> Any:
-    """An ``elasticsearch.Elasticsearch`` client from ``AIRFLOW_CONN_<ID>`` (or Airflow's lookup).
+def check_elasticsearch(info: ConnectionInfo) -> None:
+    """InputError (exit 2) for an Elasticsearch connection the provider's hook cannot turn into
+    a client: an old extra of this package, an extra the client does not take, no port."""
+    import inspect
 
-    Extras: ``use_ssl``, ``verify_certs``, ``ca_certs``, ``timeout``, ``api_key`` and
-    ``compatible_with`` (the server's major version when it is older than the client's)."""
     from elasticsearch import Elasticsearch
 
+    where = env_var_name(info.conn_id)
+    for old, instead in ES_RENAMED.items():
+        if old in info.extra:
+            raise InputError(where, old, f"this extra is no longer read; {instead}")
+    params = inspect.signature(Elasticsearch.__init__).parameters
+    for key, value in info.extra.items():
+        if key in ES_CURSOR_EXTRAS:
+            continue
+        if key not in params or key in {"self", "hosts", "_transport"}:
+            raise InputError(where, key, "not a parameter of the Elasticsearch client (see docs/connections.md)")
+        if isinstance(value, str) and not _takes_str(params[key].annotation):
+            # A URI's query gives strings; the hook passes them on as they are.
+            raise InputError(
+                where,
+                key,
+                "the client wants a number or a boolean, not a string: give the extras as JSON "
+                '(?__extra__={"' + key + '": ...} or the JSON form of the connection)',
+            )
+    if info.port is None:
+        raise InputError(where, "port", "the elasticsearch provider needs the port (e.g. :9200)")
+
+
+def _takes_str(annotation: Any) -> bool:
+    import typing
+
+    return annotation is str or str in typing.get_args(annotation)
+
+
+def client_factory(conn_id: str) -> ClientFactory:
+    """The cluster client for Airflow's connection ``conn_id`` (looked up now, made on first
+    use), in the CLI and in Airflow alike, by the official provider's hook:
+
+    - ``elasticsearch``: ``ElasticsearchSQLHook(...).get_conn().es``: the URL from host, port
+      and schema (``http`` unless the schema says ``https``), basic auth from login and password,
+      every other extra a parameter of ``elasticsearch.Elasticsearch`` (``verify_certs``,
+      ``ca_certs``, ``api_key``, ``request_timeout``, ``http_compress``, ...), and Airflow's
+      ``[elasticsearch] es_compat_with`` for a server older than the client;
+    - anything else: ``OpenSearchHook(...).client`` with the hook's extras (``use_ssl``,
+      ``verify_certs``, ``timeout``, ``http_compress``, ``url_prefix``, ``headers``,
+      ``opaque_id``, ``scheme``).
+    """
     info = resolve(conn_id)
-    extra = info.extra
-    use_ssl = _truthy(extra.get("use_ssl")) or info.conn_type == "https"
-    kwargs: dict[str, Any] = {
-        "hosts": [
-            {"host": info.host or "localhost", "port": info.port or 9200, "scheme": "https" if use_ssl else "http"}
-        ],
-        "request_timeout": int(extra.get("timeout", 30)),
-    }
-    if use_ssl:
-        kwargs["verify_certs"] = not ("verify_certs" in extra and not _truthy(extra["verify_certs"]))
-        if extra.get("ca_certs"):
-            kwargs["ca_certs"] = extra["ca_certs"]
-    if extra.get("api_key"):
-        kwargs["api_key"] = str(extra["api_key"])
-    elif info.login:
-        kwargs["basic_auth"] = (info.login, info.password or "")
-    compat = extra.get("compatible_with")
-    if compat not in (None, ""):
-        kwargs["node_class"] = compat_node_class(int(compat))
-    return Elasticsearch(**kwargs)
+    if (info.conn_type or "") in ELASTICSEARCH_CONN_TYPES:
+        installed("elasticsearch", ("elasticsearch", "airflow.providers.elasticsearch"))
+        check_elasticsearch(info)
+
+        def elasticsearch_client() -> SearchClient:
+            from airflow.providers.elasticsearch.hooks.elasticsearch import ElasticsearchSQLHook
+
+            with _made(conn_id):
+                return ElasticsearchBinding(ElasticsearchSQLHook(elasticsearch_conn_id=conn_id).get_conn().es)
+
+        return elasticsearch_client
+    if truthy(info.extra.get("use_ssl")) and not truthy(info.extra.get("verify_certs")):
+        log.warning(
+            "connection %s: use_ssl without verify_certs: the opensearch provider does not verify "
+            "the server's certificate; set the extra verify_certs to true",
+            conn_id,
+        )
+
+    installed("opensearch", ("opensearchpy", "airflow.providers.opensearch"))
+
+    def opensearch_client() -> SearchClient:
+        from airflow.providers.opensearch.hooks.opensearch import OpenSearchHook
+
+        with _made(conn_id):
+            return OpenSearchBinding(OpenSearchHook(open_search_conn_id=conn_id, log_query=False).client)
+
+    return opensearch_client
 
 
-def is_elasticsearch_conn(conn_id: str) -> bool:
+def installed(extra: str, modules: tuple[str, ...]) -> None:
+    """RefusedError naming the ``pip install`` when the connection's client stack is missing
+    (the search kind runs with either stack; the connection's type picks one)."""
+    import importlib.util
+
+    def present(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    missing = [m for m in modules if not present(m)]
+    if missing:
+        raise RefusedError(
+            f"the search store needs packages that are not installed ({', '.join(missing)}); "
+            f"pip install 'airflow-kfm-migrations[{extra}]'"
+        )
+
+
+@contextmanager
+def _made(conn_id: str) -> Iterator[None]:
+    """A client the hook cannot make (a bad URL or parameter) fails closed without its text,
+    which may name the host."""
     try:
-        conn_type = resolve(conn_id).conn_type or ""
-    except Exception:  # broad: Airflow's connection lookup raises its own error types
-        return False  # an unknown connection fails later, inside the run (with a receipt)
-    return conn_type in {"elasticsearch", "elastic"}
-
-
-def _truthy(v: Any) -> bool:
-    return v is True or (isinstance(v, str) and v.strip().lower() in {"1", "true", "yes", "on"})
-
-
-def opensearch_client_from_env(conn_id: str) -> Any:
-    """An ``opensearchpy.OpenSearch`` client from ``AIRFLOW_CONN_<ID>`` (or Airflow's lookup)."""
-    from opensearchpy import OpenSearch
-
-    info = resolve(conn_id)
-    extra = info.extra
-    use_ssl = _truthy(extra.get("use_ssl")) or info.conn_type == "https"
-    kwargs: dict[str, Any] = {
-        "hosts": [
-            {"host": info.host or "localhost", "port": info.port or 9200, "scheme": "https" if use_ssl else "http"}
-        ],
-        "use_ssl": use_ssl,
-        "timeout": int(extra.get("timeout", 30)),
-    }
-    if use_ssl:
-        kwargs["verify_certs"] = not ("verify_certs" in extra and not _truthy(extra["verify_certs"]))
-        if extra.get("ca_certs"):
-            kwargs["ca_certs"] = extra["ca_certs"]
-    if info.login:
-        kwargs["http_auth"] = (info.login, info.password or "")
-    return OpenSearch(**kwargs)
-
-
-ClientFactory = Callable[[], SearchClient]
+        yield
+    except RefusedError:
+        raise
+    except Exception as exc:  # broad: the client libraries raise many kinds
+        raise RefusedError(f"cannot make a client for {conn_id}: {type(exc).__name__}") from None

@@ -42,7 +42,7 @@ from airflow_kfm_migrations.stores.search.actions import Action, additive_proble
 from airflow_kfm_migrations.stores.search.capture import capture, scope_fingerprint
 from airflow_kfm_migrations.stores.search.client import CallError, ClientFactory, SearchClient
 from airflow_kfm_migrations.stores.search.lock import DocumentLock
-from airflow_kfm_migrations.stores.search.reindex import Reindexed, run_reindex
+from airflow_kfm_migrations.stores.search.reindex import Reindexed, cancel_and_wait, run_reindex
 from airflow_kfm_migrations.stores.search.scripts import script_problem
 
 log = logging.getLogger(__name__)
@@ -129,6 +129,9 @@ class SearchSession:
         blocks, end the in-flight record, release the lock."""
         try:
             if self._state == "applied":
+                if self._task is not None:  # left running by an exception (a timeout, an interrupt)
+                    cancel_and_wait(self.client, self._task, "the run's reindex")
+                    self._task = None
                 self.abort()
             if not self.lock.lost:
                 self._lift_blocks()

@@ -48,12 +48,8 @@ from airflow_kfm_migrations.stores.search.actions import load_actions
 from airflow_kfm_migrations.stores.search.client import (
     CallError,
     ClientFactory,
-    ElasticsearchBinding,
-    OpenSearchBinding,
     SearchClient,
-    elasticsearch_client_from_env,
-    is_elasticsearch_conn,
-    opensearch_client_from_env,
+    client_factory,
 )
 from airflow_kfm_migrations.stores.search.plan import rehearsable, static_plan
 from airflow_kfm_migrations.stores.search.session import SearchSession
@@ -71,19 +67,8 @@ class SearchStore:
 
     @classmethod
     def from_conn_id(cls, conn_id: str, *, use_hook: bool = False) -> SearchStore:
-        if is_elasticsearch_conn(conn_id):
-            # ElasticsearchPythonHook takes hosts, not a connection id: the client is built
-            # from the connection (AIRFLOW_CONN_<ID> or Airflow's lookup) in both modes.
-            return cls(lambda: ElasticsearchBinding(elasticsearch_client_from_env(conn_id)), conn_id)
-        if use_hook:
-
-            def hook_client() -> SearchClient:
-                from airflow.providers.opensearch.hooks.opensearch import OpenSearchHook
-
-                return OpenSearchBinding(OpenSearchHook(open_search_conn_id=conn_id, log_query=False).client)
-
-            return cls(hook_client, conn_id)
-        return cls(lambda: OpenSearchBinding(opensearch_client_from_env(conn_id)), conn_id)
+        # One way to reach the store, with or without Airflow running the task: the provider's hook.
+        return cls(client_factory(conn_id), conn_id)
 
     @classmethod
     def for_planning(cls, conn_id: str) -> SearchStore:
