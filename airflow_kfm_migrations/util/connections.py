@@ -53,6 +53,8 @@ def in_cli() -> None:
     ``--format json``), so in the CLI those lines go to stderr, and only this package's
     warnings and everyone's errors."""
     _Shell.cli = True
+    if "airflow" not in sys.modules:  # Airflow 3.1 logs at INFO while it is being imported
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")
 
 
 class _CliLines(logging.Filter):
