@@ -8,15 +8,19 @@ Then, in the same run, measures
   (a) a baseline capture, written as JSON   vs pg_dump --schema-only   (target <= 0.2x)
   (b) a governed one-index run              vs pg_dump --schema-only   (target <= 1x)
 (a) cold (KFM_CAPTURE_CACHE=off: every object computed) and from the state file an earlier
-capture left (what a new process finds; see stores/postgis/state.py). (b) three ways: reuse
-off (both baselines computed in full), a first run (no state file: the pre-baseline is
-computed in full, the post-baseline starts from it), and from the state file. Every capture
-must be byte-identical, cold or not. Prints a Markdown row for bench/RESULTS.md.
+capture left (what a new process finds; see stores/postgis/state.py). (b) four ways: reuse
+off (both baselines computed in full), a first run (no state anywhere: the pre-baseline is
+computed in full, the post-baseline starts from it), a new worker (an empty cache directory:
+the pre-baseline starts from the state the last committed run left in the governance schema,
+stores/postgis/shared_state.py), and from the state file. Every capture must be
+byte-identical, cold or not. Also prints the shared state's size and what reading and
+writing it cost. Prints Markdown rows for bench/RESULTS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -34,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 from airflow_kfm_migrations.cli import main as cli  # noqa: E402
 from airflow_kfm_migrations.contracts.models import baseline_json  # noqa: E402
 from airflow_kfm_migrations.declaration.bundle import load_bundle  # noqa: E402
+from airflow_kfm_migrations.stores.postgis import shared_state, state  # noqa: E402
 from airflow_kfm_migrations.stores.postgis.store import PostgisStore  # noqa: E402
 
 PORT = int(os.environ.get("KFM_PG_PORT", "55432"))
@@ -128,43 +133,95 @@ def main() -> int:
         c.execute("CREATE TABLE IF NOT EXISTS public.parcels (id serial PRIMARY KEY, name text, geom geometry)")
     os.environ["AIRFLOW_CONN_KFM_BENCH"] = f"postgresql://kfm:{PASSWORD}@127.0.0.1:{PORT}/{DB}"
 
-    def governed() -> float:
+    serial = iter(range(1_000_000))
+
+    def governed(expect: str | None = None) -> float:
+        # Each run is another migration, whose earlier ledger entry (from an earlier call) is
+        # deleted first: the entry of the run before stays, since the shared state is bound to
+        # it. The index is dropped after the run.
+        mid = f"PG-MIG-2099-01-01-{next(serial) % 90 + 10}"
+        with psycopg.connect(DSN + f" dbname={DB}", autocommit=True) as c:
+            if c.execute("SELECT to_regclass('kfm_governance.ledger')").fetchone()[0] is not None:
+                c.execute("DELETE FROM kfm_governance.ledger WHERE migration_id = %s", (mid,))
         with tempfile.TemporaryDirectory() as tmp:
-            b = Path(tmp) / example.name
+            b = Path(tmp) / mid
             shutil.copytree(example, b, ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"))
+            yml = b / "migration.yml"
+            yml.write_text(yml.read_text().replace(example.name, mid))
             took = timed(lambda: cli(["run", str(b), "--conn-id", "kfm_bench", "--quiet"]))
+            got = json.loads((b / "receipts" / "run_receipt.json").read_text())["metrics"].get("pre_capture_state")
+            if expect is not None and got != expect:
+                raise SystemExit(f"the pre-baseline started from {got!r}, not {expect!r}")
         with psycopg.connect(DSN + f" dbname={DB}", autocommit=True) as c:
             c.execute("DROP INDEX IF EXISTS public.parcels_geom_gist")
-            c.execute("DELETE FROM kfm_governance.ledger")
         return took
+
+    def no_state_anywhere() -> None:
+        no_state_file()
+        with psycopg.connect(DSN + f" dbname={DB}", autocommit=True) as c:
+            if c.execute("SELECT to_regclass('kfm_governance.capture_state')").fetchone()[0] is not None:
+                c.execute("DELETE FROM kfm_governance.capture_state")
 
     use_cache(True)
     with psycopg.connect(DSN + f" dbname={DB}") as c, c.cursor() as cur:
         PostgisStore(lambda: psycopg.connect(DSN + f" dbname={DB}"), "kfm_bench").capture(cur, bundle.declaration)
-    runs_cold, runs_first, runs_warm = [], [], []
+    runs_dump, runs_cold, runs_first, runs_fresh, runs_warm = [], [], [], [], []
     for _ in range(args.repeat):
+        runs_dump.append(timed(lambda: subprocess.run(dump, env=env, check=True)))
         use_cache(False)
         runs_cold.append(governed())
-        no_state_file()
-        runs_first.append(governed())
+        no_state_anywhere()
+        runs_first.append(governed("none"))
+        no_state_file()  # a worker that never captured this database: the state is in the database only
+        runs_fresh.append(governed("governance"))
         use_cache(True)
-        runs_warm.append(governed())
+        runs_warm.append(governed("file"))
+
+    # The shared state itself: its size, and reading (with its check) and writing it alone.
+    reads, writes, size = [], [], 0
+    with psycopg.connect(DSN + f" dbname={DB}") as c, c.cursor() as cur:
+        key, run_id = cur.execute(
+            "SELECT key, run_id FROM kfm_governance.capture_state ORDER BY saved_at DESC LIMIT 1"
+        ).fetchone()
+        c.rollback()
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            payload = shared_state.verified(shared_state.fetch(cur, key))
+            st = state.decode(payload, key) if payload is not None else None
+            reads.append(time.perf_counter() - t)
+            c.rollback()
+            assert st is not None, "no shared state to read"
+            size = len(payload or b"")
+            t = time.perf_counter()
+            data = state.encode(st)
+            shared_state.write(c, key, run_id, state.snapshot_xmax(st), shared_state.digest(data), data)
+            writes.append(time.perf_counter() - t)
     shutil.rmtree(cache, ignore_errors=True)
 
     med = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
-    d, cc, cw, rc, rf, rw = med(dumps), med(cold), med(warm), med(runs_cold), med(runs_first), med(runs_warm)
+    d, cc, cw = med(dumps), med(cold), med(warm)
+    d2, rc, rf, rn, rw = med(runs_dump), med(runs_cold), med(runs_first), med(runs_fresh), med(runs_warm)
     print(f"objects in baseline: {n_objects}; byte-identical across {len(blobs)} captures (cold and warm): {identical}")
     print(f"pg_dump --schema-only: {d:.2f}s (median of {args.repeat})")
     print(
         f"(a) capture, cold {cc:.2f}s = {cc / d:.3f}x; from the state file {cw:.2f}s = {cw / d:.3f}x  (target <= 0.2)"
     )
     print(
-        f"(b) governed run, reuse off {rc:.2f}s = {rc / d:.3f}x; first run {rf:.2f}s = {rf / d:.3f}x; "
-        f"from the state file {rw:.2f}s = {rw / d:.3f}x  (target <= 1)"
+        f"(b) governed run (pg_dump alongside: {d2:.2f}s), reuse off {rc:.2f}s = {rc / d2:.3f}x; "
+        f"first run {rf:.2f}s = {rf / d2:.3f}x; new worker {rn:.2f}s = {rn / d2:.3f}x; "
+        f"from the state file {rw:.2f}s = {rw / d2:.3f}x  (target <= 1)"
+    )
+    print(
+        f"shared state: {size / 1e6:.1f} MB; read, checked and decoded {med(reads):.3f}s; "
+        f"encoded, digested and written {med(writes):.3f}s (medians of {args.repeat})"
     )
     print(
         f"| {time.strftime('%Y-%m-%d')} | {d:.2f}s | {cc:.2f}s ({cc / d:.2f}x) | **{cw:.2f}s ({cw / d:.2f}x)** "
-        f"| {rc:.2f}s ({rc / d:.2f}x) | {rf:.2f}s ({rf / d:.2f}x) | **{rw:.2f}s ({rw / d:.2f}x)** | {identical} |"
+        f"| {identical} |"
+    )
+    print(
+        f"| {time.strftime('%Y-%m-%d')} | {d2:.2f}s | {rc:.2f}s ({rc / d2:.2f}x) | {rf:.2f}s ({rf / d2:.2f}x) "
+        f"| **{rn:.2f}s ({rn / d2:.2f}x)** | **{rw:.2f}s ({rw / d2:.2f}x)** |"
     )
     return 0
 
