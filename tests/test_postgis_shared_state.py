@@ -17,6 +17,7 @@ from conftest import PgDatabase
 from airflow_kfm_migrations.cli import main
 from airflow_kfm_migrations.contracts.models import baseline_json
 from airflow_kfm_migrations.declaration.bundle import load_bundle
+from airflow_kfm_migrations.stores.base import LedgerRecord
 from airflow_kfm_migrations.stores.postgis import shared_state
 from airflow_kfm_migrations.stores.postgis import state as postgis_state
 from airflow_kfm_migrations.stores.postgis.store import PostgisStore
@@ -224,3 +225,51 @@ def test_off_neither_writes_nor_reads_the_shared_state(
     with pgdb.connect() as c, c.cursor() as cur:
         store.capture(cur, load_bundle(example).declaration)
     assert store.captures.source == "none" and store.reused == 0
+
+
+def test_a_non_transactional_run_and_a_held_connection_share_their_state(
+    example: Path, pgdb: PgDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``transactional: false`` records and commits statement by statement; inside ``held()``
+    (``migrate``, ``status``) the state is written on the held connection after the commit."""
+    _worker(monkeypatch, tmp_path, "a")
+    yml = example / "migration.yml"
+    yml.write_text(
+        yml.read_text()
+        + "\ntransactional: false\nnon_transactional_reason: the test of a run that commits as it goes\n"
+    )
+    assert main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    [(_key, run_id, _digest)] = _rows(pgdb)
+    assert run_id == _receipt(example)["run_id"]
+
+    _worker(monkeypatch, tmp_path, "b")
+    bundle = load_bundle(example)
+    store = PostgisStore(pgdb.connect, pgdb.conn_id)
+    with store.held(), store.session(bundle, "run-held") as s:
+        pre = s.baseline()
+        assert store.captures.source == "governance"
+        with s.conn.cursor() as cur:
+            cur.execute("CREATE INDEX parcels_name ON public.parcels (name)")
+        post = s.baseline()
+        s.record(
+            LedgerRecord(
+                bundle.migration_id,
+                "apply",
+                "succeeded",
+                bundle.digest,
+                {},
+                "dev",
+                "run-held",
+                pre.schema_fingerprint,
+                pre.protected_fingerprint,
+                post.schema_fingerprint,
+                "x",
+            )
+        )
+        s.commit()
+    assert [r[1] for r in _rows(pgdb)] == ["run-held"]
+    _worker(monkeypatch, tmp_path, "c")
+    fresh = PostgisStore(pgdb.connect, pgdb.conn_id)
+    got, want = _both(fresh, pgdb, bundle.declaration, monkeypatch)
+    assert fresh.captures.source == "governance" and got == want
+    assert b"index:public.parcels_name" in got
