@@ -273,3 +273,24 @@ def test_a_non_transactional_run_and_a_held_connection_share_their_state(
     got, want = _both(fresh, pgdb, bundle.declaration, monkeypatch)
     assert fresh.captures.source == "governance" and got == want
     assert b"index:public.parcels_name" in got
+
+
+def test_a_role_that_cannot_read_the_governance_schema_gets_no_state_and_no_error(
+    example: Path, pgdb: PgDatabase, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The read is guarded: a role without rights on kfm_governance reads nothing, and the
+    transaction it reads in (a capture's) goes on."""
+    _worker(monkeypatch, tmp_path, "a")
+    assert main(["run", str(example), "--conn-id", pgdb.conn_id, "--quiet"]) == 0
+    [(key, _run_id, _digest)] = _rows(pgdb)
+    role = f"kfm_ro_{pgdb.name}"[:60]
+    pgdb.sql(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role}")
+    try:
+        with pgdb.connect() as c, c.cursor() as cur:
+            assert shared_state.fetch(cur, key) is not None
+            cur.execute(f"SET ROLE {role}")
+            assert shared_state.fetch(cur, key) is None
+            cur.execute("SELECT 1")  # the transaction is still usable
+            c.rollback()
+    finally:
+        pgdb.sql(f"DROP ROLE {role}")
