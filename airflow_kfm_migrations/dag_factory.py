@@ -73,20 +73,14 @@ def _doc_md(entry: Any, facts: dict[str, Any] | None) -> str:
     return "\n".join(lines)
 
 
-def _assets(facts: dict[str, Any] | None, conn_id: str) -> list[Any]:
-    if facts is None or facts["type"] not in KINDS:
+def _assets(entry: Any) -> list[Any]:
+    """The outlets of ``apply``: the migration's asset alias. The task adds an event through it
+    for each object a committed run changed, and none otherwise (``operators/lineage.py``)."""
+    if entry.type not in KINDS:
         return []
-    uris = KINDS[facts["type"]].asset_uris(facts["asset_scope"], conn_id)
-    return [_asset(u) for u in sorted(set(uris))]
+    from airflow_kfm_migrations.operators.lineage import asset_alias
 
-
-@functools.cache
-def _asset(uri: str) -> Any:
-    """Assets are immutable values, and building one costs ~0.4 ms (URI normalisation):
-    migrations that touch the same table share one."""
-    from airflow.sdk import Asset
-
-    return Asset(uri)
+    return [asset_alias(entry.migration_id)]
 
 
 @functools.cache
@@ -375,7 +369,7 @@ def migration_parts(
         broken = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     default_conn = KINDS[entry.type].default_conn_id if entry.type in KINDS else f"kfm_{entry.type}"
     conn_id = entry.conn_id or (facts["runner_conn_id"] if facts else None) or default_conn
-    return facts, broken, conn_id, _assets(facts, conn_id), bool(facts and facts["backfill"])
+    return facts, broken, conn_id, _assets(entry), bool(facts and facts["backfill"])
 
 
 def build_dags(

@@ -9,28 +9,69 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from urllib.parse import quote
 
 
-def _postgis_assets(scope: dict[str, Any], conn_id: str) -> list[str]:
-    schemas = [s for s in scope["allowed_schemas"] if "*" not in s] or ["public"]
-    uris: list[str] = []
-    for t in scope["allowed_tables"]:
-        if "*" in t:
-            continue
-        if "." in t:
-            uris.append(f"postgis://{conn_id}/{t.replace('.', '/', 1)}")
-        else:
-            uris += [f"postgis://{conn_id}/{s}/{t}" for s in schemas]
-    return uris
+@dataclass(frozen=True)
+class Endpoint:
+    """Where an Airflow connection reaches, as asset URIs and OpenLineage namespaces name it:
+    never credentials. ``database`` is the connection's ``schema`` field (PostgreSQL database,
+    Neo4j database)."""
+
+    conn_type: str
+    host: str
+    port: int | None = None
+    database: str | None = None
+    login: str | None = None  # PostgreSQL's default database is the user's name
+
+    def authority(self, default_port: int) -> str:
+        host = self.host.split("://", 1)[-1].rstrip("/") or "localhost"
+        return f"{host}:{self.port or default_port}"
 
 
-def _search_assets(scope: dict[str, Any], conn_id: str) -> list[str]:
-    return [f"search://{conn_id}/{a}" for a in scope["allowed_aliases"] if "*" not in a]
+def _seg(name: str) -> str:
+    return quote(name, safe="")
 
 
-def _graph_assets(scope: dict[str, Any], conn_id: str) -> list[str]:
-    return [f"neo4j://{conn_id}/{label}" for label in scope["allowed_labels"] if "*" not in label]
+def _postgis_location(ep: Endpoint, path: str) -> tuple[str, str, str, str]:
+    schema, table = path.split("/", 1)
+    return f"postgres://{ep.authority(5432)}", ep.database or ep.login or "postgres", schema, table
+
+
+def _postgis_asset(ep: Endpoint, path: str) -> str:
+    """The postgres provider's form (``postgres://host:port/database/schema/table``)."""
+    ns, db, schema, table = _postgis_location(ep, path)
+    return f"{ns}/{_seg(db)}/{_seg(schema)}/{_seg(table)}"
+
+
+def _postgis_dataset(ep: Endpoint, path: str) -> tuple[str, str]:
+    """OpenLineage's naming: namespace ``postgres://host:port``, name ``database.schema.table``."""
+    ns, db, schema, table = _postgis_location(ep, path)
+    return ns, f"{db}.{schema}.{table}"
+
+
+def _search_namespace(ep: Endpoint) -> str:
+    scheme = "elasticsearch" if ep.conn_type.lower() in ("elasticsearch", "elastic") else "opensearch"
+    return f"{scheme}://{ep.authority(9200)}"
+
+
+def _search_asset(ep: Endpoint, path: str) -> str:
+    """Our scheme (no provider registers one): ``opensearch://host:port/<index or alias>``,
+    ``elasticsearch://`` for an Elasticsearch connection."""
+    return f"{_search_namespace(ep)}/{_seg(path)}"
+
+
+def _search_dataset(ep: Endpoint, path: str) -> tuple[str, str]:
+    return _search_namespace(ep), path
+
+
+def _graph_asset(ep: Endpoint, path: str) -> str:
+    """Our scheme (no provider registers one): ``neo4j://host:port/<database>/<label>``."""
+    return f"neo4j://{ep.authority(7687)}/{_seg(ep.database or 'neo4j')}/{_seg(path)}"
+
+
+def _graph_dataset(ep: Endpoint, path: str) -> tuple[str, str]:
+    return f"neo4j://{ep.authority(7687)}", f"{ep.database or 'neo4j'}.{path}"
 
 
 @dataclass(frozen=True)
@@ -45,8 +86,10 @@ class Kind:
     default_limits: dict[str, int]
     default_conn_id: str
     tool: str  # the runner's client library, as the declaration names it
-    # The DAG's outlet asset URIs from the facts of a declaration's scope (``decl_cache``).
-    asset_uris: Callable[[dict[str, Any], str], list[str]] = field(repr=False, default=lambda scope, conn: [])
+    # An object a run changed (``Store.assets``: a path under the store) as the asset URI of
+    # the connection's endpoint, and as an OpenLineage dataset (namespace, name). See docs/assets.md.
+    asset_uri: Callable[[Endpoint, str], str] | None = field(repr=False, default=None)
+    lineage_dataset: Callable[[Endpoint, str], tuple[str, str]] | None = field(repr=False, default=None)
     schedulable: bool = False  # may a registry entry carry a ``schedule`` (recurring runs)
     lock_breakable: bool = False  # does the kind keep a lock that can outlive its holder
     collects_garbage: bool = False  # does an apply keep old objects that ``gc`` removes later
@@ -97,7 +140,8 @@ KINDS: dict[str, Kind] = {
         },
         default_conn_id="kfm_postgis",
         tool="psycopg",
-        asset_uris=_postgis_assets,
+        asset_uri=_postgis_asset,
+        lineage_dataset=_postgis_dataset,
         scripts=(".sql",),
         conn_types=("postgres", "postgresql", "postgis"),
     ),
@@ -122,7 +166,8 @@ KINDS: dict[str, Kind] = {
         default_limits={"max_index_count_delta": 1, "max_docs_reindexed": 0},
         default_conn_id="kfm_search",
         tool="opensearch-py",
-        asset_uris=_search_assets,
+        asset_uri=_search_asset,
+        lineage_dataset=_search_dataset,
         schedulable=True,
         lock_breakable=True,
         collects_garbage=True,
@@ -156,7 +201,8 @@ KINDS: dict[str, Kind] = {
         default_limits={"max_nodes_changed": 0, "max_relationships_changed": 0, "max_schema_delta": 0},
         default_conn_id="kfm_graph",
         tool="neo4j",
-        asset_uris=_graph_assets,
+        asset_uri=_graph_asset,
+        lineage_dataset=_graph_dataset,
         lock_breakable=True,
         scripts=(".cypher",),
         conn_types=("neo4j", "bolt", "neo4j+s", "neo4j+ssc", "bolt+s", "bolt+ssc"),

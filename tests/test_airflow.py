@@ -183,7 +183,7 @@ def test_factory_shapes_each_dag_and_isolates_a_broken_bundle(airflow_env: dict[
         "    out['dags'][dag_id] = {'tags': sorted(dag.tags), 'owner': dag.owner, 'doc': dag.doc_md,\n"
         "        'schedule': str(getattr(dag.timetable, 'expression', None)), 'max_active_runs': dag.max_active_runs,\n"
         "        'tasks': sorted(dag.task_ids), 'params': sorted(dag.params.keys()),\n"
-        "        'outlets': sorted(a.uri for a in apply.outlets),\n"
+        "        'outlets': sorted(a.name for a in apply.outlets),\n"
         "        'rollback_rule': str(dag.get_task('rollback').trigger_rule),\n"
         "        'receipt_rule': str(dag.get_task('receipt').trigger_rule)}\n"
         "print(json.dumps(out))\n"
@@ -200,7 +200,7 @@ def test_factory_shapes_each_dag_and_isolates_a_broken_bundle(airflow_env: dict[
     assert pg["tags"] == ["governance-critical", "kfm-migration", "postgis"]
     assert pg["owner"] == "kfm-platform" and pg["max_active_runs"] == 1
     assert pg["params"] == ["dry_run", "environment"]
-    assert pg["outlets"] == ["postgis://kfm_postgis/public/parcels"]
+    assert pg["outlets"] == ["kfm-migrations/PG-MIG-2026-02-28-01"]  # the alias its asset events go through
     assert "Add spatial index to parcels" in pg["doc"] and "max_index_count_delta" in pg["doc"]
     assert pg["tasks"] == sorted(["preflight", "baseline_pre", "apply", "baseline_post", "diff_gate", "rollback",
                                   "receipt"])

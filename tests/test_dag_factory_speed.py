@@ -128,14 +128,10 @@ def test_copied_tasks_equal_constructed_tasks(world: Path) -> None:
     assert apply.owner == "team-b" and apply.conn_id == "pg_other" and apply.migration_id.endswith("-02")
     # The folders given to build_dags are carried on every task, copies included (issue #14).
     assert (apply.bundles_root, apply.registry_path) == (str(world), str(world / "registry" / "migrations.v1.json"))
-    assert [a.uri for a in apply.outlets] == ["postgis://pg_other/public/parcels"]
+    assert [a.name for a in apply.outlets] == ["kfm-migrations/PG-MIG-2026-02-28-02"]  # its asset alias
     third = fast[DAG_PREFIX + "PG-MIG-2026-02-28-03"].get_task("apply")
     assert third.conn_id == "pg_from_runner"
-    assert [a.uri for a in third.outlets] == [
-        "postgis://pg_from_runner/other/roads",
-        "postgis://pg_from_runner/public/items",
-        "postgis://pg_from_runner/public/parcels",
-    ]
+    assert [a.name for a in third.outlets] == ["kfm-migrations/PG-MIG-2026-02-28-03"]
     assert "backfill" in fast[DAG_PREFIX + "PG-MIG-2026-02-28-05"].task_dict
 
 

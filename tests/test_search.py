@@ -236,7 +236,7 @@ def test_example_end_to_end(example: Path, cluster: Any, tmp_path: Path) -> None
         refresh=True,
     )
     assets = SearchStore.for_planning(CONN_ID).assets(load_bundle(example), DiffSummary.model_validate(s))
-    assert assets == [f"search://{CONN_ID}/parcels", f"search://{CONN_ID}/parcels_v2"]
+    assert assets == ["parcels", "parcels_v2"]  # the alias and the new index
     # A rerun is a no-op without drift (the ledger remembers the store after the flip).
     assert run(example, out) == 0
     again = receipt(out)
@@ -463,7 +463,7 @@ def test_airflow_hook_client(example: Path, cluster: Any, tmp_path: Path) -> Non
     )
     assert result.status == "succeeded", result.reason
     assert alias_on(cluster) == ["parcels_v2"]
-    assert result.assets == [f"search://{CONN_ID}/parcels", f"search://{CONN_ID}/parcels_v2"]
+    assert result.assets == ["parcels", "parcels_v2"]
 
 
 # ------------------------------------------------------------------ rollback

@@ -14,6 +14,7 @@ class ApplyOperator(MigrationOperator):
         from airflow_kfm_migrations.engine import run_migration
         from airflow_kfm_migrations.operators.common import summary_tables
         from airflow_kfm_migrations.operators.compat import AirflowFailException
+        from airflow_kfm_migrations.operators.lineage import publish
         from airflow_kfm_migrations.util.cancel import Cancellation
 
         _s, bundle, opts = self.run_options(context)
@@ -29,6 +30,7 @@ class ApplyOperator(MigrationOperator):
             "changes": len(result.summary.changes) if result.summary else 0,
         }
         context["ti"].xcom_push(key="apply", value=xcom)
+        self.published = publish(self, context, bundle, opts, result)  # asset events: committed changes only
         if result.exit_code != 0:
             raise AirflowFailException(f"{bundle.migration_id}: {result.status}: {result.reason}")
         return xcom
@@ -44,3 +46,10 @@ class ApplyOperator(MigrationOperator):
         cancellation = getattr(self, "cancellation", None)
         if cancellation is not None:
             cancellation.cancel(KILLED_BY_AIRFLOW)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """Called by the OpenLineage provider (``[openlineage]`` extra) when the task succeeded:
+        the objects the run changed as output datasets (see ``operators/lineage.py``)."""
+        from airflow_kfm_migrations.operators.lineage import operator_lineage
+
+        return operator_lineage(getattr(self, "published", None))

@@ -179,7 +179,7 @@ class GraphStore:
         for c in summary.changes:
             if c.schema_ == "node" and c.table:
                 labels.update(x for x in c.table.split("|") if x)
-        return sorted(f"neo4j://{self.conn_id}/{label}" for label in labels)
+        return sorted(labels)  # KINDS["graph"].asset_uri names them
 
     # -- break-lock (LockBreaking) --------------------------------------------
 

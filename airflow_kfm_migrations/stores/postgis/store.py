@@ -184,4 +184,4 @@ class PostgisStore:
     def assets(self, bundle: Bundle, summary: DiffSummary) -> list[str]:
         tables = {f"{c.schema_}/{c.table}" for c in summary.changes if c.table and c.kind != "rows"}
         tables |= {w.table.replace(".", "/", 1) for w in summary.writes}
-        return sorted(f"postgis://{self.conn_id}/{t}" for t in tables)
+        return sorted(tables)  # schema/table: KINDS["postgis"].asset_uri names them

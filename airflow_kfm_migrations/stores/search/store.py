@@ -97,9 +97,7 @@ class SearchStore:
         for act in load_actions(bundle.by_role("forward")):
             if act.name == "aliases":
                 names |= {al for op, _ix, al in act.alias_ops() if op == "add"}
-        # One scheme for OpenSearch and Elasticsearch: the DAG declares these outlets at parse
-        # time, when the connection (and so the engine) is not looked up.
-        return sorted(f"search://{self.conn_id}/{n}" for n in names)
+        return sorted(names)  # index and alias names: KINDS["search"].asset_uri names them
 
     # -- baseline / gate ------------------------------------------------------
 
