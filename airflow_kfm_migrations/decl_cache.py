@@ -3,7 +3,7 @@
 A DAG file with a thousand migrations would otherwise parse a thousand YAML declarations and
 validate them and the registry with pydantic on every DagBag parse, although they rarely
 change. The factory only needs a few facts from each declaration (intent, scope and limits
-for ``doc_md``, change class, the runner's connection, the asset scope, whether a backfill is
+for ``doc_md``, change class, the runner's connection, whether a backfill is
 declared) and a few fields of each registry entry. Those facts are kept in one JSON file per
 bundles root, keyed by the sha256 of the bytes they were derived from. A parse that finds
 everything in the cache does not even import pydantic or the contract models.
@@ -70,7 +70,6 @@ _FACT_TYPES: dict[str, Any] = {
     "change_class": str,
     "reviewers": list,
     "runner_conn_id": (str, type(None)),
-    "asset_scope": dict,
     "backfill": bool,
 }
 
@@ -135,10 +134,6 @@ def facts_of(decl: Any) -> dict[str, Any]:
         "change_class": str(decl.approvals.change_class),
         "reviewers": [str(r) for r in decl.approvals.required_reviewers],
         "runner_conn_id": decl.runner.conn_id,
-        "asset_scope": {
-            k: [str(x) for x in scope.get(k) or []]
-            for k in ("allowed_schemas", "allowed_tables", "allowed_aliases", "allowed_labels")
-        },
         "backfill": getattr(decl, "backfill", None) is not None,
     }
 
@@ -151,8 +146,7 @@ def _well_formed(facts: Any) -> bool:
     rows = facts["scope_rows"] + facts["limit_rows"]
     if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in rows):
         return False
-    lists = [facts["reviewers"], *facts["asset_scope"].values()]
-    return all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in lists)
+    return all(isinstance(x, str) for x in facts["reviewers"])
 
 
 @functools.cache
