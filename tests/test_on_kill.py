@@ -55,21 +55,14 @@ def slow_reindex(c: Any, bundle: Path) -> None:
     edit_forward(bundle, lambda a: a[1]["reindex"].update(requests_per_second=2000))
 
 
-def reindex_writing(c: Any, running: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Wait until the run's reindex task into parcels_v2 has written documents and the run's
-    in-flight record names it; the task (tasks API), with its id. ``running`` fails the test
-    when the run ended before."""
-
-    def writing() -> Any:
-        running()
-        return (t := running_reindex(c, "parcels_v2")) and t["status"]["created"] > 0 and t
-
-    task = wait_for("the reindex task to write", writing)
-    wait_for(
-        "the in-flight record to name the task",
-        lambda: (r := governance_doc(c, f"inflight:{MIG}")) and task["id"] in r["tasks"] and r,
-    )
-    return dict(task)
+def reindex_writing(c: Any) -> dict[str, Any] | None:
+    """The run's reindex task into parcels_v2 (tasks API, with its id) once it has written
+    documents and the run's in-flight record names it; None before."""
+    t = running_reindex(c, "parcels_v2")
+    if not t or t["status"]["created"] == 0:
+        return None
+    r = governance_doc(c, f"inflight:{MIG}")
+    return dict(t) if r and t["id"] in r["tasks"] else None
 
 
 @contextmanager
@@ -230,7 +223,7 @@ def kill_when(proc: subprocess.Popen[bytes], log: Path, what: str, ready: Callab
         return ready()
 
     try:
-        got = wait_for(what, probe)
+        got = wait_for(what, probe, 600)  # Airflow starts and runs the tasks before apply
         os.kill(proc.pid, signal.SIGTERM)
         proc.wait(timeout=300)
     finally:
