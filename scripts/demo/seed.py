@@ -14,6 +14,7 @@ import sys
 
 from airflow_kfm_migrations.kinds import KINDS
 from airflow_kfm_migrations.stores.base import open_store
+from airflow_kfm_migrations.util.connections import in_cli
 
 # What the example bundles (migrations/<kind>/) expect to find; tests/test_docker_compose.py
 # checks that every kind with an example bundle is seeded here.
@@ -72,6 +73,7 @@ def seed_graph() -> None:
 
 
 if __name__ == "__main__":
+    in_cli()  # Airflow's INFO lines (one per indexed document) stay out of the output
     seeders = {"postgis": seed_postgis, "search": seed_search, "graph": seed_graph}
     for kind in sys.argv[1:] or SEEDED:
         seeders[kind]()
