@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import test_search as ts
-from conftest import REPO, PgDatabase
+from conftest import LEDGER_SCHEMA, REPO, PgDatabase
 from test_airflow import DAG_ID as PG_DAG_ID
 from test_airflow import (
     PG_ID,
@@ -39,7 +39,7 @@ from test_search import CONN_ID, MIG, alias_on, count, edit_forward, ledger, rec
 from test_search_recovery import EXTRA_DOCS, add_parcels, governance_doc, running_reindex, wait_for
 
 from airflow_kfm_migrations.declaration.bundle import load_bundle
-from airflow_kfm_migrations.engine import RunOptions, run_backfill, run_migration
+from airflow_kfm_migrations.engine import RunOptions, rollback_migration, run_backfill, run_migration
 from airflow_kfm_migrations.util.cancel import KILLED_BY_AIRFLOW, Cancellation
 
 os_client = ts.os_client
@@ -66,9 +66,12 @@ def reindex_writing(c: Any) -> dict[str, Any] | None:
 
 
 @contextmanager
-def cancelled_when(cancel: Cancellation, what: str, ready: Callable[[], Any], reason: str) -> Iterator[dict[str, Any]]:
+def cancelled_when(
+    cancel: Cancellation, what: str, ready: Callable[[], Any], reason: str, then: Callable[[], None] = lambda: None
+) -> Iterator[dict[str, Any]]:
     """While inside (the run), a thread waits until ``ready()`` and then cancels the run with
-    ``reason``; ``seen["ready"]`` is what ``ready()`` returned (absent: the run ended first)."""
+    ``reason`` and calls ``then()``; ``seen["ready"]`` is what ``ready()`` returned (absent:
+    the run ended first)."""
     seen: dict[str, Any] = {}
     done = threading.Event()
 
@@ -77,6 +80,7 @@ def cancelled_when(cancel: Cancellation, what: str, ready: Callable[[], Any], re
         if not done.is_set():
             seen["ready"] = got
             cancel.cancel(reason)
+        then()
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
@@ -393,3 +397,89 @@ def test_a_cancelled_graph_run_terminates_its_transaction_and_compensates(
     assert graph.q("MATCH (l:KfmLock) RETURN l") == []  # the lock was released, nothing in flight
     forward.write_text(forward.read_text().replace(HEAVY + "\n", ""))
     assert graph_run(gexample, tmp_path / "next") == 0
+
+
+def pg_bundle(tmp_path: Path) -> Path:
+    bundle = tmp_path / "postgis" / PG_ID
+    shutil.copytree(
+        REPO / "migrations" / "postgis" / PG_ID, bundle, ignore=shutil.ignore_patterns("baselines", "diffs", "receipts")
+    )
+    return bundle
+
+
+@pytest.mark.postgis
+def test_a_cancelled_non_transactional_run_is_compensated(tmp_path: Path, pgdb: PgDatabase) -> None:
+    """What committed before the stopped statement is undone by the rollback script: a stop
+    request stops the forward, never the compensation. The stopped statement waits for a
+    lock that another session holds (released once the run was cancelled)."""
+    before = pgdb.state(exclude_schemas=(LEDGER_SCHEMA,))  # a non-transactional run leaves the ledger schema
+    bundle = pg_bundle(tmp_path)
+    text = (bundle / "migration.yml").read_text()
+    text += 'transactional: false\nnon_transactional_reason: "each statement commits on its own"\n'
+    (bundle / "migration.yml").write_text(text + "timeouts:\n  lock_timeout: 10min\n")
+    (bundle / "forward.sql").write_text(
+        "CREATE INDEX parcels_geom_gist ON public.parcels USING gist (geom);\n"
+        "ALTER TABLE public.parcels ADD COLUMN kfm_note text;\n"
+    )
+    (bundle / "rollback.sql").write_text(
+        "DROP INDEX IF EXISTS public.parcels_geom_gist;\nALTER TABLE public.parcels DROP COLUMN IF EXISTS kfm_note;\n"
+    )
+    blocker: Any = pgdb.connect()
+    blocker.execute("SELECT count(*) FROM public.parcels")  # its open transaction keeps an ACCESS SHARE lock
+    waiting = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = %s AND wait_event_type = 'Lock' "
+        "AND query LIKE 'ALTER TABLE public.parcels ADD COLUMN kfm_note%%'"
+    )
+    cancel = Cancellation()
+    out = tmp_path / "out"
+    try:
+        with cancelled_when(
+            cancel,
+            "the statement to wait",
+            lambda: pgdb.sql(waiting, (pgdb.name,)),
+            "stopped by the test",
+            blocker.close,
+        ) as seen:
+            result = run_migration(
+                load_bundle(bundle), RunOptions(conn_id=pgdb.conn_id, artifacts_dir=out, cancel=cancel)
+            )
+    finally:
+        blocker.close()
+    assert "ready" in seen, result.reason
+    assert (result.status, result.reason) == (
+        "rolled_back",
+        "stopped by the test: the forward was stopped (statement 2 of forward.sql: 57014: canceling statement due "
+        "to user request); compensated by the rollback artifact, store equals pre",
+    )
+    assert pgdb.state(exclude_schemas=(LEDGER_SCHEMA,)) == before
+
+
+@pytest.mark.postgis
+def test_a_cancelled_rollback_commits_nothing_and_can_run_again(tmp_path: Path, pgdb: PgDatabase) -> None:
+    """``kfm_migration_rollback`` killed while its script runs: the rollback's transaction is
+    rolled back, the ledger still shows the apply, and the rollback runs again."""
+    bundle = pg_bundle(tmp_path)
+    out = tmp_path / "out"
+    assert run_migration(load_bundle(bundle), RunOptions(conn_id=pgdb.conn_id, artifacts_dir=out)).status == (
+        "succeeded"
+    )
+    rollback_sql = (bundle / "rollback.sql").read_text()
+    (bundle / "rollback.sql").write_text(rollback_sql + SLEEP + "\n")
+    cancel = Cancellation()
+    with cancelled_when(cancel, "the statement to run", lambda: sleeping(pgdb), KILLED_BY_AIRFLOW) as seen:
+        result = rollback_migration(
+            load_bundle(bundle), RunOptions(conn_id=pgdb.conn_id, artifacts_dir=out, cancel=cancel)
+        )
+    assert "ready" in seen, result.reason
+    assert (result.status, result.reason) == (
+        "rollback_failed",
+        f"{KILLED_BY_AIRFLOW}: the rollback was stopped (statement 3 of rollback.sql: 57014: canceling statement "
+        "due to user request); nothing was recorded, run it again",
+    )
+    assert sleeping(pgdb) == []
+    assert pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'")  # rolled back: still there
+    assert pgdb.sql("SELECT operation FROM kfm_governance.ledger ORDER BY id") == [("apply",)]
+    (bundle / "rollback.sql").write_text(rollback_sql)
+    again = rollback_migration(load_bundle(bundle), RunOptions(conn_id=pgdb.conn_id, artifacts_dir=out))
+    assert again.status == "rolled_back", again.reason
+    assert not pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'")

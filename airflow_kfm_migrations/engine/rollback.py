@@ -9,7 +9,7 @@ from collections.abc import Callable
 from airflow_kfm_migrations.contracts.models import Baseline, DiffSummary, Finding
 from airflow_kfm_migrations.declaration.bundle import Bundle
 from airflow_kfm_migrations.engine.receipts import output_of_run
-from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult, cycle_collector_paused
+from airflow_kfm_migrations.engine.run import RunOptions, RunRecorder, RunResult, cancellable, cycle_collector_paused
 from airflow_kfm_migrations.errors import LockedError
 from airflow_kfm_migrations.evidence.diff import diff_objects
 from airflow_kfm_migrations.stores.base import (
@@ -93,7 +93,7 @@ def rollback_core(run: RunRecorder, store: Store, why: str | None, eng: Backfill
         if done is not None:
             return done
     try:
-        with store.session(run.bundle, run.run_id) as s:
+        with store.session(run.bundle, run.run_id) as s, cancellable(run.opts, s):
             run.check("lock", True)
             return _guarded_rollback(run, store, s, say, why)
     except LockedError as exc:
@@ -156,6 +156,12 @@ def _guarded_rollback(run: RunRecorder, store: Store, s: StoreSession, say: Say,
     run.check("ledger", True, f"rolling back run {last.run_id[:12]}")
     run.pre = s.baseline()
     outcome = s.rollback()
+    if run.opts.cancelled:  # asked to stop (Airflow's on_kill): the session stopped the script
+        run.check("rollback", False, outcome.error or "stopped after its last statement")
+        run.check("cancelled", False, run.opts.cancelled)
+        s.abort()
+        stopped = f"the rollback was stopped ({outcome.error or 'after its last statement'})"
+        return "rollback_failed", say(f"{run.opts.cancelled}: {stopped}; nothing was recorded, run it again"), None
     if not outcome.ok:
         run.check("rollback", False, outcome.error)
         s.abort()

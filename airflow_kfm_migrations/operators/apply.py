@@ -15,10 +15,8 @@ class ApplyOperator(MigrationOperator):
         from airflow_kfm_migrations.operators.common import summary_tables
         from airflow_kfm_migrations.operators.compat import AirflowFailException
         from airflow_kfm_migrations.operators.lineage import publish
-        from airflow_kfm_migrations.util.cancel import Cancellation
 
         _s, bundle, opts = self.run_options(context)
-        opts.cancel = self.cancellation = Cancellation()
         result = run_migration(bundle, opts)
         self.log.info("%s", summary_tables(result))
         xcom = {
@@ -34,18 +32,6 @@ class ApplyOperator(MigrationOperator):
         if result.exit_code != 0:
             raise AirflowFailException(f"{bundle.migration_id}: {result.status}: {result.reason}")
         return xcom
-
-    def on_kill(self) -> None:
-        """Airflow kills the task (the task instance marked failed, a worker shutting down):
-        its SIGTERM handler calls this in the task's main thread while ``execute`` is blocked
-        in the store. The running statement or reindex task is cancelled on the server; the
-        run then fails closed (rolled back, or what it built deleted and no alias moved), its
-        lock released, with a receipt saying it was killed, before Airflow's SIGKILL."""
-        from airflow_kfm_migrations.util.cancel import KILLED_BY_AIRFLOW
-
-        cancellation = getattr(self, "cancellation", None)
-        if cancellation is not None:
-            cancellation.cancel(KILLED_BY_AIRFLOW)
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """Called by the OpenLineage provider (``[openlineage]`` extra) when the task succeeded:

@@ -40,14 +40,12 @@ class BackfillOperator(MigrationOperator):
     def execute(self, context: Any) -> dict[str, Any]:
         from airflow_kfm_migrations.engine.backfill import run_backfill
         from airflow_kfm_migrations.operators.compat import AirflowException, AirflowFailException
-        from airflow_kfm_migrations.util.cancel import Cancellation
 
         ti = context["ti"]
         applied = self.pull(context, "apply", key="apply") or {}
         if applied.get("status") not in {"succeeded", "noop"}:
             raise AirflowFailException(f"backfill: the schema part did not succeed ({applied.get('status')})")
         _s, bundle, opts = self.run_options(context)
-        opts.cancel = self.cancellation = Cancellation()
         result = run_backfill(bundle, opts)
         self.log.info("backfill: %s%s", result.status, f" ({result.reason})" if result.reason else "")
         xcom = {
@@ -61,13 +59,3 @@ class BackfillOperator(MigrationOperator):
         if xcom["resumable"]:
             raise AirflowException(f"{bundle.migration_id}: backfill interrupted, a retry resumes: {result.reason}")
         raise AirflowFailException(f"{bundle.migration_id}: backfill {result.status}: {result.reason}")
-
-    def on_kill(self) -> None:
-        """Airflow kills the task: the running batch's statement is cancelled (that batch
-        rolls back, the committed ones stay), no further batch runs, the lock is released and
-        the receipt says it was killed; a retry or a re-run resumes after the last batch."""
-        from airflow_kfm_migrations.util.cancel import KILLED_BY_AIRFLOW
-
-        cancellation = getattr(self, "cancellation", None)
-        if cancellation is not None:
-            cancellation.cancel(KILLED_BY_AIRFLOW)

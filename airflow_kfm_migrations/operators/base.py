@@ -19,6 +19,8 @@ class MigrationOperator(BaseOperator):
 
     XComs of the other governed tasks are pulled relative to this task's TaskGroup
     (:meth:`sibling`): a task in group ``g`` reads ``g.apply``.
+
+    A run started with :meth:`run_options` stops when Airflow kills the task (:meth:`on_kill`).
     """
 
     template_fields: tuple[str, ...] = (
@@ -121,6 +123,7 @@ class MigrationOperator(BaseOperator):
     def run_options(self, context: Any) -> Any:
         from airflow_kfm_migrations.engine import RunOptions
         from airflow_kfm_migrations.operators.common import conn_id_for, local_artifacts
+        from airflow_kfm_migrations.util.cancel import Cancellation
         from airflow_kfm_migrations.util.secret_scan import redact
 
         s, entry, bundle = self.resolved()
@@ -138,4 +141,18 @@ class MigrationOperator(BaseOperator):
             use_hook=True,
             log=lambda line: self.log.info("%s", redact(line)),
         )
+        opts.cancel = self.cancellation = Cancellation()  # set by on_kill
         return s, bundle, opts
+
+    def on_kill(self) -> None:
+        """Airflow kills the task (the task instance marked failed or cleared, a worker
+        shutting down): its SIGTERM handler calls this in the task's main thread while
+        ``execute`` is blocked in the store. The running statement, reindex task or backfill
+        batch is cancelled on the server; the run then fails closed (rolled back, or what it
+        built deleted and compensated, no alias moved), its lock released, with a receipt
+        saying it was killed, before Airflow's SIGKILL (docs/operations.md)."""
+        from airflow_kfm_migrations.util.cancel import KILLED_BY_AIRFLOW
+
+        cancellation = getattr(self, "cancellation", None)
+        if cancellation is not None:
+            cancellation.cancel(KILLED_BY_AIRFLOW)

@@ -328,7 +328,7 @@ class GraphSession:
 
         for art, st in statements:
             n += 1
-            if self._stopping and self._phase == "applying":
+            if self._stopping and self._phase != "compensating":  # a compensation always runs
                 return stopped(f"statement {n} of {art.rel}: not run, the run was asked to stop")
             try:
                 if not lock.heartbeat(

@@ -97,6 +97,7 @@ class PgSession:
         self._governance_rows: tuple[str, str] | None = None
         self._statement_ms = 0  # the declared statement timeout, as the server took it
         self._stopping = False  # cancel() was called: no further statement of the script runs
+        self._applied = False  # apply() ran: a rollback() after it is the compensation, which always runs
         # The capture state the run leaves, shared with other workers once it commits
         # (shared_state): (key, snapshot xmax, sha256, bytes); and the thread writing it.
         self.share_connect: Connect | None = None
@@ -278,7 +279,7 @@ class PgSession:
             return f"the script changed the session's enforcement ({what})"
         return None
 
-    def _run(self, artifacts: list[Artifact]) -> ApplyOutcome:
+    def _run(self, artifacts: list[Artifact], *, stoppable: bool = True) -> ApplyOutcome:
         import psycopg
 
         self._snapshot()
@@ -294,7 +295,7 @@ class PgSession:
             for art in artifacts:
                 for text, _stmt in plan_sql(art.text, display(art.path)):
                     n += 1
-                    if self._stopping:
+                    if self._stopping and stoppable:
                         return ApplyOutcome(
                             ok=False,
                             error=f"statement {n} of {art.rel}: not run, the run was asked to stop",
@@ -343,10 +344,13 @@ class PgSession:
         )
 
     def apply(self) -> ApplyOutcome:
+        self._applied = True
         return self._run(self.bundle.by_role("forward"))
 
     def rollback(self) -> ApplyOutcome:
-        return self._run(self.bundle.by_role("rollback"))
+        """The rollback script: by hand, or compensating this session's apply (which a stop
+        request does not stop: it is how a stopped non-transactional run is undone)."""
+        return self._run(self.bundle.by_role("rollback"), stoppable=not self._applied)
 
     def rollback_findings(self, pre: Baseline, post: Baseline) -> list[Finding]:
         """A database- or cluster-level object the rollback's own transaction changed (any

@@ -262,11 +262,12 @@ class SearchSession:
         total = Reindexed()
         n = 0
         forward_creates = set(created_by(load_actions(self.bundle.by_role("forward"))))
+        stoppable = forward or not self._applied_here  # a compensation of this run always runs
         act: Action | None = None
         try:
             for act in actions:
                 n += 1
-                if forward and self._stopping:
+                if stoppable and self._stopping:
                     return self._failed(act, n, "not run: the run was asked to stop", started, total)
                 self.lock.heartbeat()
                 b = act.body
@@ -326,7 +327,7 @@ class SearchSession:
                         timeout=self.decl.timeouts.statement_timeout,
                         heartbeat=self.lock.heartbeat,
                         on_task=self._started,
-                        stop=(lambda: self._stopping) if forward else None,
+                        stop=(lambda: self._stopping) if stoppable else None,
                     )
                     self._task = None
                     err = self._check_guarded(err)
