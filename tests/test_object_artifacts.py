@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PgDatabase, S3Bucket
-from test_airflow import PG_ID, _dags_test, _world, airflow_env  # noqa: F401 - airflow_env is a fixture
+from conftest import REPO, PgDatabase, S3Bucket
+from test_airflow import DAG_ID, PG_ID, _dags_test, _world, airflow_env  # noqa: F401 - airflow_env is a fixture
 
 from airflow_kfm_migrations.engine import receipts as engine_receipts
 from airflow_kfm_migrations.engine.run import RUNS
@@ -214,3 +214,170 @@ def test_a_refusal_before_apply_gets_its_receipt_in_a_file_url_root(
     _no_local_artifacts(tmp_path, env)
     v = _cli("verify", f"file://{store}/{PG_ID}", cwd=tmp_path)
     assert v.returncode == 0, v.stderr
+
+
+def test_the_rollback_path_reads_and_writes_through_the_store(
+    pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path, s3: S3Bucket  # noqa: F811
+) -> None:
+    """apply commits, the store drifts before diff_gate (injected by wrapping its execute),
+    rollback runs in its own staging folder from the apply's receipt in the bucket, and the
+    receipt task verifies the chain rollback -> apply from the bucket."""
+    env = _s3_world(tmp_path, pgdb, airflow_env, s3)
+    code = (
+        "import json, psycopg\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "from airflow_kfm_migrations.operators.diff_gate import DiffGateOperator\n"
+        "original = DiffGateOperator.execute\n"
+        "def drifted(self, context):\n"
+        f"    with psycopg.connect({pgdb.dsn!r}, autocommit=True) as c:\n"
+        "        c.execute(\"COMMENT ON INDEX public.parcels_geom_gist IS 'changed after the commit'\")\n"
+        "    return original(self, context)\n"
+        "DiffGateOperator.execute = drifted\n"
+        "b = DagBag(dag_folder='dags')\n"
+        "assert not b.import_errors, b.import_errors\n"
+        f"dr = b.get_dag({DAG_ID!r}).test()\n"
+        "print(json.dumps({'state': str(dr.state), 'tasks': {ti.task_id: str(ti.state) "
+        "for ti in dr.get_task_instances()}}))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    states = {k: v.rsplit(".", 1)[-1].lower() for k, v in out["tasks"].items()}
+    assert states["apply"] == "success" and states["diff_gate"] == "failed"
+    assert states["rollback"] == "success" and states["receipt"] == "failed"
+    receipt = json.loads(s3.read(f"{PG_ID}/receipts/run_receipt.json"))
+    assert receipt["operation"] == "rollback" and receipt["status"] == "rolled_back"
+    applied = json.loads(s3.read(f"{PG_ID}/receipts/history/{receipt['previous_receipt_digest']}.json"))
+    assert applied["operation"] == "apply" and applied["status"] == "succeeded"
+    ref = json.loads(s3.read(f"{PG_ID}/receipts/receipt_ref.json"))
+    assert ref["receipt_digest"] == receipt["receipt_digest"] and ref["status"] == "rolled_back"
+    v = _cli("verify", s3.url(PG_ID), cwd=tmp_path, env=env)
+    assert v.returncode == 0, v.stderr
+    assert v.stdout.startswith("verified: ")
+    _no_local_artifacts(tmp_path, env)
+
+
+def _receipt_with(folder: Path, bundle: object, operation: str, files: dict[str, str]) -> dict:
+    """A receipt of ``operation`` listing ``files`` (rel path -> role) written under ``folder``."""
+    from datetime import UTC, datetime
+
+    from airflow_kfm_migrations.contracts.models import DigestRef
+    from airflow_kfm_migrations.engine.receipts import write_receipt
+    from airflow_kfm_migrations.util.digest import publish_copy, sha256_file
+
+    run_id = os.urandom(16).hex()
+    refs = []
+    for rel, role in files.items():
+        own = folder / RUNS / f"{operation}-{run_id}" / rel
+        own.parent.mkdir(parents=True, exist_ok=True)
+        own.write_text(json.dumps({"role": role, "run": run_id}))
+        publish_copy(own, folder / rel)
+        refs.append(DigestRef(path=own.relative_to(folder).as_posix(), sha256=sha256_file(own), role=role))
+    _path, receipt = write_receipt(
+        folder, bundle, run_id=run_id, operation=operation, actor="t@unit",  # type: ignore[arg-type]
+        started_at=datetime(2026, 3, 1, tzinfo=UTC), environment="dev", status="succeeded", reason=None,
+        store={"kind": "postgis", "conn_id": "kfm_unit"}, registry={"in_registry": False},
+        outputs=refs, validation=[], policy=[], metrics={},
+    )
+    return receipt.model_dump(mode="json")
+
+
+def test_each_step_fetches_what_it_reads_from_a_file_url(example: Path, tmp_path: Path) -> None:
+    """No servers: an apply then a backfill receipt in a file:// store; the latest receipt for
+    most tasks, the outputs back to the apply for a rollback, the checked receipt's outputs
+    and views and the whole chain for verify; then the engine's own relative pointer, and a
+    pointer with a wrong digest."""
+    import shutil
+
+    from airflow_kfm_migrations.cli import main
+    from airflow_kfm_migrations.declaration.bundle import load_bundle
+
+    bundle = load_bundle(example)
+    applied = _receipt_with(example, bundle, "apply", {"baselines/pre.json": "baseline_pre"})
+    filled = _receipt_with(example, bundle, "backfill", {"diffs/backfill.json": "backfill_summary"})
+    store = tmp_path / "store" / bundle.migration_id
+    for sub in ("receipts", RUNS, "baselines", "diffs"):
+        shutil.copytree(example / sub, store / sub)
+    history = {f"receipts/history/{d}.json" for d in (applied["receipt_digest"], filled["receipt_digest"])}
+    apply_out = {o["path"] for o in applied["outputs"]}
+    fill_out = {o["path"] for o in filled["outputs"]}
+
+    def fetched(mode: str) -> set[str]:
+        stage = artifacts.Stage(f"file://{store}")
+        try:
+            stage.pull(mode)
+            return set(stage.fetched)
+        finally:
+            stage.close()
+            assert not stage.dir.exists()
+
+    latest = "receipts/run_receipt.json"
+    assert fetched(artifacts.LATEST) == {latest, f"receipts/history/{filled['receipt_digest']}.json"}
+    assert fetched(artifacts.APPLY) == {latest, *history, *apply_out, *fill_out}
+    assert fetched(artifacts.ALL) == {latest, *history, *fill_out, "diffs/backfill.json"}
+
+    # a step's writes go back, the pointer with the receipt's absolute URL
+    stage = artifacts.Stage(f"file://{store}")
+    stage.pull(artifacts.LATEST)
+    (stage.dir / "baselines").mkdir()
+    (stage.dir / "baselines" / "committed-pre.json").write_text("{}")
+    (stage.dir / "receipts" / "receipt_ref.json").write_bytes((example / "receipts" / "receipt_ref.json").read_bytes())
+    assert stage.push() == ["baselines/committed-pre.json", "receipts/receipt_ref.json"]
+    stage.close()
+    ref = json.loads((store / "receipts" / "receipt_ref.json").read_text())
+    assert ref["uri"] == f"file://{store}/receipts/history/{filled['receipt_digest']}.json"
+
+    # the engine's pointer in the bundle (relative uri) verifies; a wrong digest is exit 1
+    pointer = example / "receipts" / "receipt_ref.json"
+    assert json.loads(pointer.read_text())["uri"] == f"receipts/history/{filled['receipt_digest']}.json"
+    assert main(["verify", str(pointer)]) == 0
+    doc = json.loads(pointer.read_text())
+    doc["receipt_digest"] = applied["receipt_digest"]
+    pointer.write_text(json.dumps(doc))
+    assert main(["verify", str(pointer)]) == 1
+    assert main(["verify", f"file://{store}", "--write-ref", str(pointer)]) == 0
+    assert json.loads(pointer.read_text())["uri"] == ref["uri"]
+    assert main(["verify", str(pointer)]) == 0
+
+
+def test_a_task_stages_once_and_writes_back_even_when_it_fails(tmp_path: Path) -> None:
+    """No servers: the stage of one execute is shared by a subclass's super().execute(),
+    removed afterwards, and what a failing step wrote still reaches the store."""
+    root = f"file://{tmp_path / 'store'}"
+
+    class Task:
+        class log:  # stands in for the operator's logger
+            @staticmethod
+            def info(*_args: object) -> None:
+                return None
+
+        artifacts_fetch = artifacts.LATEST
+
+    seen: list[Path] = []
+
+    def inner(self: object, _ctx: object) -> None:
+        seen.append(artifacts.task_workdir(root, "ID"))
+        (seen[-1] / "baselines").mkdir()
+        (seen[-1] / "baselines" / "committed-pre.json").write_text("{}")
+
+    wrapped_inner = artifacts.staged_execute(inner)
+
+    def outer(self: object, ctx: object) -> None:
+        seen.append(artifacts.task_workdir(root, "ID"))
+        wrapped_inner(self, ctx)
+
+    artifacts.staged_execute(outer)(Task(), {})
+    assert len(seen) == 2 and seen[0] == seen[1] and not seen[0].exists()
+    assert (tmp_path / "store" / "ID" / "baselines" / "committed-pre.json").read_text() == "{}"
+    with pytest.raises(RuntimeError):
+        artifacts.task_workdir(root, "ID")  # outside an execute: no stage to write into
+
+    def failing(self: object, _ctx: object) -> None:
+        d = artifacts.task_workdir(root, "ID2")
+        (d / "receipts").mkdir()
+        (d / "receipts" / "run_receipt.json").write_text('{"status": "failed"}')
+        raise ValueError("the step failed")
+
+    with pytest.raises(ValueError, match="the step failed"):
+        artifacts.staged_execute(failing)(Task(), {})
+    assert json.loads((tmp_path / "store" / "ID2" / "receipts" / "run_receipt.json").read_text())["status"] == "failed"

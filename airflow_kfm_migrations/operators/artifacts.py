@@ -157,13 +157,14 @@ class Stage:
                 self.get((HISTORY / f"{digest}.json").as_posix())
             if mode == LATEST:
                 break
+            raw = doc.get("outputs")
+            listed = [r for r in raw if isinstance(r, dict)] if isinstance(raw, list) else []
             if outputs:
-                for ref in doc.get("outputs") or []:
-                    if isinstance(ref, dict):
-                        self.get(str(ref.get("path", "")))
+                for ref in listed:
+                    self.get(str(ref.get("path", "")))
             if mode == ALL and doc is head and self.is_latest(doc):
-                for ref in doc.get("outputs") or []:
-                    parts = PurePosixPath(str(ref.get("path", "")) if isinstance(ref, dict) else "").parts
+                for ref in listed:
+                    parts = PurePosixPath(str(ref.get("path", ""))).parts
                     if len(parts) > 2 and parts[0] == RUNS:  # the latest run's view of its output
                         self.get(PurePosixPath(*parts[2:]).as_posix())
             # ALL: the outputs of the receipt checked; APPLY: those back to the last apply.
@@ -265,6 +266,7 @@ class _TaskStaging:
         self.mode = mode
         self.log = log
         self.stage: Stage | None = None
+        self.owner: object = None  # the operator whose execute this is
 
     def open(self, root: str, migration_id: str) -> Stage:
         if self.stage is None:
@@ -290,7 +292,11 @@ def staged_execute(execute: _F) -> _F:
 
     @functools.wraps(execute)
     def run(self: Any, context: Any, *args: Any, **kwargs: Any) -> Any:
+        active = _ACTIVE.get()
+        if active is not None and active.owner is self:  # a subclass's execute calling super().execute()
+            return execute(self, context, *args, **kwargs)
         staging = _TaskStaging(getattr(self, "artifacts_fetch", LATEST), lambda line: self.log.info("%s", line))
+        staging.owner = self
         token = _ACTIVE.set(staging)
         try:
             return execute(self, context, *args, **kwargs)
@@ -378,9 +384,12 @@ def verify_target(target: str) -> Iterator[tuple[Path, Stage | None]]:
         uri = str(pointer[1]["uri"])
         target = uri if is_url(uri) else (f"{base}/{uri}" if is_url(base) else str(Path(base) / uri))
     if not is_url(target):
+        from airflow_kfm_migrations.app.verify import receipt_file
+
+        local = receipt_file(Path(target))
         if pointer is not None:
-            check_pointer(pointer, Path(target), target)
-        yield Path(target), None
+            check_pointer(pointer, local, target)
+        yield local, None
         return
     folder, rel = receipt_location(target)
     stage = Stage(folder)
