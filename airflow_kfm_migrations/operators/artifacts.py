@@ -110,9 +110,9 @@ def _safe(rel: str) -> str | None:
 class Stage:
     """A private local copy of one migration's artifacts folder in an object store."""
 
-    def __init__(self, url: str, *, log: Callable[[str], None] | None = None) -> None:
+    def __init__(self, url: str, *, log: Callable[[str], None] | None = None, field: str = "artifacts_root") -> None:
         self.url = url.rstrip("/")
-        self.remote = store_path(self.url)
+        self.remote = store_path(self.url, field)
         self.dir = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX))
         self.fetched: dict[str, str] = {}  # rel path -> sha256 of what came from the store
         self.log = log or (lambda _line: None)
@@ -359,7 +359,7 @@ def verify_target(target: str) -> Iterator[tuple[Path, Stage | None]]:
     if target.rstrip("/").endswith(REF.name):
         if is_url(target):
             parent = target.rstrip("/").rpartition("/")[0]
-            ref_stage = Stage(parent)
+            ref_stage = Stage(parent, field="target")
             try:
                 got = ref_stage.get(REF.name)
                 if got is None:
@@ -392,7 +392,7 @@ def verify_target(target: str) -> Iterator[tuple[Path, Stage | None]]:
         yield local, None
         return
     folder, rel = receipt_location(target)
-    stage = Stage(folder)
+    stage = Stage(folder, field="target")
     try:
         try:
             stage.pull(ALL, start=rel)
