@@ -17,8 +17,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import PG_PORT, REPO, PgDatabase
+from conftest import MIGRATIONS, PG_PORT, REPO, PgDatabase
 from test_airflow import DAG_ID, PG_ID, _dags_test, _receipt, _world
+from test_search import CONN_ID as SEARCH_CONN_ID
+from test_search import MIG as SEARCH_ID
+from test_search import OS_PORT, cluster, os_client  # noqa: F401  (fixtures: a clean node, one test at a time)
 
 pytestmark = pytest.mark.airflow
 DOWNSTREAM = "kfm_test_downstream"
@@ -253,3 +256,56 @@ def test_apply_without_the_openlineage_provider_still_emits_its_events(
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["state"] == "success" and out["openlineage"] == []
     assert [u for u, _ in _events(env, pgdb)] == [uri]
+
+
+def _search_world(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+    root = tmp_path / "migrations"
+    shutil.copytree(
+        MIGRATIONS / "search" / SEARCH_ID,
+        root / "search" / SEARCH_ID,
+        ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"),
+    )
+    reg = json.loads((MIGRATIONS / "registry" / "migrations.v1.json").read_text())
+    entry = next(e for e in reg["migrations"] if e["migration_id"] == SEARCH_ID)
+    entry["conn_id"] = SEARCH_CONN_ID
+    (root / "registry").mkdir(parents=True)
+    (root / "registry" / "migrations.v1.json").write_text(
+        json.dumps({"schema_version": "migrations.v1", "migrations": [entry]})
+    )
+    out = dict(env, KFM_BUNDLES_ROOT=str(root), KFM_ARTIFACTS_ROOT=str(tmp_path / "artifacts"))
+    out[f"AIRFLOW_CONN_{SEARCH_CONN_ID.upper()}"] = f"opensearch://127.0.0.1:{OS_PORT}"
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "reserialize"], env=out, check=True, capture_output=True, timeout=300
+    )
+    return out
+
+
+@pytest.mark.opensearch
+@pytest.mark.usefixtures("cluster")
+def test_a_blue_green_flip_fires_the_alias_and_the_new_index(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    """OpenSearch: the flip fires the alias and the index it now points to, in our documented
+    form; the old index and the untouched protected index fire nothing; a no-op re-run neither."""
+    base = f"opensearch://127.0.0.1:{OS_PORT}"
+    env = _search_world(tmp_path, dict(airflow_env, KFM_TEST_DOWNSTREAM=json.dumps([f"{base}/parcels"])))
+    dag_id = "kfm_migration__" + SEARCH_ID
+    cmd = [sys.executable, "-m", "airflow", "dags", "test", dag_id]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    events = _metadata(
+        env,
+        "SELECT a.uri, e.extra FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri LIKE ? ORDER BY a.uri",
+        (f"{base}/%",),
+    )
+    assert [u for u, _ in events] == [f"{base}/parcels", f"{base}/parcels_v2"]
+    assert {json.loads(x)["store"] for _, x in events} == {"search"}
+    assert _metadata(
+        env,
+        "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id WHERE a.uri = ?",
+        (f"{base}/parcels",),
+    ) == [(DOWNSTREAM,)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    again = _metadata(
+        env, "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri LIKE ?", (f"{base}/%",)
+    )
+    assert again == [(2,)]
