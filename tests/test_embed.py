@@ -160,14 +160,16 @@ def test_two_groups_in_one_user_dag_run_green_each_with_its_own_xcoms(
 def test_build_dags_carries_bundles_root_to_the_task_run(
     pgdb: PgDatabase, airflow_home: dict[str, str], tmp_path: Path
 ) -> None:
-    """A DAG file calling build_dags(bundles_root=X) runs green with no KFM_BUNDLES_ROOT (nor
-    [kfm_migrations] bundles_root) where the task runs: the tasks carry X."""
+    """A DAG file calling build_dags(registry_path=R, bundles_root=X) runs green with no
+    KFM_BUNDLES_ROOT (nor [kfm_migrations] bundles_root) where the task runs: the tasks carry
+    X (before, the DAG parsed and every task then looked for ./migrations)."""
     root = _root(tmp_path, pgdb)
     dags = tmp_path / "dags"
     dags.mkdir()
+    registry = root / "registry" / "migrations.v1.json"
     (dags / "migrations_dag.py").write_text(
         "from airflow_kfm_migrations.dag_factory import build_dags\n\n"
-        f"globals().update(build_dags(bundles_root={str(root)!r}))\n"
+        f"globals().update(build_dags(registry_path={str(registry)!r}, bundles_root={str(root)!r}))\n"
     )
     env = _env(airflow_home, dags, pgdb)
     assert not any(k in env for k in ("KFM_BUNDLES_ROOT", "KFM_REGISTRY_PATH", "AIRFLOW__KFM_MIGRATIONS__BUNDLES_ROOT"))
