@@ -291,3 +291,23 @@ def test_manual_rollback_dag_refuses_when_not_applied_then_rolls_back_an_applied
     )
     assert [(op, st) for op, st, _d, _a in ledger] == [("apply", "succeeded"), ("rollback", "rolled_back")]
     assert ledger[-1][2] == r["receipt_digest"] and ledger[-1][3] == r["actor"]
+
+
+def test_the_environment_of_a_run_argument_then_params_then_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_kfm_migrations.operators import PreflightOperator
+    from airflow_kfm_migrations.operators.common import settings
+    from airflow_kfm_migrations.operators.compat import AirflowFailException
+
+    monkeypatch.setenv("KFM_ENVIRONMENT", "stage")
+    s = settings()
+
+    def env(argument: str | None, params: dict) -> str:
+        task = PreflightOperator(task_id="preflight", migration_id=PG_ID, environment=argument)
+        return task.environment_of(s, params)
+
+    assert env("prod", {"environment": "dev"}) == "prod"  # the argument (rendered) first
+    assert env(None, {"environment": "dev"}) == "dev"  # then the DAG run's params.environment
+    assert env("", {}) == "stage"  # then KFM_ENVIRONMENT / [kfm_migrations] environment
+    with pytest.raises(AirflowFailException) as exc:
+        env("qa", {"environment": "dev"})
+    assert str(exc.value) == f"{PG_ID}: environment 'qa' (the environment= argument) is not one of dev, stage, prod"
