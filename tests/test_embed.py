@@ -311,3 +311,14 @@ def test_the_environment_of_a_run_argument_then_params_then_settings(monkeypatch
     with pytest.raises(AirflowFailException) as exc:
         env("qa", {"environment": "dev"})
     assert str(exc.value) == f"{PG_ID}: environment 'qa' (the environment= argument) is not one of dev, stage, prod"
+
+
+def test_cli_rollback_keeps_its_reason_like_the_rollback_dag(example: Path, pgdb: PgDatabase) -> None:
+    from airflow_kfm_migrations.cli import main
+
+    args = [str(example), "--conn-id", pgdb.conn_id, "--quiet"]
+    assert main(["run", *args]) == 0
+    assert main(["rollback", *args, "--reason", "  INC-42:\n parcels index  "]) == 0
+    receipt = _receipt(example)
+    assert receipt["operation"] == "rollback" and receipt["status"] == "rolled_back"
+    assert receipt["policy"] == ["rollback requested by hand: INC-42: parcels index"]

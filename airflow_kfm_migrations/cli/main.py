@@ -184,7 +184,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     from airflow_kfm_migrations.engine import rollback_migration
 
     bundle = load_bundle_arg(args.bundle)
-    return report(rollback_migration(bundle, run_options(args)))
+    reason = " ".join((args.reason or "").split()) or None
+    return report(rollback_migration(bundle, run_options(args), reason=reason))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -307,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             r.add_argument("--dry-run", action="store_true", help="rehearse in a transaction that is rolled back")
             r.add_argument("--fail-on-drift", action="store_true")
+        else:
+            r.add_argument("--reason", help="why the rollback is asked for (kept in the receipt's policy notes)")
         r.set_defaults(func=func)
 
     ve = sub.add_parser("verify", help="recompute every digest of a receipt and its chain")
