@@ -258,6 +258,36 @@ def test_apply_without_the_openlineage_provider_still_emits_its_events(
     assert [u for u, _ in _events(env, pgdb)] == [uri]
 
 
+def test_a_committed_run_whose_asset_uris_cannot_be_built_still_succeeds(
+    pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The events come after the commit: when they cannot be built (here the connection's
+    endpoint lookup raises), the task logs it and succeeds, rather than failing a committed
+    run into the rollback path."""
+    env = _world(tmp_path, pgdb, airflow_env)
+    code = (
+        "import json, os\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "from airflow_kfm_migrations.operators import lineage\n"
+        "def unreadable(conn_id):\n"
+        "    raise RuntimeError('no endpoint')\n"
+        "lineage.endpoint = unreadable\n"
+        "b = DagBag(dag_folder=os.environ['AIRFLOW__CORE__DAGS_FOLDER'])\n"
+        "assert not b.import_errors, b.import_errors\n"
+        f"dr = b.get_dag({DAG_ID!r}).test()\n"
+        "print(json.dumps({'state': str(dr.state), 'tasks': {ti.task_id: str(ti.state) "
+        "for ti in dr.get_task_instances()}}))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    assert out["state"] == "success", out
+    assert out["tasks"]["apply"].lower().endswith("success") and out["tasks"]["rollback"].lower().endswith("skipped")
+    assert "asset events not emitted: RuntimeError" in p.stdout + p.stderr
+    assert _receipt(tmp_path)["status"] == "succeeded"
+    assert _events(env, pgdb) == []
+
+
 def _search_world(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
     root = tmp_path / "migrations"
     shutil.copytree(

@@ -85,13 +85,19 @@ def publish(task: Any, context: Any, bundle: Any, opts: Any, result: Any) -> Pub
         "environment": opts.environment,
         "store": kind,
     }
-    out.endpoint = endpoint(opts.conn_id)
-    out.paths = list(result.assets)
-    out.uris = sorted({to_uri(out.endpoint, p) for p in out.paths})
+    try:
+        ep = endpoint(opts.conn_id)
+        uris = sorted({to_uri(ep, p) for p in result.assets})
+        assets = [Asset(u) for u in uris]  # Airflow validates and normalises each URI
+    except Exception as exc:  # broad on purpose: the run has committed; failing the task now would
+        # send it down the rollback path for want of an event. Say so in the log instead.
+        task.log.warning("asset events not emitted: %s", type(exc).__name__)
+        return out
+    out.endpoint, out.paths, out.uris = ep, list(result.assets), uris
     aliases = [o for o in task.outlets if isinstance(o, AssetAlias)]
     for alias in aliases:
-        for uri in out.uris:
-            context["outlet_events"][alias].add(Asset(uri), extra=extra)
+        for asset in assets:
+            context["outlet_events"][alias].add(asset, extra=extra)
     if out.uris and aliases:
         task.log.info("asset events: %s", ", ".join(out.uris))
     return out
