@@ -65,6 +65,18 @@ def _search_dataset(ep: Endpoint, path: str) -> tuple[str, str]:
     return _search_namespace(ep), path
 
 
+def _postgis_target(target: str) -> str | None:
+    return target.replace(".", "/", 1) if ":" not in target and "." in target else None
+
+
+def _search_target(target: str) -> str | None:
+    return target if ":" not in target else None
+
+
+def _graph_target(target: str) -> str | None:
+    return target.removeprefix("label:") if target.startswith("label:") else None
+
+
 def _graph_asset(ep: Endpoint, path: str) -> str:
     """Our scheme (no provider registers one): ``neo4j://host:port/<database>/<label>``."""
     return f"neo4j://{ep.authority(7687)}/{_seg(ep.database or 'neo4j')}/{_seg(path)}"
@@ -90,6 +102,8 @@ class Kind:
     # the connection's endpoint, and as an OpenLineage dataset (namespace, name). See docs/assets.md.
     asset_uri: Callable[[Endpoint, str], str] | None = field(repr=False, default=None)
     lineage_dataset: Callable[[Endpoint, str], tuple[str, str]] | None = field(repr=False, default=None)
+    # A target the static plan names, as such a path (None: not a table, index or label).
+    target_path: Callable[[str], str | None] | None = field(repr=False, default=None)
     schedulable: bool = False  # may a registry entry carry a ``schedule`` (recurring runs)
     lock_breakable: bool = False  # does the kind keep a lock that can outlive its holder
     collects_garbage: bool = False  # does an apply keep old objects that ``gc`` removes later
@@ -142,6 +156,7 @@ KINDS: dict[str, Kind] = {
         tool="psycopg",
         asset_uri=_postgis_asset,
         lineage_dataset=_postgis_dataset,
+        target_path=_postgis_target,
         scripts=(".sql",),
         conn_types=("postgres", "postgresql", "postgis"),
     ),
@@ -168,6 +183,7 @@ KINDS: dict[str, Kind] = {
         tool="opensearch-py",
         asset_uri=_search_asset,
         lineage_dataset=_search_dataset,
+        target_path=_search_target,
         schedulable=True,
         lock_breakable=True,
         collects_garbage=True,
@@ -203,6 +219,7 @@ KINDS: dict[str, Kind] = {
         tool="neo4j",
         asset_uri=_graph_asset,
         lineage_dataset=_graph_dataset,
+        target_path=_graph_target,
         lock_breakable=True,
         scripts=(".cypher",),
         conn_types=("neo4j", "bolt", "neo4j+s", "neo4j+ssc", "bolt+s", "bolt+ssc"),

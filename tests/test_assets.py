@@ -214,6 +214,7 @@ def test_openlineage_complete_event_names_the_changed_table(
     events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
     complete = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == f"{DAG_ID}.apply"]
     assert len(complete) == 1, [(e["eventType"], e["job"]["name"]) for e in events]
+    assert complete[0]["inputs"] == []
     outputs = complete[0]["outputs"]
     assert [(o["namespace"], o["name"]) for o in outputs] == [
         (f"postgres://127.0.0.1:{PG_PORT}", f"{pgdb.name}.public.parcels")
@@ -339,3 +340,33 @@ def test_a_blue_green_flip_fires_the_alias_and_the_new_index(airflow_env: dict[s
         env, "SELECT count(*) FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri LIKE ?", (f"{base}/%",)
     )
     assert again == [(2,)]
+
+
+@pytest.mark.opensearch
+@pytest.mark.usefixtures("cluster")
+def test_openlineage_of_a_reindex_reads_the_source_and_writes_the_new_index_and_alias(
+    airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    events_file = tmp_path / "openlineage.ndjson"
+    env = _search_world(
+        tmp_path,
+        dict(
+            airflow_env,
+            AIRFLOW__OPENLINEAGE__DISABLED="False",
+            AIRFLOW__OPENLINEAGE__TRANSPORT=json.dumps(
+                {"type": "file", "log_file_path": str(events_file), "append": True}
+            ),
+        ),
+    )
+    dag_id = "kfm_migration__" + SEARCH_ID
+    p = subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", dag_id], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    events = [json.loads(line) for line in events_file.read_text().splitlines() if line.strip()]
+    (complete,) = [e for e in events if e["eventType"] == "COMPLETE" and e["job"]["name"] == f"{dag_id}.apply"]
+    namespace = f"opensearch://127.0.0.1:{OS_PORT}"
+    assert [(d["namespace"], d["name"]) for d in complete["inputs"]] == [(namespace, "parcels_v1")]
+    outputs = {d["name"]: d for d in complete["outputs"]}
+    assert sorted(outputs) == ["parcels", "parcels_v2"] and {d["namespace"] for d in outputs.values()} == {namespace}
+    assert outputs["parcels_v2"]["facets"]["lifecycleStateChange"]["lifecycleStateChange"] == "CREATE"

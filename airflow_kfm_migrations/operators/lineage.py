@@ -122,11 +122,25 @@ def _columns(baseline: Any, path: str) -> list[str]:
     return [o.id[len(prefix) :] for o in _objects(baseline, path) if o.kind == "column" and o.id.startswith(prefix)]
 
 
+def inputs_of(published: Published) -> list[str]:
+    """Objects the forward names (the static plan's targets) that the run read but did not
+    change and that existed before it, e.g. a reindex's source index."""
+    to_path = KINDS[published.kind].target_path
+    plan, pre = published.result.plan, published.result.pre
+    if to_path is None or plan is None:
+        return []
+    changed = set(published.paths)
+    named = {p for st in plan.statements for t in st.targets if (p := to_path(t)) is not None}
+    return sorted(p for p in named - changed if _objects(pre, p))
+
+
 def operator_lineage(published: Published | None) -> Any:
     """The provider's ``OperatorLineage`` of a run: each changed object as an output dataset,
     named the OpenLineage way, with the change's lifecycle (CREATE, ALTER, DROP) and, where
-    the baseline lists them (PostGIS), the columns after the change."""
+    the baseline lists them (PostGIS), the columns after the change; the objects it read
+    (:func:`inputs_of`) as input datasets."""
     from airflow.providers.common.compat.openlineage.facet import (
+        InputDataset,
         LifecycleStateChange,
         LifecycleStateChangeDatasetFacet,
         OutputDataset,
@@ -157,4 +171,10 @@ def operator_lineage(published: Published | None) -> Any:
         if columns:
             facets["schema"] = SchemaDatasetFacet(fields=[SchemaDatasetFacetFields(name=c) for c in columns])
         outputs.append(OutputDataset(namespace=namespace, name=name, facets=facets))
-    return OperatorLineage(outputs=outputs)
+    inputs = []
+    for path in inputs_of(published):
+        namespace, name = to_dataset(published.endpoint, path)
+        columns = _columns(pre, path)
+        facets = {"schema": SchemaDatasetFacet(fields=[SchemaDatasetFacetFields(name=c) for c in columns])}
+        inputs.append(InputDataset(namespace=namespace, name=name, facets=facets if columns else {}))
+    return OperatorLineage(inputs=inputs, outputs=outputs)
