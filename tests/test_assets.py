@@ -244,7 +244,7 @@ def test_apply_without_the_openlineage_provider_still_emits_its_events(
     env = _world(tmp_path, pgdb, dict(airflow_env, KFM_TEST_DOWNSTREAM=json.dumps([uri])))
     code = BLOCK_OPENLINEAGE + (
         "import json\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
+        "try:\n    from airflow.dag_processing.dagbag import DagBag\nexcept ImportError:  # Airflow 3.1\n    from airflow.models.dagbag import DagBag\n"
         "b = DagBag(dag_folder=__import__('os').environ['AIRFLOW__CORE__DAGS_FOLDER'])\n"
         "assert not b.import_errors, b.import_errors\n"
         f"dr = b.get_dag({DAG_ID!r}).test()\n"
@@ -268,7 +268,7 @@ def test_a_committed_run_whose_asset_uris_cannot_be_built_still_succeeds(
     env = _world(tmp_path, pgdb, airflow_env)
     code = (
         "import json, os\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
+        "try:\n    from airflow.dag_processing.dagbag import DagBag\nexcept ImportError:  # Airflow 3.1\n    from airflow.models.dagbag import DagBag\n"
         "from airflow_kfm_migrations.operators import lineage\n"
         "def unreadable(conn_id):\n"
         "    raise RuntimeError('no endpoint')\n"
