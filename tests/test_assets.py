@@ -19,6 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import MIGRATIONS, PG_PORT, REPO, PgDatabase
 from test_airflow import DAG_ID, PG_ID, _dags_test, _receipt, _world
+from test_graph import BOLT_PORT, graph, neo4j_server  # noqa: F401  (fixtures: the example's graph)
+from test_graph import CONN_ID as GRAPH_CONN_ID
+from test_graph import MIG as GRAPH_ID
+from test_graph import URI as GRAPH_URI
 from test_search import CONN_ID as SEARCH_CONN_ID
 from test_search import MIG as SEARCH_ID
 from test_search import OS_PORT, cluster, os_client  # noqa: F401  (fixtures: a clean node, one test at a time)
@@ -85,9 +89,9 @@ def test_uri_forms_per_store() -> None:
     os_ep, es_ep = Endpoint("opensearch", "search.example", 9243), Endpoint("elasticsearch", "https://es.example", None)
     assert KINDS["search"].asset_uri(os_ep, "parcels") == "opensearch://search.example:9243/parcels"
     assert KINDS["search"].asset_uri(es_ep, "parcels") == "elasticsearch://es.example:9200/parcels"
-    graph = KINDS["graph"]
-    assert graph.asset_uri(Endpoint("neo4j", "g.example", None), "Dataset") == "neo4j://g.example:7687/neo4j/Dataset"
-    assert graph.asset_uri(Endpoint("bolt", "g", 7688, "kfm"), "Dataset") == "neo4j://g:7688/kfm/Dataset"
+    neo4j = KINDS["graph"]
+    assert neo4j.asset_uri(Endpoint("neo4j", "g.example", None), "Dataset") == "neo4j://g.example:7687/neo4j/Dataset"
+    assert neo4j.asset_uri(Endpoint("bolt", "g", 7688, "kfm"), "Dataset") == "neo4j://g:7688/kfm/Dataset"
     for u in ("opensearch://search.example:9243/parcels", "neo4j://g:7688/kfm/Dataset"):
         assert Asset(u).uri == u
 
@@ -289,22 +293,28 @@ def test_a_committed_run_whose_asset_uris_cannot_be_built_still_succeeds(
     assert _events(env, pgdb) == []
 
 
-def _search_world(tmp_path: Path, env: dict[str, str]) -> dict[str, str]:
+def _search_world(
+    tmp_path: Path,
+    env: dict[str, str],
+    kind: str = "search",
+    mig: str = SEARCH_ID,
+    conn: tuple[str, str] = (SEARCH_CONN_ID, f"opensearch://127.0.0.1:{OS_PORT}"),
+) -> dict[str, str]:
     root = tmp_path / "migrations"
     shutil.copytree(
-        MIGRATIONS / "search" / SEARCH_ID,
-        root / "search" / SEARCH_ID,
+        MIGRATIONS / kind / mig,
+        root / kind / mig,
         ignore=shutil.ignore_patterns("baselines", "diffs", "receipts"),
     )
     reg = json.loads((MIGRATIONS / "registry" / "migrations.v1.json").read_text())
-    entry = next(e for e in reg["migrations"] if e["migration_id"] == SEARCH_ID)
-    entry["conn_id"] = SEARCH_CONN_ID
+    entry = next(e for e in reg["migrations"] if e["migration_id"] == mig)
+    entry["conn_id"] = conn[0]
     (root / "registry").mkdir(parents=True)
     (root / "registry" / "migrations.v1.json").write_text(
         json.dumps({"schema_version": "migrations.v1", "migrations": [entry]})
     )
     out = dict(env, KFM_BUNDLES_ROOT=str(root), KFM_ARTIFACTS_ROOT=str(tmp_path / "artifacts"))
-    out[f"AIRFLOW_CONN_{SEARCH_CONN_ID.upper()}"] = f"opensearch://127.0.0.1:{OS_PORT}"
+    out[f"AIRFLOW_CONN_{conn[0].upper()}"] = conn[1]
     subprocess.run(
         [sys.executable, "-m", "airflow", "dags", "reserialize"], env=out, check=True, capture_output=True, timeout=300
     )
@@ -370,3 +380,32 @@ def test_openlineage_of_a_reindex_reads_the_source_and_writes_the_new_index_and_
     outputs = {d["name"]: d for d in complete["outputs"]}
     assert sorted(outputs) == ["parcels", "parcels_v2"] and {d["namespace"] for d in outputs.values()} == {namespace}
     assert outputs["parcels_v2"]["facets"]["lifecycleStateChange"]["lifecycleStateChange"] == "CREATE"
+
+
+@pytest.mark.neo4j
+@pytest.mark.usefixtures("graph")
+def test_a_graph_relabel_fires_its_labels(airflow_env: dict[str, str], tmp_path: Path) -> None:
+    """Neo4j: the example's constraint and relabel fire the labels it changed, in our
+    documented form (the connection names no database: the server's default, neo4j)."""
+    base = f"neo4j://127.0.0.1:{BOLT_PORT}/neo4j"
+    env = _search_world(
+        tmp_path,
+        dict(airflow_env, KFM_TEST_DOWNSTREAM=json.dumps([f"{base}/Dataset"])),
+        "graph",
+        GRAPH_ID,
+        (GRAPH_CONN_ID, GRAPH_URI),
+    )
+    cmd = [sys.executable, "-m", "airflow", "dags", "test", "kfm_migration__" + GRAPH_ID]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    events = _metadata(
+        env,
+        "SELECT a.uri FROM asset_event e JOIN asset a ON a.id = e.asset_id WHERE a.uri LIKE ? ORDER BY a.uri",
+        (f"{base}/%",),
+    )
+    assert events == [(f"{base}/Dataset",), (f"{base}/LegacyDataset",)]
+    assert _metadata(
+        env,
+        "SELECT q.target_dag_id FROM asset_dag_run_queue q JOIN asset a ON a.id = q.asset_id WHERE a.uri = ?",
+        (f"{base}/Dataset",),
+    ) == [(DOWNSTREAM,)]
