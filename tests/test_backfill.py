@@ -357,7 +357,7 @@ def test_airflow_retry_resumes_and_never_repeats_a_batch(
     schema = run_migration(load_bundle(example), RunOptions(conn_id=items.conn_id, log=lambda _l: None))
     assert schema.status == "succeeded"
     monkeypatch.setenv("KFM_BUNDLES_ROOT", str(example.parent))
-    monkeypatch.setenv("KFM_REGISTRY_PATH", str(example.parent / "no-registry.json"))
+    monkeypatch.delenv("KFM_REGISTRY_PATH", raising=False)  # no registry under the bundles root: none is read
     monkeypatch.setenv("KFM_BACKFILL_LOCK_RETRIES", "0")
     op = BackfillOperator(task_id="backfill", migration_id=example.name, conn_id=items.conn_id)
     assert op.retries == 2

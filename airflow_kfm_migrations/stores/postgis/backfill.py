@@ -102,6 +102,7 @@ class Engine:
         self.log_every_s = settings().backfill_log_seconds
         self.totals = Totals()  # forward batches of this run
         self._stopping = False  # cancel() was called: no further forward batch runs
+        self.reverse_totals = Totals()  # reverse batches of this run (a compensation or rollback)
 
     def cancel(self) -> None:
         """The ``Cancellable`` capability, called from another thread: cancel the running
@@ -110,7 +111,6 @@ class Engine:
         self._stopping = True
         with contextlib.suppress(Exception):  # a closed connection has nothing to cancel
             self.conn.cancel_safe(timeout=5.0)
-        self.reverse_totals = Totals()  # reverse batches of this run (a compensation or rollback)
 
     # -- plumbing --------------------------------------------------------------
 
