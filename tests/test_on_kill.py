@@ -483,3 +483,37 @@ def test_a_cancelled_rollback_commits_nothing_and_can_run_again(tmp_path: Path, 
     again = rollback_migration(load_bundle(bundle), RunOptions(conn_id=pgdb.conn_id, artifacts_dir=out))
     assert again.status == "rolled_back", again.reason
     assert not pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'")
+
+
+@pytest.mark.postgis
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_the_cli_stopped_by_a_signal_fails_closed_with_a_receipt(
+    tmp_path: Path, pgdb: PgDatabase, signum: signal.Signals
+) -> None:
+    """``kfm-migrations run`` stopped by SIGTERM (a CI job's timeout) or SIGINT (Ctrl-C) while
+    its forward sleeps, after it created an index: the statement is cancelled on the server,
+    the transaction rolled back, and the run ends with exit 1 and a receipt naming the signal.
+    Without the handler the process dies on the signal: no receipt."""
+    before = pgdb.state()
+    bundle = pg_bundle(tmp_path)
+    forward = bundle / "forward.sql"
+    forward.write_text(forward.read_text() + "\n" + SLEEP + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "airflow_kfm_migrations.cli", "run", str(bundle), "--conn-id", pgdb.conn_id]
+    proc = subprocess.Popen([*cmd, "--artifacts", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the forward's sleep to run", lambda: sleeping(pgdb) or proc.poll() is not None)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    name = signal.Signals(signum).name
+    assert proc.returncode == 1, stderr[-3000:]
+    assert sleeping(pgdb) == []
+    r = json.loads((out / "receipts" / "run_receipt.json").read_text())
+    assert r["status"] == "failed" and r["reason"].startswith(f"stopped by {name}: the forward was stopped"), r
+    assert "57014" in r["reason"] and r["reason"].endswith("store unchanged")
+    assert f"failed: receipt {out / 'receipts' / 'run_receipt.json'}" in stdout
+    assert pgdb.state() == before

@@ -17,7 +17,14 @@ from typing import Any, NoReturn
 
 from airflow_kfm_migrations import __version__
 from airflow_kfm_migrations.cli.admin import register as register_admin
-from airflow_kfm_migrations.cli.common import console, default_actor, load_bundle_arg, report, run_options
+from airflow_kfm_migrations.cli.common import (
+    console,
+    default_actor,
+    load_bundle_arg,
+    report,
+    run_options,
+    stopped_by_signals,
+)
 from airflow_kfm_migrations.cli.ops import register as register_ops
 from airflow_kfm_migrations.cli.review import plan_table, print_wide, validate_tables
 from airflow_kfm_migrations.errors import InputError, KfmError
@@ -166,15 +173,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     bar = None
     if getattr(bundle.declaration, "backfill", None) is not None and not args.quiet:
         bar = opts.progress = _BackfillBar()
-    result = run_migration(bundle, opts)
-    if getattr(bundle.declaration, "backfill", None) is None or result.status not in {"succeeded", "noop"}:
-        return report(result)
-    # The schema part is committed (or was already): the backfill runs, resumes or is a no-op.
-    try:
-        filled = run_backfill(bundle, opts)
-    finally:
-        if bar is not None:
-            bar.close()
+    with stopped_by_signals(opts):
+        result = run_migration(bundle, opts)
+        if getattr(bundle.declaration, "backfill", None) is None or result.status not in {"succeeded", "noop"}:
+            return report(result)
+        # The schema part is committed (or was already): the backfill runs, resumes or is a no-op.
+        try:
+            filled = run_backfill(bundle, opts)
+        finally:
+            if bar is not None:
+                bar.close()
     if filled.receipt_path is None and filled.status in {"noop", "succeeded"}:
         return report(result)  # already complete, or a dry run: the schema run's outcome stands
     return report(filled)
@@ -185,7 +193,9 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
     bundle = load_bundle_arg(args.bundle)
     reason = " ".join((args.reason or "").split()) or None
-    return report(rollback_migration(bundle, run_options(args), reason=reason))
+    opts = run_options(args)
+    with stopped_by_signals(opts):
+        return report(rollback_migration(bundle, opts, reason=reason))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from airflow_kfm_migrations.cli.common import console, default_actor
+from airflow_kfm_migrations.cli.common import console, default_actor, stopped_by_signals
 from airflow_kfm_migrations.kinds import KINDS
+from airflow_kfm_migrations.util.cancel import Cancellation
 from airflow_kfm_migrations.util.secret_scan import redact
 
 FORMATS = ("table", "json", "markdown")
@@ -136,15 +137,17 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         actor=default_actor(),
         log=log if args.verbose else (lambda _line: None),
+        cancel=Cancellation(),
     )
-    rep = migrate(
-        Path(args.root),
-        opts,
-        to=args.to,
-        kind=args.type,
-        artifacts_root=Path(args.artifacts) if args.artifacts else None,
-        on_result=progress,
-    )
+    with stopped_by_signals(opts):  # a stopped run fails closed, and the series stops there
+        rep = migrate(
+            Path(args.root),
+            opts,
+            to=args.to,
+            kind=args.type,
+            artifacts_root=Path(args.artifacts) if args.artifacts else None,
+            on_result=progress,
+        )
     rows = [
         (
             str(i),
