@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import LEDGER_SCHEMA, MIGRATIONS, REPO, PgDatabase
@@ -246,21 +247,17 @@ def test_a_dag_whose_tasks_were_copied_runs_end_to_end(
     assert pgdb.sql("SELECT 1 FROM pg_indexes WHERE indexname = 'parcels_geom_gist'")
 
 
-def test_drift_after_the_commit_takes_the_rollback_path(
-    pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path
-) -> None:
-    """apply commits, then the store changes before diff_gate re-checks it (injected here by
-    wrapping diff_gate's execute): diff_gate fails, rollback runs rollback.sql and verifies
-    the store equals the pre-baseline, and the DAG run still ends failed."""
-    before = pgdb.state(exclude_schemas=(LEDGER_SCHEMA,))  # the ledger records the apply and the rollback
-    env = _world(tmp_path, pgdb, airflow_env)
+def dags_test_with_drift(env: dict[str, str], dsn: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """``dag.test()`` of the example DAG in a subprocess, with the store changed after the
+    commit (a comment on the new index, made by wrapping diff_gate's execute). Returns the
+    run's JSON summary and each task's state."""
     code = (
-        "import json, os, psycopg\n"
+        "import json, psycopg\n"
         "from airflow.dag_processing.dagbag import DagBag\n"
         "from airflow_kfm_migrations.operators.diff_gate import DiffGateOperator\n"
         "original = DiffGateOperator.execute\n"
         "def drifted(self, context):\n"
-        f"    with psycopg.connect({pgdb.dsn!r}, autocommit=True) as c:\n"
+        f"    with psycopg.connect({dsn!r}, autocommit=True) as c:\n"
         "        c.execute(\"COMMENT ON INDEX public.parcels_geom_gist IS 'changed after the commit'\")\n"
         "    return original(self, context)\n"
         "DiffGateOperator.execute = drifted\n"
@@ -270,11 +267,22 @@ def test_drift_after_the_commit_takes_the_rollback_path(
         "print(json.dumps({'state': str(dr.state), 'tasks': {ti.task_id: str(ti.state) "
         "for ti in dr.get_task_instances()}}))\n"
     )
-    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=600)
+    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     out = json.loads(p.stdout.strip().splitlines()[-1])
+    return out, {k: v.rsplit(".", 1)[-1].lower() for k, v in out["tasks"].items()}
+
+
+def test_drift_after_the_commit_takes_the_rollback_path(
+    pgdb: PgDatabase, airflow_env: dict[str, str], tmp_path: Path
+) -> None:
+    """apply commits, then the store changes before diff_gate re-checks it (injected here by
+    wrapping diff_gate's execute): diff_gate fails, rollback runs rollback.sql and verifies
+    the store equals the pre-baseline, and the DAG run still ends failed."""
+    before = pgdb.state(exclude_schemas=(LEDGER_SCHEMA,))  # the ledger records the apply and the rollback
+    env = _world(tmp_path, pgdb, airflow_env)
+    out, states = dags_test_with_drift(env, pgdb.dsn)
     assert out["state"].endswith("failed")
-    states = {k: v.rsplit(".", 1)[-1].lower() for k, v in out["tasks"].items()}
     assert states["apply"] == "success" and states["diff_gate"] == "failed"
     assert states["rollback"] == "success" and states["receipt"] == "failed"
     r = _receipt(tmp_path)

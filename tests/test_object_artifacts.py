@@ -12,8 +12,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, PgDatabase, S3Bucket
-from test_airflow import DAG_ID, PG_ID, _dags_test, _world, airflow_env  # noqa: F401 - airflow_env is a fixture
+from conftest import PgDatabase, S3Bucket
+from test_airflow import (  # noqa: F401 - airflow_env is a fixture
+    DAG_ID,
+    PG_ID,
+    _dags_test,
+    _world,
+    airflow_env,
+    dags_test_with_drift,
+)
 
 from airflow_kfm_migrations.engine import receipts as engine_receipts
 from airflow_kfm_migrations.engine.run import RUNS
@@ -223,26 +230,7 @@ def test_the_rollback_path_reads_and_writes_through_the_store(
     rollback runs in its own staging folder from the apply's receipt in the bucket, and the
     receipt task verifies the chain rollback -> apply from the bucket."""
     env = _s3_world(tmp_path, pgdb, airflow_env, s3)
-    code = (
-        "import json, psycopg\n"
-        "from airflow.dag_processing.dagbag import DagBag\n"
-        "from airflow_kfm_migrations.operators.diff_gate import DiffGateOperator\n"
-        "original = DiffGateOperator.execute\n"
-        "def drifted(self, context):\n"
-        f"    with psycopg.connect({pgdb.dsn!r}, autocommit=True) as c:\n"
-        "        c.execute(\"COMMENT ON INDEX public.parcels_geom_gist IS 'changed after the commit'\")\n"
-        "    return original(self, context)\n"
-        "DiffGateOperator.execute = drifted\n"
-        "b = DagBag(dag_folder='dags')\n"
-        "assert not b.import_errors, b.import_errors\n"
-        f"dr = b.get_dag({DAG_ID!r}).test()\n"
-        "print(json.dumps({'state': str(dr.state), 'tasks': {ti.task_id: str(ti.state) "
-        "for ti in dr.get_task_instances()}}))\n"
-    )
-    p = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    states = {k: v.rsplit(".", 1)[-1].lower() for k, v in out["tasks"].items()}
+    _out, states = dags_test_with_drift(env, pgdb.dsn)
     assert states["apply"] == "success" and states["diff_gate"] == "failed"
     assert states["rollback"] == "success" and states["receipt"] == "failed"
     receipt = json.loads(s3.read(f"{PG_ID}/receipts/run_receipt.json"))
